@@ -1,0 +1,219 @@
+//! The files a listener serves with `--serve`, and the sources it sends for a
+//! pull: a whole file, a safetensors file of selected tensors, or one safetensors
+//! file merging tensors of several files.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+
+use crate::formats::{Format, SafetensorsBuilder, TensorFile, files_in};
+use crate::protocol::transfer::{Segment, Source};
+use crate::protocol::wire::{CatalogFile, TensorEntry, TensorRef};
+
+pub struct Catalog {
+    files: Vec<TensorFile>,
+}
+
+impl Catalog {
+    /// Validates every file named or found (not recursively) in a named directory.
+    pub fn open(paths: &[PathBuf]) -> Result<Catalog> {
+        let mut files: Vec<TensorFile> = Vec::new();
+        for path in paths {
+            let found = if path.is_dir() {
+                files_in(path, false)?
+            } else {
+                vec![path.clone()]
+            };
+            for path in found {
+                let file = TensorFile::open(&path)?;
+                if file.format == Format::Index {
+                    bail!("{}: index files are not served", path.display());
+                }
+                if let Some(twin) = files.iter().find(|f| f.file_name() == file.file_name()) {
+                    bail!(
+                        "{} and {} have the same name; serve files with distinct names",
+                        twin.path.display(),
+                        path.display()
+                    );
+                }
+                files.push(file);
+            }
+        }
+        Ok(Catalog { files })
+    }
+
+    pub fn files(&self) -> &[TensorFile] {
+        &self.files
+    }
+
+    pub fn entries(&self) -> Vec<CatalogFile> {
+        self.files
+            .iter()
+            .map(|file| CatalogFile {
+                name: file.file_name().to_string(),
+                format: file.format.as_str().to_string(),
+                size: file.size,
+                tensors: file
+                    .tensors
+                    .iter()
+                    .map(|t| TensorEntry {
+                        name: t.name.clone(),
+                        dtype: t.dtype.clone(),
+                        shape: t.shape.clone(),
+                        bytes: t.len(),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    fn file(&self, name: &str) -> Result<&TensorFile> {
+        let file = self
+            .files
+            .iter()
+            .find(|f| f.file_name() == name)
+            .with_context(|| format!("no served file is named {name:?}"))?;
+        file.check_unchanged()?;
+        Ok(file)
+    }
+
+    /// The source for a served file, whole or reduced to the named tensors.
+    pub fn source(&self, name: &str, tensors: Option<&[String]>) -> Result<Source> {
+        let file = self.file(name)?;
+        let Some(names) = tensors else {
+            return whole_file(file, name.to_string());
+        };
+        if file.format == Format::Npy {
+            if names.len() != 1 || names[0] != file.tensors[0].name {
+                bail!("{name} holds only the tensor {:?}", file.tensors[0].name);
+            }
+            return whole_file(file, name.to_string());
+        }
+        let handle = Arc::new(open(file)?);
+        let mut builder = SafetensorsBuilder::new(file.metadata.clone());
+        let mut segments = Vec::new();
+        let mut count = 0;
+        for tensor in file.tensors.iter().filter(|t| names.contains(&t.name)) {
+            builder.push(&tensor.name, &tensor.dtype, &tensor.shape, tensor.len())?;
+            push_range(&mut segments, &handle, tensor.data.start, tensor.len());
+            count += 1;
+        }
+        if count != names.len() {
+            let missing = names
+                .iter()
+                .find(|n| !file.tensors.iter().any(|t| &&t.name == n))
+                .cloned()
+                .unwrap_or_default();
+            bail!("{name} has no tensor named {missing:?}");
+        }
+        let header = builder.header();
+        segments.insert(0, Segment::Bytes(Bytes::from(header.clone())));
+        Ok(Source::new(
+            format!("{}.safetensors", file.stem()),
+            "safetensors",
+            count as u64,
+            &header,
+            segments,
+        ))
+    }
+
+    /// One safetensors file holding the given tensors of any served files, in the
+    /// order given; `.npy` tensors become little-endian C order.
+    pub fn merged(&self, refs: &[TensorRef]) -> Result<Source> {
+        let mut metadata: Option<BTreeMap<String, String>> = None;
+        let mut parts = Vec::new();
+        for reference in refs {
+            let file = self.file(&reference.file)?;
+            let tensor = file
+                .tensors
+                .iter()
+                .find(|t| t.name == reference.tensor)
+                .with_context(|| {
+                    format!(
+                        "{} has no tensor named {:?}",
+                        reference.file, reference.tensor
+                    )
+                })?;
+            if let Some(map) = &file.metadata {
+                let merged = metadata.get_or_insert_with(BTreeMap::new);
+                for (key, value) in map {
+                    merged.entry(key.clone()).or_insert_with(|| value.clone());
+                }
+            }
+            parts.push((file, tensor));
+        }
+        let mut builder = SafetensorsBuilder::new(metadata);
+        let mut segments = Vec::new();
+        for (file, tensor) in &parts {
+            builder.push(&tensor.name, &tensor.dtype, &tensor.shape, tensor.len())?;
+            let handle = Arc::new(open(file)?);
+            match &file.npy {
+                Some(_) if tensor.dtype.starts_with('C') => {
+                    bail!(
+                        "{}: safetensors has no complex dtype, so {} cannot go into a safetensors stream",
+                        file.file_name(),
+                        tensor.dtype
+                    )
+                }
+                Some(layout) if layout.big_endian || layout.fortran_order => {
+                    let data = crate::formats::npy_to_little_endian_c(file, &handle)?;
+                    segments.push(Segment::Bytes(Bytes::from(data)));
+                }
+                _ => push_range(&mut segments, &handle, tensor.data.start, tensor.len()),
+            }
+        }
+        let header = builder.header();
+        segments.insert(0, Segment::Bytes(Bytes::from(header.clone())));
+        Ok(Source::new(
+            "selection.safetensors".to_string(),
+            "safetensors",
+            parts.len() as u64,
+            &header,
+            segments,
+        ))
+    }
+}
+
+/// The source for a whole file, sent under `name`.
+pub fn whole_file(file: &TensorFile, name: String) -> Result<Source> {
+    let handle = Arc::new(open(file)?);
+    Ok(Source::new(
+        name,
+        file.format.as_str(),
+        file.tensors.len() as u64,
+        &file.header,
+        vec![Segment::File {
+            file: handle,
+            offset: 0,
+            len: file.size,
+        }],
+    ))
+}
+
+fn open(file: &TensorFile) -> Result<File> {
+    File::open(&file.path).with_context(|| format!("{} is gone", file.file_name()))
+}
+
+/// Appends a file range, extending the previous one when they touch.
+fn push_range(segments: &mut Vec<Segment>, handle: &Arc<File>, start: u64, len: u64) {
+    if let Some(Segment::File {
+        file,
+        offset,
+        len: last,
+    }) = segments.last_mut()
+        && Arc::ptr_eq(file, handle)
+        && *offset + *last == start
+    {
+        *last += len;
+        return;
+    }
+    segments.push(Segment::File {
+        file: handle.clone(),
+        offset: start,
+        len,
+    });
+}

@@ -1,0 +1,276 @@
+//! `tensor-iroh listen`: print a ticket, take files from senders, serve files to pullers.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use iroh::EndpointId;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::NetArgs;
+use crate::catalog::Catalog;
+use crate::protocol::endpoint::{self, EndpointOptions};
+use crate::service::{Event, Service, Uploads};
+use crate::store::Store;
+use crate::ui::{Ui, human_bytes, mb_per_s};
+
+const EXAMPLES: &str = "Examples:
+  tensor-iroh listen --out ./incoming
+  tensor-iroh listen --once --stdout > weights.safetensors
+  tensor-iroh listen --serve ./checkpoint --key ~/.tensor-iroh.key --allow <ENDPOINT_ID>";
+
+/// Print a ticket and receive files from `send` (and serve files to `pull`)
+#[derive(Debug, Args)]
+#[command(after_help = EXAMPLES)]
+pub struct ListenArgs {
+    /// Directory for received files [default: the current directory; with --serve, uploads are refused unless given]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Write received files' bytes to stdout instead of a directory (the ticket goes to stderr)
+    #[arg(long, conflicts_with = "out")]
+    pub stdout: bool,
+    /// Exit after the first sender's files are all received
+    #[arg(long)]
+    pub once: bool,
+    /// Overwrite files of the same name instead of choosing a new name
+    #[arg(long)]
+    pub force: bool,
+    /// Serve these .npy/.safetensors files, or the ones in these directories, to `pull`
+    #[arg(long, value_name = "PATH")]
+    pub serve: Vec<PathBuf>,
+    /// Admit only this endpoint id (repeatable); anyone with the ticket otherwise
+    #[arg(long, value_name = "ENDPOINT_ID")]
+    pub allow: Vec<EndpointId>,
+    /// Local UDP address to bind, e.g. 0.0.0.0:4433
+    #[arg(long, value_name = "IP:PORT")]
+    pub bind: Option<SocketAddr>,
+    /// JSON lines on stdout: `listening` first, then one object per file
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+pub async fn run(args: ListenArgs, ui: Ui) -> Result<()> {
+    if args.stdout && args.json {
+        bail!("--stdout and --json both want stdout; use one of them");
+    }
+    let catalog = if args.serve.is_empty() {
+        None
+    } else {
+        Some(Catalog::open(&args.serve)?)
+    };
+    let uploads = if args.stdout {
+        Uploads::Stdout
+    } else if let Some(out) = args
+        .out
+        .clone()
+        .or_else(|| catalog.is_none().then(|| PathBuf::from(".")))
+    {
+        let store = Store::open(&out, args.force)?;
+        let removed = store.remove_stale_partials();
+        if removed > 0 {
+            ui.say(format!(
+                "removed {removed} stale partial files from {}",
+                store.dir().display()
+            ));
+        }
+        Uploads::Store(store)
+    } else {
+        Uploads::Refused
+    };
+
+    let endpoint = endpoint::bind(EndpointOptions {
+        secret_key: endpoint::secret_key(args.net.key_source())?,
+        relay: args.net.relay.clone(),
+        bind: args.bind,
+        accept: true,
+    })
+    .await?;
+    let ticket = endpoint::ticket(&endpoint, &args.net.relay).await;
+    if args.json {
+        ui.json(json!({
+            "event": "listening",
+            "ticket": ticket.to_string(),
+            "endpoint_id": endpoint.id().to_string(),
+        }));
+    } else if args.stdout {
+        eprintln!("{ticket}");
+    } else {
+        ui.out(ticket.to_string());
+    }
+    describe(&ui, &endpoint.id(), &uploads, catalog.as_ref(), &args.allow);
+
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let allow =
+        (!args.allow.is_empty()).then(|| args.allow.iter().copied().collect::<HashSet<_>>());
+    let service = Service::new(uploads, catalog, allow, events_tx);
+    let shutdown = CancellationToken::new();
+    let bar = ui.progress("receiving", None, &service.progress);
+    let serving = tokio::spawn(service.run(endpoint, shutdown.clone()));
+
+    loop {
+        tokio::select! {
+            event = events.recv() => {
+                let Some(event) = event else { break };
+                let complete = matches!(event, Event::SendComplete { .. });
+                report(&ui, event);
+                if args.once && complete {
+                    break;
+                }
+            }
+            _ = shutdown_signal() => {
+                ui.say("shutting down; partial files are kept for a rerun of the same send");
+                break;
+            }
+        }
+    }
+    drop(bar);
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .ok();
+    Ok(())
+}
+
+fn describe(
+    ui: &Ui,
+    id: &EndpointId,
+    uploads: &Uploads,
+    catalog: Option<&Catalog>,
+    allow: &[EndpointId],
+) {
+    ui.say(format!("listening as {}", ui.bold(id)));
+    match uploads {
+        Uploads::Store(store) => ui.say(format!("receiving into {}", store.dir().display())),
+        Uploads::Stdout => ui.say("receiving to stdout"),
+        Uploads::Refused => ui.say("not taking uploads (no --out)"),
+    }
+    if let Some(catalog) = catalog {
+        let tensors: usize = catalog.files().iter().map(|f| f.tensors.len()).sum();
+        ui.say(format!(
+            "serving {} files, {tensors} tensors",
+            catalog.files().len()
+        ));
+    }
+    if allow.is_empty() {
+        ui.say("anyone holding the ticket may connect (use --allow to restrict)");
+    } else {
+        ui.say(format!("admitting only {} endpoint(s)", allow.len()));
+    }
+    ui.say("send with: tensor-iroh send <TICKET> <FILE>...");
+}
+
+fn report(ui: &Ui, event: Event) {
+    match event {
+        Event::Received {
+            peer,
+            received,
+            elapsed,
+        } => {
+            let offer = &received.offer;
+            if offer.discard {
+                return;
+            }
+            if ui.json_mode() {
+                ui.json(json!({
+                    "event": "received",
+                    "name": received.stored_as,
+                    "sent_name": offer.name,
+                    "tensors": offer.tensors,
+                    "bytes": offer.size,
+                    "received_bytes": received.received_bytes,
+                    "blake3": received.hash,
+                    "peer": peer.to_string(),
+                    "seconds": elapsed.as_secs_f64(),
+                    "mb_per_s": mb_per_s(received.received_bytes, elapsed),
+                }));
+            } else {
+                let renamed =
+                    if received.stored_as != offer.name && received.stored_as != "<stdout>" {
+                        format!(" (as {}, the name was taken)", ui.bold(&received.stored_as))
+                    } else {
+                        String::new()
+                    };
+                ui.say(format!(
+                    "{} {}{renamed}: {} tensors, {} from {} at {:.1} MB/s",
+                    ui.green("received"),
+                    ui.bold(&offer.name),
+                    offer.tensors,
+                    human_bytes(offer.size),
+                    peer.fmt_short(),
+                    mb_per_s(received.received_bytes, elapsed),
+                ));
+            }
+        }
+        Event::ReceiveFailed { peer, error } => {
+            if ui.json_mode() {
+                ui.json(
+                    json!({"event": "receive_failed", "peer": peer.to_string(), "error": error}),
+                );
+            }
+            ui.warn(format!("from {}: {error}", peer.fmt_short()));
+        }
+        Event::Served {
+            peer,
+            name,
+            bytes,
+            elapsed,
+        } => {
+            if ui.json_mode() {
+                ui.json(json!({
+                    "event": "served", "name": name, "bytes": bytes, "peer": peer.to_string(),
+                    "seconds": elapsed.as_secs_f64(), "mb_per_s": mb_per_s(bytes, elapsed),
+                }));
+            } else {
+                ui.say(format!(
+                    "{} {} ({}) to {} at {:.1} MB/s",
+                    ui.green("served"),
+                    ui.bold(&name),
+                    human_bytes(bytes),
+                    peer.fmt_short(),
+                    mb_per_s(bytes, elapsed)
+                ));
+            }
+        }
+        Event::ServeFailed { peer, error } => {
+            if ui.json_mode() {
+                ui.json(json!({"event": "serve_failed", "peer": peer.to_string(), "error": error}));
+            }
+            ui.warn(format!("serving {}: {error}", peer.fmt_short()));
+        }
+        Event::Refused { peer } => {
+            if ui.json_mode() {
+                ui.json(json!({"event": "refused", "peer": peer.to_string()}));
+            }
+            ui.warn(format!("refused {peer}: not on the --allow list"));
+        }
+        Event::SendComplete { peer, files } => {
+            if ui.json_mode() {
+                ui.json(
+                    json!({"event": "send_complete", "peer": peer.to_string(), "files": files}),
+                );
+            }
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            tokio::signal::ctrl_c().await.ok();
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,159 @@
+//! The command line: one module per subcommand, each with its arguments and its
+//! `run` function, in the manner of cargo's `src/bin/cargo/commands`.
+
+pub mod bench;
+pub mod completions;
+pub mod id;
+pub mod listen;
+pub mod pull;
+pub mod send;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use iroh::{Endpoint, EndpointAddr};
+
+use crate::protocol::endpoint::{self, EndpointOptions, KeySource, Relay};
+use crate::protocol::pool::Pool;
+use crate::ui::{ColorChoice, Ui};
+
+const ABOUT: &str = "Move .npy and .safetensors tensors between machines over iroh";
+const LONG_ABOUT: &str = "Move .npy and .safetensors tensors between machines over iroh: \
+QUIC with TLS 1.3, dialed by public key, through NATs and relays.
+
+Exit status: 0 on success, 1 on a runtime error, 2 on a usage error.";
+const EXAMPLES: &str = "Examples:
+  box-a$ tensor-iroh listen --out ./incoming
+  box-b$ tensor-iroh send <TICKET> weights.safetensors
+  box-b$ tensor-iroh pull <TICKET> 'layers.0.*' --out ./w
+  $ tensor-iroh bench";
+
+#[derive(Debug, Parser)]
+#[command(name = "tensor-iroh", version, about = ABOUT, long_about = LONG_ABOUT, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// More log output on stderr (-v: info, -vv: debug, including iroh's)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors and warnings on stderr; no progress bars
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// When to colour stderr (NO_COLOR turns `auto` off)
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    pub color: ColorChoice,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Listen(listen::ListenArgs),
+    Send(send::SendArgs),
+    Pull(pull::PullArgs),
+    Bench(bench::BenchArgs),
+    Id(id::IdArgs),
+    Completions(completions::CompletionsArgs),
+}
+
+/// How to reach the network: relays and identity.
+#[derive(Debug, Clone, Args)]
+pub struct NetArgs {
+    /// Relay servers: `default` (iroh's public relays), `disabled`, or a relay URL
+    #[arg(long, default_value = "default", value_name = "default|disabled|URL")]
+    pub relay: Relay,
+    /// Secret key file (64 hex characters), created with mode 0600 when missing;
+    /// without it, IROH_SECRET or a fresh key
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+}
+
+/// Bounds on a dialer's waits.
+#[derive(Debug, Clone, Args)]
+pub struct TimeoutArgs {
+    /// Give up connecting, or on a peer that stalls, after this many seconds
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub timeout: u64,
+}
+
+impl TimeoutArgs {
+    pub fn duration(&self) -> Duration {
+        Duration::from_secs(self.timeout.max(1))
+    }
+}
+
+impl NetArgs {
+    pub fn key_source(&self) -> KeySource<'_> {
+        match &self.key {
+            Some(path) => KeySource::File(path),
+            None => KeySource::EnvOrFresh,
+        }
+    }
+
+    /// An endpoint for dialing out.
+    pub async fn dialer(&self) -> Result<Endpoint> {
+        endpoint::bind(EndpointOptions {
+            secret_key: endpoint::secret_key(self.key_source())?,
+            relay: self.relay.clone(),
+            bind: None,
+            accept: false,
+        })
+        .await
+    }
+
+    /// A connection pool on a fresh dialing endpoint.
+    pub async fn pool(&self, timeout: &TimeoutArgs) -> Result<Pool> {
+        Ok(Pool::new(self.dialer().await?, timeout.duration()))
+    }
+}
+
+/// Parses every ticket before anything else happens, so a typo fails at once.
+pub fn parse_tickets<'a>(
+    tickets: impl IntoIterator<Item = &'a String>,
+) -> Result<Vec<EndpointAddr>> {
+    tickets
+        .into_iter()
+        .map(|t| endpoint::parse_ticket(t))
+        .collect()
+}
+
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "tensor_iroh=warn,off",
+        1 => "tensor_iroh=info,iroh=warn,warn",
+        _ => "tensor_iroh=debug,iroh=debug,info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TENSOR_IROH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(console::colors_enabled_stderr())
+        .init();
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    let global = cli.global;
+    let json = match &cli.command {
+        Command::Listen(args) => args.json,
+        Command::Send(args) => args.json,
+        Command::Pull(args) => args.json,
+        Command::Bench(args) => args.json,
+        Command::Id(_) | Command::Completions(_) => false,
+    };
+    let ui = Ui::new(json, global.quiet, global.color);
+    match cli.command {
+        Command::Listen(args) => listen::run(args, ui).await,
+        Command::Send(args) => send::run(args, ui).await,
+        Command::Pull(args) => pull::run(args, ui).await,
+        Command::Bench(args) => bench::run(args, ui).await,
+        Command::Id(args) => id::run(args, ui),
+        Command::Completions(args) => completions::run(args),
+    }
+}

@@ -1,0 +1,255 @@
+//! `tensor-iroh send`: send files to one or more listeners.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use iroh::EndpointAddr;
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::{NetArgs, TimeoutArgs, parse_tickets};
+use crate::catalog::whole_file;
+use crate::formats::{TensorFile, files_in};
+use crate::protocol::client;
+use crate::protocol::pool::Pool;
+use crate::protocol::transfer::{Progress, Sent, Source};
+use crate::ui::{Ui, human_bytes, mb_per_s};
+
+/// Files in flight at once to one listener, each on its own stream.
+const FILES_IN_FLIGHT: usize = 4;
+
+const EXAMPLES: &str = "Examples:
+  tensor-iroh send <TICKET> weights.safetensors
+  tensor-iroh send <TICKET> ./sharded-checkpoint/          # a directory: its tensor files and index
+  tensor-iroh send <TICKET> a.npy --name b.npy
+  tensor-iroh send <TICKET> model.safetensors --to <TICKET2> --json";
+
+/// Send .npy/.safetensors files (or directories of them) to listeners
+#[derive(Debug, Args)]
+#[command(after_help = EXAMPLES)]
+pub struct SendArgs {
+    /// Ticket printed by `tensor-iroh listen`
+    pub ticket: String,
+    /// Files or directories to send
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Name the receiver stores the file under (one file only)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Another listener to send the same files to, concurrently (repeatable)
+    #[arg(long, value_name = "TICKET")]
+    pub to: Vec<String>,
+    /// JSON lines on stdout: one object per file, then a summary
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub net: NetArgs,
+    #[command(flatten)]
+    pub timeout: TimeoutArgs,
+}
+
+/// A validated file and the name it travels under.
+struct Outgoing {
+    file: TensorFile,
+    name: String,
+}
+
+pub async fn run(args: SendArgs, ui: Ui) -> Result<()> {
+    let targets = parse_tickets(std::iter::once(&args.ticket).chain(&args.to))?;
+    let outgoing = collect(&args.files, args.name.as_deref())?;
+    let sources: Vec<Source> = outgoing
+        .iter()
+        .map(|o| whole_file(&o.file, o.name.clone()))
+        .collect::<Result<_>>()?;
+    let sources = Arc::new(sources);
+    let pool = Arc::new(args.net.pool(&args.timeout).await?);
+
+    let started = Instant::now();
+    let total: u64 = sources.iter().map(|s| s.offer.size).sum::<u64>() * targets.len() as u64;
+    let progress = Progress::default();
+    let bar = ui.progress("sending", Some(total), &progress);
+    let mut runs = JoinSet::new();
+    for addr in targets {
+        runs.spawn(send_all(
+            pool.clone(),
+            addr,
+            sources.clone(),
+            progress.clone(),
+            ui.clone(),
+        ));
+    }
+    let mut failures = Vec::new();
+    let mut files = 0;
+    let mut bytes = 0;
+    let mut sent_bytes = 0;
+    while let Some(run) = runs.join_next().await {
+        for outcome in run.context("a send task failed")? {
+            match outcome {
+                Ok((sent, size)) => {
+                    files += 1;
+                    bytes += size;
+                    sent_bytes += sent.sent_bytes;
+                }
+                Err(err) => failures.push(err),
+            }
+        }
+    }
+    drop(bar);
+    pool.close().await;
+    let elapsed = started.elapsed();
+    if ui.json_mode() {
+        ui.json(json!({
+            "event": "summary",
+            "files": files,
+            "failed": failures.len(),
+            "bytes": bytes,
+            "sent_bytes": sent_bytes,
+            "seconds": elapsed.as_secs_f64(),
+            "mb_per_s": mb_per_s(bytes, elapsed),
+        }));
+    } else if failures.is_empty() {
+        ui.say(format!(
+            "sent {files} files, {} in {:.2} s ({:.1} MB/s)",
+            human_bytes(bytes),
+            elapsed.as_secs_f64(),
+            mb_per_s(bytes, elapsed)
+        ));
+    }
+    match failures.len() {
+        0 => Ok(()),
+        1 => Err(failures.remove(0)),
+        n => Err(failures
+            .remove(0)
+            .context(format!("{n} files failed; the first"))),
+    }
+}
+
+/// Expands directories, applies `--name`, and validates every file before
+/// anything is sent.
+fn collect(paths: &[PathBuf], rename: Option<&str>) -> Result<Vec<Outgoing>> {
+    let mut outgoing = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let dir_name = dir_name(path)?;
+            for file in files_in(path, true)? {
+                let file = TensorFile::open(&file)?;
+                let name = format!("{dir_name}/{}", file.file_name());
+                outgoing.push(Outgoing { file, name });
+            }
+        } else {
+            let file = TensorFile::open(path)?;
+            let name = file.file_name().to_string();
+            outgoing.push(Outgoing { file, name });
+        }
+    }
+    if let Some(rename) = rename {
+        if outgoing.len() != 1 {
+            bail!("--name needs exactly one file, not {}", outgoing.len());
+        }
+        outgoing[0].name = rename.to_string();
+    }
+    Ok(outgoing)
+}
+
+fn dir_name(path: &Path) -> Result<String> {
+    let absolute = path
+        .canonicalize()
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    absolute
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
+        .with_context(|| format!("{} has no usable directory name", path.display()))
+}
+
+/// Sends every source to one listener, a few files at a time; says `done` when
+/// all were stored. Returns one outcome per file.
+async fn send_all(
+    pool: Arc<Pool>,
+    addr: EndpointAddr,
+    sources: Arc<Vec<Source>>,
+    progress: Progress,
+    ui: Ui,
+) -> Vec<Result<(Sent, u64)>> {
+    let slots = Arc::new(Semaphore::new(FILES_IN_FLIGHT));
+    let mut uploads = JoinSet::new();
+    for index in 0..sources.len() {
+        let (pool, addr, sources, progress, slots) = (
+            pool.clone(),
+            addr.clone(),
+            sources.clone(),
+            progress.clone(),
+            slots.clone(),
+        );
+        uploads.spawn(async move {
+            let _slot = slots.acquire().await.expect("never closed");
+            let source = &sources[index];
+            let started = Instant::now();
+            let sent = client::upload(&pool, &addr, source, &progress)
+                .await
+                .with_context(|| {
+                    format!("sending {} to {}", source.offer.name, addr.id.fmt_short())
+                });
+            (index, sent, started.elapsed())
+        });
+    }
+    let mut outcomes = Vec::new();
+    while let Some(joined) = uploads.join_next().await {
+        let (index, sent, elapsed) = match joined {
+            Ok(result) => result,
+            Err(err) => {
+                outcomes.push(Err(anyhow::anyhow!("an upload task failed: {err}")));
+                continue;
+            }
+        };
+        let offer = &sources[index].offer;
+        if let Ok(sent) = &sent {
+            if ui.json_mode() {
+                ui.json(json!({
+                    "event": "file",
+                    "name": offer.name,
+                    "stored_as": sent.stored_as,
+                    "peer": addr.id.to_string(),
+                    "tensors": offer.tensors,
+                    "bytes": offer.size,
+                    "sent_bytes": sent.sent_bytes,
+                    "blake3": sent.hash,
+                    "seconds": elapsed.as_secs_f64(),
+                    "mb_per_s": mb_per_s(offer.size, elapsed),
+                }));
+            } else {
+                let renamed = if sent.stored_as != offer.name {
+                    format!(" (stored as {})", ui.bold(&sent.stored_as))
+                } else {
+                    String::new()
+                };
+                let resumed = if sent.sent_bytes < offer.size {
+                    format!(", resumed: {} sent", human_bytes(sent.sent_bytes))
+                } else {
+                    String::new()
+                };
+                ui.say(format!(
+                    "{} {}{renamed} to {}: {} tensors, {}{resumed}",
+                    ui.green("sent"),
+                    ui.bold(&offer.name),
+                    addr.id.fmt_short(),
+                    offer.tensors,
+                    human_bytes(offer.size),
+                ));
+            }
+        }
+        outcomes.push(sent.map(|sent| (sent, offer.size)));
+    }
+    if outcomes.iter().all(Result::is_ok)
+        && let Err(err) = client::done(&pool, &addr, outcomes.len() as u64).await
+    {
+        outcomes.push(Err(
+            err.context(format!("finishing the send to {}", addr.id.fmt_short()))
+        ));
+    }
+    outcomes
+}

@@ -1,0 +1,269 @@
+//! The file formats tensor-iroh moves: `.npy`, `.safetensors` and the
+//! `*.safetensors.index.json` of a sharded checkpoint.
+//!
+//! Opening a file validates it completely from its header and its size, without
+//! reading the tensor data: a [`TensorFile`] says where every tensor lives in the
+//! file, and the transfer code reads those bytes when it sends them.
+
+mod npy;
+mod safetensors;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use anyhow::{Context, Result, bail};
+
+pub use self::safetensors::{SafetensorsBuilder, safetensors_dtype_size};
+
+/// Index files are small JSON documents; anything larger is not one.
+const MAX_INDEX_BYTES: u64 = 64 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Npy,
+    Safetensors,
+    /// `*.safetensors.index.json`: the weight map of a sharded checkpoint.
+    Index,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Npy => "npy",
+            Format::Safetensors => "safetensors",
+            Format::Index => "index",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Format> {
+        if name.ends_with(".safetensors.index.json") {
+            Some(Format::Index)
+        } else if name.ends_with(".safetensors") {
+            Some(Format::Safetensors)
+        } else if name.ends_with(".npy") {
+            Some(Format::Npy)
+        } else {
+            None
+        }
+    }
+}
+
+/// One tensor of a file: its name, dtype in safetensors spelling (`F32`, `BF16`,
+/// `C64` for complex npy data), shape, and where its bytes are in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tensor {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<u64>,
+    pub data: Range<u64>,
+}
+
+impl Tensor {
+    pub fn len(&self) -> u64 {
+        self.data.end - self.data.start
+    }
+}
+
+/// How an `.npy` file lays out its elements, needed to convert it to safetensors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NpyLayout {
+    pub descr: String,
+    pub item_size: u64,
+    /// Complex numbers swap their two halves separately.
+    pub swap_unit: u64,
+    pub big_endian: bool,
+    pub fortran_order: bool,
+}
+
+/// A validated tensor file, described without loading its data.
+#[derive(Debug, Clone)]
+pub struct TensorFile {
+    pub path: PathBuf,
+    pub format: Format,
+    pub size: u64,
+    pub modified: Option<SystemTime>,
+    /// The bytes before the first tensor's data (the whole file for an index).
+    pub header: Vec<u8>,
+    pub tensors: Vec<Tensor>,
+    /// The safetensors `__metadata__` map.
+    pub metadata: Option<BTreeMap<String, String>>,
+    pub npy: Option<NpyLayout>,
+}
+
+impl TensorFile {
+    /// Opens and validates `path`; the error names the file and says what is wrong.
+    pub fn open(path: &Path) -> Result<TensorFile> {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("{}: not a file name tensor-iroh can use", path.display()))?;
+        let format = Format::from_name(name).with_context(|| {
+            format!(
+                "{}: not a .npy, .safetensors or .safetensors.index.json file",
+                path.display()
+            )
+        })?;
+        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let meta = file
+            .metadata()
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if !meta.is_file() {
+            bail!("{}: not a regular file", path.display());
+        }
+        let parsed = match format {
+            Format::Npy => npy::parse(&file, meta.len(), stem(name)),
+            Format::Safetensors => safetensors::parse(&file, meta.len()),
+            Format::Index => parse_index(&file, meta.len()),
+        }
+        .with_context(|| format!("{} is not a valid {} file", path.display(), format.as_str()))?;
+        Ok(TensorFile {
+            path: path.to_path_buf(),
+            format,
+            size: meta.len(),
+            modified: meta.modified().ok(),
+            header: parsed.header,
+            tensors: parsed.tensors,
+            metadata: parsed.metadata,
+            npy: parsed.npy,
+        })
+    }
+
+    /// The file name without its format's extension: a tensor's name for `.npy`.
+    pub fn stem(&self) -> &str {
+        let name = self.file_name();
+        stem(name)
+    }
+
+    pub fn file_name(&self) -> &str {
+        self.path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+    }
+
+    /// Fails when the file on disk is no longer the one that was validated.
+    pub fn check_unchanged(&self) -> Result<()> {
+        let meta = std::fs::metadata(&self.path)
+            .with_context(|| format!("{} is gone", self.path.display()))?;
+        if meta.len() != self.size || meta.modified().ok() != self.modified {
+            bail!(
+                "{} changed on disk since it was opened",
+                self.path.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+fn stem(name: &str) -> &str {
+    for ext in [".safetensors.index.json", ".safetensors", ".npy"] {
+        if let Some(stem) = name.strip_suffix(ext) {
+            return stem;
+        }
+    }
+    name
+}
+
+/// What a format parser finds in a file.
+struct Parsed {
+    header: Vec<u8>,
+    tensors: Vec<Tensor>,
+    metadata: Option<BTreeMap<String, String>>,
+    npy: Option<NpyLayout>,
+}
+
+fn parse_index(file: &File, size: u64) -> Result<Parsed> {
+    if size > MAX_INDEX_BYTES {
+        bail!("an index of {size} bytes is larger than {MAX_INDEX_BYTES}");
+    }
+    let mut text = Vec::with_capacity(size as usize);
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, size), &mut text)?;
+    let json: serde_json::Value = serde_json::from_slice(&text).context("invalid JSON")?;
+    if !json.get("weight_map").is_some_and(|map| map.is_object()) {
+        bail!("no \"weight_map\" object");
+    }
+    Ok(Parsed {
+        header: text,
+        tensors: Vec::new(),
+        metadata: None,
+        npy: None,
+    })
+}
+
+/// The tensor files in `dir` (not recursive), sorted by name; index files too
+/// when `with_index` holds.
+pub fn files_in(dir: &Path, with_index: bool) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let wanted = match Format::from_name(name) {
+            Some(Format::Index) => with_index,
+            Some(_) => true,
+            None => false,
+        };
+        if wanted && !name.starts_with('.') && entry.file_type().is_ok_and(|t| t.is_file()) {
+            files.push(entry.path());
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        bail!("{} holds no .npy or .safetensors files", dir.display());
+    }
+    Ok(files)
+}
+
+/// The data of an `.npy` file as little-endian C order, its values unchanged:
+/// what safetensors stores. Reads the data into memory.
+pub fn npy_to_little_endian_c(file: &TensorFile, handle: &File) -> Result<Vec<u8>> {
+    let layout = file.npy.as_ref().context("not an .npy file")?;
+    let tensor = &file.tensors[0];
+    let mut data = vec![0u8; tensor.len() as usize];
+    read_exact_at(handle, tensor.data.start, &mut data)
+        .with_context(|| format!("cannot read {}", file.path.display()))?;
+    if layout.big_endian {
+        for unit in data.chunks_exact_mut(layout.swap_unit as usize) {
+            unit.reverse();
+        }
+    }
+    if layout.fortran_order && tensor.shape.len() > 1 {
+        data = fortran_to_c(&data, &tensor.shape, layout.item_size as usize);
+    }
+    Ok(data)
+}
+
+/// Reorders elements stored column-major into row-major.
+fn fortran_to_c(data: &[u8], shape: &[u64], item: usize) -> Vec<u8> {
+    let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+    let count: usize = dims.iter().product();
+    let mut out = vec![0u8; data.len()];
+    let mut index = vec![0usize; dims.len()];
+    for c_pos in 0..count {
+        let mut f_pos = 0;
+        let mut stride = 1;
+        for (axis, &dim) in dims.iter().enumerate() {
+            f_pos += index[axis] * stride;
+            stride *= dim;
+        }
+        out[c_pos * item..(c_pos + 1) * item]
+            .copy_from_slice(&data[f_pos * item..(f_pos + 1) * item]);
+        for axis in (0..dims.len()).rev() {
+            index[axis] += 1;
+            if index[axis] < dims[axis] {
+                break;
+            }
+            index[axis] = 0;
+        }
+    }
+    out
+}
+
+/// Reads exactly `len` bytes at `offset`, failing on a short file.
+pub fn read_exact_at(file: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.read_exact_at(buf, offset)
+}

@@ -1,0 +1,13 @@
+//! tensor-iroh moves `.npy` and `.safetensors` files between machines over iroh.
+//!
+//! The binary's subcommands live in [`commands`]; they wire together the file
+//! [`formats`], the network [`protocol`], the listener's [`service`], its output
+//! [`store`] and served [`catalog`], and the terminal [`ui`].
+
+pub mod catalog;
+pub mod commands;
+pub mod formats;
+pub mod protocol;
+pub mod service;
+pub mod store;
+pub mod ui;

@@ -1,0 +1,65 @@
+//! The dialing side's requests: upload a file, say a send is done, list a
+//! listener's tensors, fetch them.
+
+use anyhow::{Context, Result, bail};
+use iroh::EndpointAddr;
+
+use super::pool::Pool;
+use super::transfer::{Progress, Received, Sent, Sink, Source, receive_file, send_file};
+use super::wire::{CatalogFile, Message, Offer};
+
+/// Sends one file to the listener at `addr` and waits until it is stored.
+pub async fn upload(
+    pool: &Pool,
+    addr: &EndpointAddr,
+    source: &Source,
+    progress: &Progress,
+) -> Result<Sent> {
+    let (mut writer, mut reader) = pool.open(addr).await?;
+    writer.message(&Message::Upload).await?;
+    send_file(&mut writer, &mut reader, source, progress).await
+}
+
+/// Tells the listener that this send is complete (`--once` listeners exit on it).
+pub async fn done(pool: &Pool, addr: &EndpointAddr, files: u64) -> Result<()> {
+    let (mut writer, mut reader) = pool.open(addr).await?;
+    writer.message(&Message::Done { files }).await?;
+    writer.finish();
+    match reader.message().await? {
+        Message::Ack => Ok(()),
+        other => bail!("unexpected answer to done: {other:?}"),
+    }
+}
+
+/// The files and tensors the listener at `addr` serves.
+pub async fn catalog(pool: &Pool, addr: &EndpointAddr) -> Result<Vec<CatalogFile>> {
+    let (mut writer, mut reader) = pool.open(addr).await?;
+    writer.message(&Message::Catalog).await?;
+    writer.finish();
+    match reader
+        .message()
+        .await
+        .context("listing the served tensors")?
+    {
+        Message::CatalogReply { files } => Ok(files),
+        Message::Refused { reason } => bail!("{reason}"),
+        other => bail!("unexpected answer to a catalog request: {other:?}"),
+    }
+}
+
+/// Sends `request` (a `Fetch` or `FetchMerged`) and receives the file the
+/// listener offers in answer into the sink `accept` gives.
+pub async fn fetch<F>(
+    pool: &Pool,
+    addr: &EndpointAddr,
+    request: &Message,
+    progress: &Progress,
+    accept: F,
+) -> Result<Received>
+where
+    F: AsyncFnOnce(&Offer) -> Result<Box<dyn Sink>>,
+{
+    let (mut writer, mut reader) = pool.open(addr).await?;
+    writer.message(request).await?;
+    receive_file(&mut writer, &mut reader, progress, accept).await
+}

@@ -1,0 +1,154 @@
+//! Endpoint setup: secret keys, relays, binding, and tickets.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use iroh::endpoint::{QuicTransportConfig, presets};
+use iroh::{Endpoint, EndpointAddr, RelayMode, RelayUrl, SecretKey};
+use iroh_tickets::endpoint::EndpointTicket;
+
+use super::{ALPN, HELLO_ALPN};
+
+/// The environment variable other iroh tools read a secret key from.
+pub const SECRET_ENV: &str = "IROH_SECRET";
+/// How long a listener waits for its home relay before printing a ticket without it.
+pub const RELAY_WAIT: Duration = Duration::from_secs(2);
+/// Streams a peer may have open at once on one connection.
+const MAX_STREAMS: u32 = 64;
+
+/// Which relay servers an endpoint uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Relay {
+    /// iroh's public relays.
+    Default,
+    Disabled,
+    Custom(RelayUrl),
+}
+
+impl FromStr for Relay {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> Result<Relay> {
+        match text {
+            "default" => Ok(Relay::Default),
+            "disabled" => Ok(Relay::Disabled),
+            url => RelayUrl::from_str(url)
+                .map(Relay::Custom)
+                .map_err(|err| anyhow!("not default, disabled or a relay URL: {err}")),
+        }
+    }
+}
+
+/// Where the secret key comes from.
+pub enum KeySource<'a> {
+    /// A key file, created with mode 0600 when missing.
+    File(&'a Path),
+    /// `IROH_SECRET` if set, else a fresh key.
+    EnvOrFresh,
+}
+
+pub fn secret_key(source: KeySource) -> Result<SecretKey> {
+    match source {
+        KeySource::File(path) => load_or_create_key(path),
+        KeySource::EnvOrFresh => match std::env::var(SECRET_ENV) {
+            Ok(text) => parse_key(text.trim()).with_context(|| format!("{SECRET_ENV} is invalid")),
+            Err(_) => Ok(SecretKey::generate()),
+        },
+    }
+}
+
+fn parse_key(text: &str) -> Result<SecretKey> {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(text, &mut bytes)
+        .map_err(|_| anyhow!("a secret key is 64 hexadecimal characters"))?;
+    Ok(SecretKey::from_bytes(&bytes))
+}
+
+fn load_or_create_key(path: &Path) -> Result<SecretKey> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_key(text.trim())
+            .with_context(|| format!("{} does not hold a secret key", path.display())),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let key = SecretKey::generate();
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("cannot create key file {}", path.display()))?;
+            writeln!(file, "{}", hex::encode(key.to_bytes()))
+                .and_then(|()| file.sync_all())
+                .with_context(|| format!("cannot write key file {}", path.display()))?;
+            Ok(key)
+        }
+        Err(err) => Err(err).with_context(|| format!("cannot read key file {}", path.display())),
+    }
+}
+
+pub struct EndpointOptions {
+    pub secret_key: SecretKey,
+    pub relay: Relay,
+    pub bind: Option<SocketAddr>,
+    /// Accept tensor-iroh connections (listeners); dialers leave this off.
+    pub accept: bool,
+}
+
+/// Binds an endpoint without DNS or address publishing: peers find each other
+/// through the addresses in tickets, so nothing waits on the internet.
+pub async fn bind(options: EndpointOptions) -> Result<Endpoint> {
+    let relay_mode = match options.relay {
+        Relay::Default => RelayMode::Default,
+        Relay::Disabled => RelayMode::Disabled,
+        Relay::Custom(url) => RelayMode::custom([url]),
+    };
+    let mut builder = Endpoint::builder(presets::Minimal)
+        .secret_key(options.secret_key)
+        .relay_mode(relay_mode)
+        .transport_config(transport_config());
+    if options.accept {
+        builder = builder.alpns(vec![ALPN.to_vec(), HELLO_ALPN.to_vec()]);
+    }
+    if let Some(addr) = options.bind {
+        builder = builder
+            .clear_ip_transports()
+            .bind_addr(addr)
+            .with_context(|| format!("cannot bind to {addr}"))?;
+    }
+    builder
+        .bind()
+        .await
+        .map_err(|err| anyhow!("cannot start the iroh endpoint: {err:#}"))
+}
+
+fn transport_config() -> QuicTransportConfig {
+    QuicTransportConfig::builder()
+        .max_concurrent_bidi_streams(MAX_STREAMS.into())
+        .build()
+}
+
+/// The endpoint's ticket: its direct addresses at once, and its home relay when
+/// one is configured and answers within [`RELAY_WAIT`].
+pub async fn ticket(endpoint: &Endpoint, relay: &Relay) -> EndpointTicket {
+    if *relay != Relay::Disabled {
+        tokio::time::timeout(RELAY_WAIT, endpoint.online())
+            .await
+            .ok();
+    }
+    EndpointTicket::new(endpoint.addr())
+}
+
+pub fn parse_ticket(text: &str) -> Result<EndpointAddr> {
+    let ticket = EndpointTicket::from_str(text.trim()).map_err(|err| {
+        anyhow!("invalid ticket: {err} (a ticket is the line `tensor-iroh listen` prints, starting with \"endpoint\")")
+    })?;
+    let addr = ticket.endpoint_addr().clone();
+    if addr.is_empty() {
+        bail!("invalid ticket: it holds no address to reach the listener");
+    }
+    Ok(addr)
+}

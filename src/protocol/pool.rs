@@ -1,0 +1,185 @@
+//! One connection per peer, shared by every request to it.
+//!
+//! Dialing offers two ALPNs: this build's versioned protocol and a version-neutral
+//! one. A listener of another version accepts only the neutral one, and the two
+//! sides then exchange versions so the user gets an error naming both.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use iroh::endpoint::{ConnectOptions, Connection};
+use iroh::{Endpoint, EndpointAddr, EndpointId};
+use tokio::sync::Mutex;
+
+use super::stream::{FrameReader, FrameWriter};
+use super::wire::{Message, PROTOCOL_VERSION};
+use super::{ALPN, HELLO_ALPN, describe_connect_error};
+
+/// The predecessor's defaults, which suit a CLI as well as a library.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+pub const MAX_CONNECTIONS: usize = 10;
+/// Close code a client uses for a connection it is done with.
+pub const CODE_DONE: u32 = 0;
+
+pub struct Pool {
+    endpoint: Endpoint,
+    connections: Mutex<HashMap<EndpointId, Pooled>>,
+    /// Bounds connecting and every wait on a stream.
+    pub timeout: Duration,
+}
+
+struct Pooled {
+    connection: Connection,
+    last_used: Instant,
+}
+
+impl Pool {
+    pub fn new(endpoint: Endpoint, timeout: Duration) -> Pool {
+        Pool {
+            endpoint,
+            connections: Mutex::new(HashMap::new()),
+            timeout,
+        }
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// A live connection to `addr`, reused when one is pooled.
+    pub async fn connection(&self, addr: &EndpointAddr) -> Result<Connection> {
+        let mut connections = self.connections.lock().await;
+        connections.retain(|_, pooled| {
+            pooled.connection.close_reason().is_none() && pooled.last_used.elapsed() < IDLE_TIMEOUT
+        });
+        if let Some(pooled) = connections.get_mut(&addr.id) {
+            pooled.last_used = Instant::now();
+            return Ok(pooled.connection.clone());
+        }
+        if connections.len() >= MAX_CONNECTIONS
+            && let Some(oldest) = connections
+                .iter()
+                .min_by_key(|(_, pooled)| pooled.last_used)
+                .map(|(id, _)| *id)
+            && let Some(evicted) = connections.remove(&oldest)
+        {
+            evicted.connection.close(CODE_DONE.into(), b"pool full");
+        }
+        let connection = self.dial(addr).await?;
+        connections.insert(
+            addr.id,
+            Pooled {
+                connection: connection.clone(),
+                last_used: Instant::now(),
+            },
+        );
+        Ok(connection)
+    }
+
+    async fn dial(&self, addr: &EndpointAddr) -> Result<Connection> {
+        let peer = addr.id.fmt_short();
+        let options = ConnectOptions::new().with_additional_alpns(vec![HELLO_ALPN.to_vec()]);
+        let connecting = async {
+            let connecting = self
+                .endpoint
+                .connect_with_opts(addr.clone(), ALPN, options)
+                .await
+                .map_err(|err| anyhow!("{err:#}"))?;
+            connecting
+                .await
+                .map_err(|err| anyhow!(describe_connect_error(&format!("{err:#}"))))
+        };
+        let connection = tokio::time::timeout(self.timeout, connecting)
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "could not reach peer {peer} within {} s",
+                    self.timeout.as_secs()
+                )
+            })?
+            .with_context(|| format!("could not reach peer {peer}"))?;
+        if connection.alpn() != ALPN {
+            let theirs = exchange_versions(&connection, self.timeout).await;
+            connection.close(CODE_DONE.into(), b"version mismatch");
+            match theirs {
+                Ok(version) => bail!(
+                    "peer {peer} speaks tensor-iroh protocol {version}, this tensor-iroh speaks protocol {PROTOCOL_VERSION}"
+                ),
+                Err(err) => bail!(
+                    "peer {peer} does not speak tensor-iroh protocol {PROTOCOL_VERSION}: {err:#}"
+                ),
+            }
+        }
+        Ok(connection)
+    }
+
+    /// Opens a stream pair to `addr`, redialing once if the pooled connection died.
+    pub async fn open(&self, addr: &EndpointAddr) -> Result<(FrameWriter, FrameReader)> {
+        let mut retried = false;
+        loop {
+            let connection = self.connection(addr).await?;
+            match tokio::time::timeout(self.timeout, connection.open_bi()).await {
+                Ok(Ok((send, recv))) => {
+                    return Ok((
+                        FrameWriter::new(send, self.timeout),
+                        FrameReader::new(recv, self.timeout),
+                    ));
+                }
+                Ok(Err(err)) if !retried => {
+                    tracing::debug!("pooled connection failed ({err}), redialing");
+                    self.forget(addr.id, &connection).await;
+                    retried = true;
+                }
+                Ok(Err(err)) => {
+                    return Err(anyhow!(describe_connect_error(&format!("{err:#}"))))
+                        .with_context(|| format!("peer {}", addr.id.fmt_short()));
+                }
+                Err(_) => bail!(
+                    "peer {} accepted no stream within {} s",
+                    addr.id.fmt_short(),
+                    self.timeout.as_secs()
+                ),
+            }
+        }
+    }
+
+    async fn forget(&self, id: EndpointId, connection: &Connection) {
+        let mut connections = self.connections.lock().await;
+        if connections
+            .get(&id)
+            .is_some_and(|pooled| pooled.connection.stable_id() == connection.stable_id())
+        {
+            connections.remove(&id);
+        }
+    }
+
+    /// Closes every pooled connection and then the endpoint, waiting briefly so the
+    /// peers learn the connections ended cleanly.
+    pub async fn close(&self) {
+        for (_, pooled) in self.connections.lock().await.drain() {
+            pooled.connection.close(CODE_DONE.into(), b"done");
+        }
+        tokio::time::timeout(Duration::from_secs(2), self.endpoint.close())
+            .await
+            .ok();
+    }
+}
+
+/// Sends our version on a connection that negotiated the neutral ALPN and
+/// returns the peer's.
+async fn exchange_versions(connection: &Connection, timeout: Duration) -> Result<u32> {
+    let (send, recv) = connection.open_bi().await?;
+    let mut writer = FrameWriter::new(send, timeout);
+    let mut reader = FrameReader::new(recv, timeout);
+    writer
+        .message(&Message::Hello {
+            version: PROTOCOL_VERSION,
+        })
+        .await?;
+    writer.finish();
+    match reader.message().await? {
+        Message::Hello { version } => Ok(version),
+        other => bail!("unexpected answer to hello: {other:?}"),
+    }
+}

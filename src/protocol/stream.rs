@@ -1,0 +1,186 @@
+//! Reading and writing frames on one QUIC stream pair, with a stall timeout on
+//! every wait so a silent peer cannot hold a task forever.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::{Buf, Bytes};
+use iroh::endpoint::{RecvStream, SendStream};
+
+use super::wire::{
+    Hash, MAX_MESSAGE_BYTES, Message, TAG_CHUNK, TAG_END, TAG_KEPT, TAG_MESSAGE, WireError,
+};
+
+/// Largest piece handed out of a chunk at once.
+const MAX_READ: usize = 1 << 20;
+
+pub enum Frame {
+    Message(Message),
+    /// A chunk's data follows: read it with [`FrameReader::data`], then its hash.
+    Chunk {
+        index: u32,
+        len: u32,
+    },
+    Kept {
+        index: u32,
+    },
+    End {
+        hash: Hash,
+    },
+}
+
+pub struct FrameReader {
+    recv: RecvStream,
+    pending: Bytes,
+    stall: Duration,
+}
+
+impl FrameReader {
+    pub fn new(recv: RecvStream, stall: Duration) -> Self {
+        FrameReader {
+            recv,
+            pending: Bytes::new(),
+            stall,
+        }
+    }
+
+    /// Refills `pending`; false at the end of the stream.
+    async fn fill(&mut self) -> Result<bool> {
+        let read = tokio::time::timeout(self.stall, self.recv.read_chunk(MAX_READ))
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "peer sent nothing for {} s",
+                    self.stall.as_secs_f32().round()
+                )
+            })?
+            .context("stream broke")?;
+        match read {
+            Some(bytes) => {
+                self.pending = bytes;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn read_exact(&mut self, buf: &mut [u8]) -> Result<()> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            if self.pending.is_empty() && !self.fill().await? {
+                bail!("stream ended in the middle of a frame");
+            }
+            let take = self.pending.len().min(buf.len() - filled);
+            buf[filled..filled + take].copy_from_slice(&self.pending[..take]);
+            self.pending.advance(take);
+            filled += take;
+        }
+        Ok(())
+    }
+
+    async fn read_u32(&mut self) -> Result<u32> {
+        let mut bytes = [0u8; 4];
+        self.read_exact(&mut bytes).await?;
+        Ok(u32::from_le_bytes(bytes))
+    }
+
+    /// The next frame, or `None` where the peer finished the stream cleanly.
+    pub async fn next(&mut self) -> Result<Option<Frame>> {
+        if self.pending.is_empty() && !self.fill().await? {
+            return Ok(None);
+        }
+        let tag = self.pending[0];
+        self.pending.advance(1);
+        let frame = match tag {
+            TAG_MESSAGE => {
+                let len = self.read_u32().await?;
+                if len > MAX_MESSAGE_BYTES {
+                    return Err(WireError::Bound("message length", len.into()).into());
+                }
+                let mut body = vec![0u8; len as usize];
+                self.read_exact(&mut body).await?;
+                let message = Message::decode(&body)?;
+                message.validate()?;
+                Frame::Message(message)
+            }
+            TAG_CHUNK => {
+                let index = self.read_u32().await?;
+                let len = self.read_u32().await?;
+                Frame::Chunk { index, len }
+            }
+            TAG_KEPT => Frame::Kept {
+                index: self.read_u32().await?,
+            },
+            TAG_END => {
+                let mut hash = [0u8; 32];
+                self.read_exact(&mut hash).await?;
+                Frame::End { hash }
+            }
+            other => return Err(WireError::UnknownTag(other).into()),
+        };
+        Ok(Some(frame))
+    }
+
+    /// The next message; anything else is a protocol violation.
+    pub async fn message(&mut self) -> Result<Message> {
+        match self.next().await? {
+            Some(Frame::Message(message)) => Ok(message),
+            Some(_) => Err(WireError::Unexpected("data where a message belongs").into()),
+            None => bail!("peer closed the stream without answering"),
+        }
+    }
+
+    /// Up to `remaining` bytes of the current chunk's data (never empty).
+    pub async fn data(&mut self, remaining: usize) -> Result<Bytes> {
+        if self.pending.is_empty() && !self.fill().await? {
+            bail!("stream ended in the middle of a chunk");
+        }
+        let take = self.pending.len().min(remaining);
+        Ok(self.pending.split_to(take))
+    }
+
+    pub async fn hash(&mut self) -> Result<Hash> {
+        let mut hash = [0u8; 32];
+        self.read_exact(&mut hash).await?;
+        Ok(hash)
+    }
+
+    pub fn stop(&mut self, code: u32) {
+        self.recv.stop(code.into()).ok();
+    }
+}
+
+pub struct FrameWriter {
+    send: SendStream,
+    stall: Duration,
+}
+
+impl FrameWriter {
+    pub fn new(send: SendStream, stall: Duration) -> Self {
+        FrameWriter { send, stall }
+    }
+
+    pub async fn write(&mut self, bytes: Bytes) -> Result<()> {
+        tokio::time::timeout(self.stall, self.send.write_chunk(bytes))
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "peer took nothing for {} s",
+                    self.stall.as_secs_f32().round()
+                )
+            })?
+            .context("stream broke")
+    }
+
+    pub async fn message(&mut self, message: &Message) -> Result<()> {
+        self.write(Bytes::from(message.encode())).await
+    }
+
+    pub fn finish(&mut self) {
+        self.send.finish().ok();
+    }
+
+    pub fn reset(&mut self, code: u32) {
+        self.send.reset(code.into()).ok();
+    }
+}

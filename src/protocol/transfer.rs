@@ -1,0 +1,516 @@
+//! Moving one file through a stream pair in checked chunks.
+//!
+//! The holder sends an [`Offer`]; unless the offer is eager, the receiver answers
+//! `Ready` with the chunks it already holds from an interrupted transfer. The
+//! holder then sends every chunk in order, as data or as `KEPT` where the receiver's
+//! copy matches, then `END` with the file hash. The receiver checks each chunk's
+//! hash before it counts, commits the file, and answers `Stored` or `Failed`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::hashing::{ChunkHasher, file_hash};
+use super::stream::{Frame, FrameReader, FrameWriter};
+use super::wire::{
+    CHUNK_SIZE, Hash, HeldChunk, Message, Offer, chunk_header, end_frame, hash_hex, kept_frame,
+    parse_hash,
+};
+
+/// Bytes read from disk and written to the stream at a time.
+const PIECE: usize = 1 << 20;
+/// Pieces read ahead of the network; bounds the sender's memory per stream.
+const READ_AHEAD: usize = 4;
+/// Stream error code for a receiver that gave up on a file.
+pub const CODE_FAILED: u32 = 1;
+
+/// Where the bytes of a file come from.
+#[derive(Clone)]
+pub enum Segment {
+    File {
+        file: Arc<File>,
+        offset: u64,
+        len: u64,
+    },
+    Bytes(Bytes),
+}
+
+impl Segment {
+    fn len(&self) -> u64 {
+        match self {
+            Segment::File { len, .. } => *len,
+            Segment::Bytes(bytes) => bytes.len() as u64,
+        }
+    }
+}
+
+/// A file to send: its offer and the segments its bytes are read from.
+#[derive(Clone)]
+pub struct Source {
+    pub offer: Offer,
+    segments: Vec<Segment>,
+}
+
+impl Source {
+    /// `identity_header` is hashed with the size into the offer's identity, which
+    /// a rerun must reproduce to resume a partial file.
+    pub fn new(
+        name: String,
+        format: &str,
+        tensors: u64,
+        identity_header: &[u8],
+        segments: Vec<Segment>,
+    ) -> Source {
+        let size = segments.iter().map(Segment::len).sum::<u64>();
+        let mut identity = blake3::Hasher::new();
+        identity.update(&size.to_le_bytes());
+        identity.update(identity_header);
+        Source {
+            offer: Offer {
+                name,
+                format: format.to_string(),
+                size,
+                tensors,
+                identity: identity.finalize().to_hex()[..32].to_string(),
+                eager: size <= CHUNK_SIZE,
+                discard: false,
+            },
+            segments,
+        }
+    }
+
+    /// Fills `buf` with the file's bytes from `offset`.
+    fn read_at(&self, mut offset: u64, mut buf: &mut [u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        for segment in &self.segments {
+            if buf.is_empty() {
+                break;
+            }
+            let len = segment.len();
+            if offset >= len {
+                offset -= len;
+                continue;
+            }
+            let take = (len - offset).min(buf.len() as u64) as usize;
+            let (head, rest) = buf.split_at_mut(take);
+            match segment {
+                Segment::File {
+                    file,
+                    offset: start,
+                    ..
+                } => file.read_exact_at(head, start + offset).map_err(|err| {
+                    if err.kind() == std::io::ErrorKind::UnexpectedEof {
+                        std::io::Error::other("the file is shorter than when it was opened")
+                    } else {
+                        err
+                    }
+                })?,
+                Segment::Bytes(bytes) => {
+                    head.copy_from_slice(&bytes[offset as usize..offset as usize + take])
+                }
+            }
+            buf = rest;
+            offset = 0;
+        }
+        Ok(())
+    }
+}
+
+/// Counts bytes as they cross the network, for progress and reports.
+pub type Progress = Arc<AtomicU64>;
+
+/// What the sender learns when the receiver stored a file.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub stored_as: String,
+    pub hash: String,
+    /// Data bytes that crossed the network (less than the size after a resume).
+    pub sent_bytes: u64,
+}
+
+enum Piece {
+    Header(Bytes),
+    Data(Bytes),
+    Hash(Hash),
+    Kept(u32),
+    End(Hash),
+}
+
+/// Sends `source` and waits for the receiver's verdict.
+pub async fn send_file(
+    writer: &mut FrameWriter,
+    reader: &mut FrameReader,
+    source: &Source,
+    progress: &Progress,
+) -> Result<Sent> {
+    let offer = &source.offer;
+    writer.message(&Message::Offer(offer.clone())).await?;
+    let held = if offer.eager {
+        HashMap::new()
+    } else {
+        match reader.message().await? {
+            Message::Ready { held } => held_map(&held)?,
+            Message::Refused { reason } => bail!("{reason}"),
+            other => bail!("unexpected answer to an offer: {other:?}"),
+        }
+    };
+
+    let (tx, mut rx) = mpsc::channel(READ_AHEAD);
+    let reading = {
+        let source = source.clone();
+        tokio::task::spawn_blocking(move || read_chunks(&source, &held, &tx))
+    };
+    let mut sent_bytes = 0;
+    let mut write_result = Ok(());
+    while let Some(piece) = rx.recv().await {
+        let bytes = match piece {
+            Piece::Header(bytes) => bytes,
+            Piece::Data(bytes) => {
+                sent_bytes += bytes.len() as u64;
+                progress.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                bytes
+            }
+            Piece::Hash(hash) => Bytes::copy_from_slice(&hash),
+            Piece::Kept(index) => Bytes::copy_from_slice(&kept_frame(index)),
+            Piece::End(hash) => Bytes::copy_from_slice(&end_frame(&hash)),
+        };
+        if let Err(err) = writer.write(bytes).await {
+            write_result = Err(err);
+            break;
+        }
+    }
+    drop(rx);
+    let read_result = reading.await.context("the reading task failed")?;
+    if let Err(err) = write_result {
+        // A receiver that gives up stops the stream and says why on its side.
+        if let Ok(Message::Failed { reason } | Message::Refused { reason }) = reader.message().await
+        {
+            bail!("{reason}");
+        }
+        return Err(err);
+    }
+    let local_hash = read_result.with_context(|| format!("cannot read {}", offer.name))?;
+    writer.finish();
+    match reader.message().await? {
+        Message::Stored { name, hash } => {
+            if parse_hash(&hash)? != local_hash {
+                bail!("the receiver reports hash {hash}, which is not this file's");
+            }
+            Ok(Sent {
+                stored_as: name,
+                hash,
+                sent_bytes,
+            })
+        }
+        Message::Failed { reason } | Message::Refused { reason } => bail!("{reason}"),
+        other => bail!("unexpected answer after the data: {other:?}"),
+    }
+}
+
+fn held_map(held: &[HeldChunk]) -> Result<HashMap<u32, Hash>> {
+    held.iter()
+        .map(|chunk| Ok((chunk.index, parse_hash(&chunk.hash)?)))
+        .collect()
+}
+
+/// Reads, hashes and queues every chunk; runs on a blocking thread. Returns the
+/// file hash, or the read error that stopped it.
+fn read_chunks(
+    source: &Source,
+    held: &HashMap<u32, Hash>,
+    tx: &mpsc::Sender<Piece>,
+) -> std::io::Result<Hash> {
+    let size = source.offer.size;
+    let chunks = source.offer.chunks();
+    let mut hashes = Vec::with_capacity(chunks as usize);
+    let closed = || std::io::Error::other("stream closed");
+    for index in 0..chunks {
+        let start = index * CHUNK_SIZE;
+        let len = CHUNK_SIZE.min(size - start);
+        if let Some(theirs) = held.get(&(index as u32)) {
+            let ours = hash_chunk(source, index, chunks, start, len, None)?;
+            if ours == *theirs {
+                hashes.push(ours);
+                tx.blocking_send(Piece::Kept(index as u32))
+                    .map_err(|_| closed())?;
+                continue;
+            }
+        }
+        tx.blocking_send(Piece::Header(Bytes::copy_from_slice(&chunk_header(
+            index as u32,
+            len as u32,
+        ))))
+        .map_err(|_| closed())?;
+        let hash = hash_chunk(source, index, chunks, start, len, Some(tx))?;
+        tx.blocking_send(Piece::Hash(hash)).map_err(|_| closed())?;
+        hashes.push(hash);
+    }
+    let hash = file_hash(size, &hashes);
+    tx.blocking_send(Piece::End(hash)).map_err(|_| closed())?;
+    Ok(hash)
+}
+
+/// Hashes one chunk, queueing its data when `tx` is given.
+fn hash_chunk(
+    source: &Source,
+    index: u64,
+    chunks: u64,
+    start: u64,
+    len: u64,
+    tx: Option<&mpsc::Sender<Piece>>,
+) -> std::io::Result<Hash> {
+    let mut hasher = ChunkHasher::new(index, chunks);
+    let mut done = 0;
+    while done < len {
+        let take = (len - done).min(PIECE as u64) as usize;
+        let mut buf = BytesMut::zeroed(take);
+        source.read_at(start + done, &mut buf)?;
+        hasher.update(&buf);
+        done += take as u64;
+        if let Some(tx) = tx {
+            tx.blocking_send(Piece::Data(buf.freeze()))
+                .map_err(|_| std::io::Error::other("stream closed"))?;
+        }
+    }
+    Ok(hasher.finalize())
+}
+
+/// Where a receiver puts a file: a partial file on disk, stdout, or nowhere.
+/// Its methods block (disk I/O); they are called from the receiving task.
+pub trait Sink: Send {
+    /// Chunks already held and re-checked, from an interrupted transfer.
+    fn held(&mut self) -> Vec<(u32, Hash)>;
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<()>;
+    /// The chunk's data was written and its hash matched.
+    fn chunk_checked(&mut self, index: u32, hash: &Hash) -> Result<()>;
+    /// Makes the whole, checked file visible; returns the name it got.
+    fn commit(self: Box<Self>, hash: &Hash) -> Result<String>;
+    /// Gives up, keeping checked chunks for a rerun when `keep` holds.
+    fn abandon(self: Box<Self>, keep: bool);
+    /// Fires when the sink must let go of its file (a rerun took it over).
+    fn cancelled(&self) -> CancellationToken;
+}
+
+/// What a receiver reports about a stored file.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub offer: Offer,
+    pub stored_as: String,
+    pub hash: String,
+    pub received_bytes: u64,
+}
+
+/// Receives one offered file into the sink that `accept` gives for the offer (or
+/// refuses it with the reason `accept` returns).
+pub async fn receive_file<F>(
+    writer: &mut FrameWriter,
+    reader: &mut FrameReader,
+    progress: &Progress,
+    accept: F,
+) -> Result<Received>
+where
+    F: AsyncFnOnce(&Offer) -> Result<Box<dyn Sink>>,
+{
+    let offer = match reader.message().await? {
+        Message::Offer(offer) => offer,
+        Message::Refused { reason } | Message::Failed { reason } => bail!("{reason}"),
+        other => bail!("expected a file offer, got {other:?}"),
+    };
+    let mut sink = match accept(&offer).await {
+        Ok(sink) => sink,
+        Err(err) => {
+            let reason = format!("{err:#}");
+            writer
+                .message(&Message::Refused {
+                    reason: reason.clone(),
+                })
+                .await
+                .ok();
+            writer.finish();
+            reader.stop(CODE_FAILED);
+            bail!("refused {}: {reason}", offer.name);
+        }
+    };
+    let held: HashMap<u32, Hash> = if offer.eager {
+        HashMap::new()
+    } else {
+        let held = sink.held();
+        let message = Message::Ready {
+            held: held
+                .iter()
+                .map(|(index, hash)| HeldChunk {
+                    index: *index,
+                    hash: hash_hex(hash),
+                })
+                .collect(),
+        };
+        if let Err(err) = writer.message(&message).await {
+            sink.abandon(true);
+            return Err(err);
+        }
+        held.into_iter().collect()
+    };
+
+    let cancelled = sink.cancelled();
+    let outcome = tokio::select! {
+        outcome = receive_chunks(reader, &mut *sink, &offer, &held, progress) => outcome,
+        _ = cancelled.cancelled() => Err(Failure::kept(anyhow!("a newer transfer of the same file took over"))),
+    };
+    match outcome {
+        Ok((hash, received_bytes)) => match sink.commit(&hash) {
+            Ok(stored_as) => {
+                let hash = hash_hex(&hash);
+                writer
+                    .message(&Message::Stored {
+                        name: stored_as.clone(),
+                        hash: hash.clone(),
+                    })
+                    .await?;
+                writer.finish();
+                Ok(Received {
+                    offer,
+                    stored_as,
+                    hash,
+                    received_bytes,
+                })
+            }
+            Err(err) => fail(writer, reader, &offer, err).await,
+        },
+        Err(failure) => {
+            sink.abandon(failure.keep_partial);
+            fail(writer, reader, &offer, failure.error).await
+        }
+    }
+}
+
+async fn fail(
+    writer: &mut FrameWriter,
+    reader: &mut FrameReader,
+    offer: &Offer,
+    err: anyhow::Error,
+) -> Result<Received> {
+    let reason = format!("{}: {err:#}", offer.name);
+    writer
+        .message(&Message::Failed {
+            reason: reason.clone(),
+        })
+        .await
+        .ok();
+    writer.finish();
+    reader.stop(CODE_FAILED);
+    Err(anyhow!(reason))
+}
+
+/// Why receiving stopped, and whether the partial file is worth keeping.
+struct Failure {
+    error: anyhow::Error,
+    keep_partial: bool,
+}
+
+impl Failure {
+    fn kept(error: anyhow::Error) -> Self {
+        Failure {
+            error,
+            keep_partial: true,
+        }
+    }
+
+    fn dropped(error: anyhow::Error) -> Self {
+        Failure {
+            error,
+            keep_partial: false,
+        }
+    }
+}
+
+async fn receive_chunks(
+    reader: &mut FrameReader,
+    sink: &mut dyn Sink,
+    offer: &Offer,
+    held: &HashMap<u32, Hash>,
+    progress: &Progress,
+) -> Result<(Hash, u64), Failure> {
+    let chunks = offer.chunks();
+    let mut hashes = Vec::with_capacity(chunks.min(1 << 20) as usize);
+    let mut received = 0u64;
+    loop {
+        let frame = reader.next().await.map_err(Failure::kept)?;
+        let next = hashes.len() as u64;
+        match frame {
+            Some(Frame::Chunk { index, len }) => {
+                let start = next * CHUNK_SIZE;
+                let expected_len = CHUNK_SIZE.min(offer.size.saturating_sub(start));
+                if u64::from(index) != next || next >= chunks || u64::from(len) != expected_len {
+                    return Err(Failure::kept(anyhow!(
+                        "protocol violation: chunk {index} of {len} bytes where chunk {next} of {expected_len} belongs"
+                    )));
+                }
+                let mut hasher = ChunkHasher::new(next, chunks);
+                let mut done = 0u64;
+                while done < expected_len {
+                    let data = reader
+                        .data((expected_len - done) as usize)
+                        .await
+                        .map_err(Failure::kept)?;
+                    hasher.update(&data);
+                    sink.write(start + done, &data).map_err(Failure::dropped)?;
+                    done += data.len() as u64;
+                    received += data.len() as u64;
+                    progress.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                let claimed = reader.hash().await.map_err(Failure::kept)?;
+                let actual = hasher.finalize();
+                if claimed != actual {
+                    return Err(Failure::kept(anyhow!(
+                        "chunk {index} does not match its hash; the data was corrupted on the way"
+                    )));
+                }
+                sink.chunk_checked(index, &actual)
+                    .map_err(Failure::dropped)?;
+                hashes.push(actual);
+            }
+            Some(Frame::Kept { index }) => {
+                let hash = held.get(&index).filter(|_| u64::from(index) == next);
+                let Some(hash) = hash else {
+                    return Err(Failure::kept(anyhow!(
+                        "protocol violation: kept chunk {index} was not offered"
+                    )));
+                };
+                progress.fetch_add(
+                    CHUNK_SIZE.min(offer.size - next * CHUNK_SIZE),
+                    Ordering::Relaxed,
+                );
+                hashes.push(*hash);
+            }
+            Some(Frame::End { hash }) => {
+                if next != chunks {
+                    return Err(Failure::kept(anyhow!(
+                        "the sender ended after {next} of {chunks} chunks"
+                    )));
+                }
+                if file_hash(offer.size, &hashes) != hash {
+                    return Err(Failure::dropped(anyhow!(
+                        "the file hash does not match its chunks"
+                    )));
+                }
+                return Ok((hash, received));
+            }
+            Some(Frame::Message(message)) => {
+                return Err(Failure::kept(anyhow!(
+                    "protocol violation: message {message:?} inside the data"
+                )));
+            }
+            None => {
+                return Err(Failure::kept(anyhow!(
+                    "the sender stopped after {next} of {chunks} chunks"
+                )));
+            }
+        }
+    }
+}

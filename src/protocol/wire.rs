@@ -1,0 +1,281 @@
+//! Frames on a tensor-iroh stream, with a bound on every length read.
+//!
+//! A frame is one tag byte and a body:
+//! - `MESSAGE`: a little-endian u32 length and that many bytes of JSON ([`Message`]);
+//! - `CHUNK`: u32 chunk index, u32 data length, the data, then the 32-byte hash of
+//!   the data (after it, so a sender can stream a chunk while it hashes it);
+//! - `KEPT`: u32 chunk index: the receiver already holds that chunk;
+//! - `END`: the 32-byte BLAKE3 hash of the whole file.
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol this build speaks, carried in the ALPN and in [`Message::Hello`].
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Data chunks are at most this long; each is hashed and checked on its own.
+pub const CHUNK_SIZE: u64 = 8 << 20;
+/// A JSON message longer than this is a broken or hostile peer.
+pub const MAX_MESSAGE_BYTES: u32 = 32 << 20;
+/// Bounds on what one offer may describe, so a peer cannot make us allocate
+/// without limit: 1 PiB in 8 MiB chunks.
+pub const MAX_FILE_BYTES: u64 = 1 << 50;
+pub const MAX_NAME_BYTES: usize = 1024;
+
+pub const TAG_MESSAGE: u8 = 1;
+pub const TAG_CHUNK: u8 = 2;
+pub const TAG_KEPT: u8 = 3;
+pub const TAG_END: u8 = 4;
+
+pub type Hash = [u8; 32];
+
+/// A file offered by the side that holds it, before its data.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Offer {
+    /// The name the sender wants; the receiver reduces it to a safe one.
+    pub name: String,
+    pub format: String,
+    pub size: u64,
+    pub tensors: u64,
+    /// Size and header hash: what makes a partial file resumable by a rerun.
+    pub identity: String,
+    /// The sender streams chunks right away, without waiting for `Ready`: used for
+    /// files of one chunk, where a resume would save nothing.
+    pub eager: bool,
+    /// Bench traffic: the receiver checks the data and discards it.
+    pub discard: bool,
+}
+
+impl Offer {
+    pub fn chunks(&self) -> u64 {
+        self.size.div_ceil(CHUNK_SIZE)
+    }
+}
+
+/// A chunk the receiver already holds, with the hash it has for it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HeldChunk {
+    pub index: u32,
+    pub hash: String,
+}
+
+/// A tensor as a listener serves it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TensorEntry {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<u64>,
+    pub bytes: u64,
+}
+
+/// A file as a listener serves it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CatalogFile {
+    pub name: String,
+    pub format: String,
+    pub size: u64,
+    pub tensors: Vec<TensorEntry>,
+}
+
+/// A tensor of a served file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TensorRef {
+    pub file: String,
+    pub tensor: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    /// Opens every connection, from the dialer; the listener answers with its own.
+    Hello {
+        version: u32,
+    },
+    /// The dialer will offer a file on this stream.
+    Upload,
+    /// The dialer asks for the served files and tensors.
+    Catalog,
+    /// The dialer asks for a served file, whole or only the named tensors.
+    Fetch {
+        file: String,
+        tensors: Option<Vec<String>>,
+    },
+    /// The dialer asks for one safetensors file holding tensors of several files.
+    FetchMerged {
+        tensors: Vec<TensorRef>,
+    },
+    /// The dialer has sent all its files: `files` were stored.
+    Done {
+        files: u64,
+    },
+    CatalogReply {
+        files: Vec<CatalogFile>,
+    },
+    Offer(Offer),
+    Ready {
+        held: Vec<HeldChunk>,
+    },
+    /// The receiver will not take the offer, or the holder cannot serve a request.
+    Refused {
+        reason: String,
+    },
+    /// The receiver wrote and checked the whole file under `name`.
+    Stored {
+        name: String,
+        hash: String,
+    },
+    Failed {
+        reason: String,
+    },
+    Ack,
+}
+
+impl Message {
+    pub fn encode(&self) -> Vec<u8> {
+        let json = serde_json::to_vec(self).expect("messages serialize");
+        let mut frame = Vec::with_capacity(5 + json.len());
+        frame.push(TAG_MESSAGE);
+        frame.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&json);
+        frame
+    }
+
+    pub fn decode(body: &[u8]) -> Result<Message, WireError> {
+        serde_json::from_slice(body).map_err(|err| WireError::BadMessage(err.to_string()))
+    }
+
+    /// Checks the lengths and counts a message carries against what an honest
+    /// peer could send.
+    pub fn validate(&self) -> Result<(), WireError> {
+        match self {
+            Message::Offer(offer) => {
+                check_name(&offer.name)?;
+                if offer.size > MAX_FILE_BYTES {
+                    return Err(WireError::Bound("file size", offer.size));
+                }
+            }
+            Message::Ready { held } => {
+                if held.len() as u64 > MAX_FILE_BYTES / CHUNK_SIZE {
+                    return Err(WireError::Bound("held chunks", held.len() as u64));
+                }
+            }
+            Message::Fetch { file, .. } => check_name(file)?,
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn check_name(name: &str) -> Result<(), WireError> {
+    if name.len() > MAX_NAME_BYTES {
+        return Err(WireError::Bound("name length", name.len() as u64));
+    }
+    Ok(())
+}
+
+pub fn chunk_header(index: u32, len: u32) -> [u8; 9] {
+    let mut header = [0u8; 9];
+    header[0] = TAG_CHUNK;
+    header[1..5].copy_from_slice(&index.to_le_bytes());
+    header[5..9].copy_from_slice(&len.to_le_bytes());
+    header
+}
+
+pub fn kept_frame(index: u32) -> [u8; 5] {
+    let mut frame = [0u8; 5];
+    frame[0] = TAG_KEPT;
+    frame[1..5].copy_from_slice(&index.to_le_bytes());
+    frame
+}
+
+pub fn end_frame(hash: &Hash) -> [u8; 33] {
+    let mut frame = [0u8; 33];
+    frame[0] = TAG_END;
+    frame[1..].copy_from_slice(hash);
+    frame
+}
+
+pub fn hash_hex(hash: &Hash) -> String {
+    hex::encode(hash)
+}
+
+pub fn parse_hash(text: &str) -> Result<Hash, WireError> {
+    let mut hash = [0u8; 32];
+    hex::decode_to_slice(text, &mut hash).map_err(|_| WireError::BadMessage("bad hash".into()))?;
+    Ok(hash)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WireError {
+    UnknownTag(u8),
+    BadMessage(String),
+    Bound(&'static str, u64),
+    Unexpected(&'static str),
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WireError::UnknownTag(tag) => write!(f, "unknown frame tag {tag}"),
+            WireError::BadMessage(err) => write!(f, "malformed message: {err}"),
+            WireError::Bound(what, value) => write!(f, "{what} {value} is out of bounds"),
+            WireError::Unexpected(what) => write!(f, "protocol violation: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for WireError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn messages_round_trip() {
+        let offer = Message::Offer(Offer {
+            name: "model.safetensors".into(),
+            format: "safetensors".into(),
+            size: 12,
+            tensors: 1,
+            identity: "ab".into(),
+            eager: true,
+            discard: false,
+        });
+        let frame = offer.encode();
+        assert_eq!(frame[0], TAG_MESSAGE);
+        assert_eq!(Message::decode(&frame[5..]).unwrap(), offer);
+    }
+
+    #[test]
+    fn oversized_offers_are_refused() {
+        let offer = Message::Offer(Offer {
+            name: "x".repeat(MAX_NAME_BYTES + 1),
+            format: "npy".into(),
+            size: 1,
+            tensors: 1,
+            identity: String::new(),
+            eager: false,
+            discard: false,
+        });
+        assert!(offer.validate().is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_garbage_never_panics(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(message) = Message::decode(&body) {
+                let _ = message.validate();
+            }
+        }
+
+        #[test]
+        fn decoding_mangled_messages_never_panics(cut in 0usize..200, byte in any::<u8>(), at in 0usize..200) {
+            let mut body = Message::Fetch { file: "a.npy".into(), tensors: Some(vec!["t".into()]) }.encode()[5..].to_vec();
+            body.truncate(cut.min(body.len()));
+            if !body.is_empty() {
+                let at = at % body.len();
+                body[at] = byte;
+            }
+            let _ = Message::decode(&body);
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! What a listener does with its connections: takes uploads into the store (or
+//! stdout, or nowhere for bench traffic), serves its catalog, and reports each
+//! outcome as an [`Event`] for the command to show.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow, bail};
+use iroh::endpoint::Connection;
+use iroh::{Endpoint, EndpointId};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::catalog::Catalog;
+use crate::protocol::stream::{FrameReader, FrameWriter};
+use crate::protocol::transfer::{Progress, Received, Sink, receive_file, send_file};
+use crate::protocol::wire::{CHUNK_SIZE, Hash, Message, Offer, PROTOCOL_VERSION};
+use crate::protocol::{CODE_REFUSED, CODE_SHUTDOWN, HELLO_ALPN};
+use crate::store::Store;
+
+/// How long a listener waits on a silent peer in the middle of a request.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long in-flight requests get to wind down after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+pub enum Event {
+    Received {
+        peer: EndpointId,
+        received: Received,
+        elapsed: Duration,
+    },
+    ReceiveFailed {
+        peer: EndpointId,
+        error: String,
+    },
+    Served {
+        peer: EndpointId,
+        name: String,
+        bytes: u64,
+        elapsed: Duration,
+    },
+    ServeFailed {
+        peer: EndpointId,
+        error: String,
+    },
+    Refused {
+        peer: EndpointId,
+    },
+    /// A sender finished: every file it sent was stored.
+    SendComplete {
+        peer: EndpointId,
+        files: u64,
+    },
+}
+
+/// Where uploads go.
+pub enum Uploads {
+    Store(Arc<Store>),
+    Stdout,
+    Refused,
+}
+
+pub struct Service {
+    pub uploads: Uploads,
+    pub catalog: Option<Catalog>,
+    pub allow: Option<HashSet<EndpointId>>,
+    pub events: mpsc::UnboundedSender<Event>,
+    /// Bytes received, for a progress display.
+    pub progress: Progress,
+    /// One upload at a time writes to stdout.
+    stdout_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Service {
+    pub fn new(
+        uploads: Uploads,
+        catalog: Option<Catalog>,
+        allow: Option<HashSet<EndpointId>>,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> Arc<Service> {
+        Arc::new(Service {
+            uploads,
+            catalog,
+            allow,
+            events,
+            progress: Progress::default(),
+            stdout_lock: Arc::new(tokio::sync::Mutex::new(())),
+        })
+    }
+
+    /// Accepts connections until `shutdown` fires, then closes them all and
+    /// gives in-flight requests a moment to keep their partial files.
+    pub async fn run(self: Arc<Self>, endpoint: Endpoint, shutdown: CancellationToken) {
+        let tasks = TaskTracker::new();
+        loop {
+            let incoming = tokio::select! {
+                incoming = endpoint.accept() => match incoming {
+                    Some(incoming) => incoming,
+                    None => break,
+                },
+                _ = shutdown.cancelled() => break,
+            };
+            let service = self.clone();
+            let shutdown = shutdown.clone();
+            let tracker = tasks.clone();
+            tasks.spawn(async move {
+                let connection = match incoming.await {
+                    Ok(connection) => connection,
+                    Err(err) => {
+                        tracing::debug!("incoming connection failed: {err:#}");
+                        return;
+                    }
+                };
+                service
+                    .serve_connection(connection, shutdown, tracker)
+                    .await;
+            });
+        }
+        tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some requests did not end within {SHUTDOWN_GRACE:?}");
+        }
+        endpoint.close().await;
+    }
+
+    async fn serve_connection(
+        self: Arc<Self>,
+        connection: Connection,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) {
+        let peer = connection.remote_id();
+        if let Some(allow) = &self.allow
+            && !allow.contains(&peer)
+        {
+            connection.close(CODE_REFUSED.into(), b"not on the allow list");
+            self.events.send(Event::Refused { peer }).ok();
+            return;
+        }
+        let hello_only = connection.alpn() == HELLO_ALPN;
+        loop {
+            let (send, recv) = tokio::select! {
+                streams = connection.accept_bi() => match streams {
+                    Ok(streams) => streams,
+                    Err(err) => {
+                        tracing::debug!(peer = %peer.fmt_short(), "connection ended: {err:#}");
+                        return;
+                    }
+                },
+                _ = shutdown.cancelled() => {
+                    connection.close(CODE_SHUTDOWN.into(), b"listener shutting down");
+                    return;
+                }
+            };
+            let service = self.clone();
+            tasks.spawn(async move {
+                let mut writer = FrameWriter::new(send, STALL_TIMEOUT);
+                let mut reader = FrameReader::new(recv, STALL_TIMEOUT);
+                if let Err(err) = service
+                    .serve_request(peer, hello_only, &mut writer, &mut reader)
+                    .await
+                {
+                    tracing::debug!(peer = %peer.fmt_short(), "request failed: {err:#}");
+                }
+            });
+        }
+    }
+
+    async fn serve_request(
+        &self,
+        peer: EndpointId,
+        hello_only: bool,
+        writer: &mut FrameWriter,
+        reader: &mut FrameReader,
+    ) -> Result<()> {
+        let request = reader.message().await?;
+        if hello_only && !matches!(request, Message::Hello { .. }) {
+            bail!("request on the version-neutral protocol");
+        }
+        match request {
+            Message::Hello { .. } => {
+                writer
+                    .message(&Message::Hello {
+                        version: PROTOCOL_VERSION,
+                    })
+                    .await?;
+                writer.finish();
+            }
+            Message::Upload => {
+                let started = Instant::now();
+                let result = receive_file(writer, reader, &self.progress, async |offer: &Offer| {
+                    self.sink_for(offer).await
+                })
+                .await;
+                let event = match result {
+                    Ok(received) => Event::Received {
+                        peer,
+                        received,
+                        elapsed: started.elapsed(),
+                    },
+                    Err(err) => Event::ReceiveFailed {
+                        peer,
+                        error: format!("{err:#}"),
+                    },
+                };
+                self.events.send(event).ok();
+            }
+            Message::Done { files } => {
+                writer.message(&Message::Ack).await?;
+                writer.finish();
+                self.events.send(Event::SendComplete { peer, files }).ok();
+            }
+            Message::Catalog => {
+                let reply = match &self.catalog {
+                    Some(catalog) => Message::CatalogReply {
+                        files: catalog.entries(),
+                    },
+                    None => Message::Refused {
+                        reason: NOTHING_SERVED.into(),
+                    },
+                };
+                writer.message(&reply).await?;
+                writer.finish();
+            }
+            Message::Fetch { .. } | Message::FetchMerged { .. } => {
+                self.serve_fetch(peer, &request, writer, reader).await?
+            }
+            other => bail!("unexpected request {other:?}"),
+        }
+        Ok(())
+    }
+
+    async fn serve_fetch(
+        &self,
+        peer: EndpointId,
+        request: &Message,
+        writer: &mut FrameWriter,
+        reader: &mut FrameReader,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let source = match (&self.catalog, request) {
+            (None, _) => Err(anyhow!(NOTHING_SERVED)),
+            (Some(catalog), Message::Fetch { file, tensors }) => {
+                catalog.source(file, tensors.as_deref())
+            }
+            (Some(catalog), Message::FetchMerged { tensors }) => catalog.merged(tensors),
+            _ => unreachable!("serve_fetch is called for fetch requests"),
+        };
+        let source = match source {
+            Ok(source) => source,
+            Err(err) => {
+                let reason = format!("{err:#}");
+                writer
+                    .message(&Message::Refused {
+                        reason: reason.clone(),
+                    })
+                    .await?;
+                writer.finish();
+                self.events
+                    .send(Event::ServeFailed {
+                        peer,
+                        error: reason,
+                    })
+                    .ok();
+                return Ok(());
+            }
+        };
+        let progress = Progress::default();
+        let event = match send_file(writer, reader, &source, &progress).await {
+            Ok(_) => Event::Served {
+                peer,
+                name: source.offer.name.clone(),
+                bytes: source.offer.size,
+                elapsed: started.elapsed(),
+            },
+            Err(err) => Event::ServeFailed {
+                peer,
+                error: format!("{}: {err:#}", source.offer.name),
+            },
+        };
+        self.events.send(event).ok();
+        Ok(())
+    }
+
+    async fn sink_for(&self, offer: &Offer) -> Result<Box<dyn Sink>> {
+        if offer.discard {
+            return Ok(Box::new(DiscardSink::default()));
+        }
+        match &self.uploads {
+            Uploads::Store(store) => store.accept(offer).await,
+            Uploads::Stdout => {
+                let guard = self.stdout_lock.clone().lock_owned().await;
+                Ok(Box::new(StdoutSink::new(guard)))
+            }
+            Uploads::Refused => bail!(
+                "this listener only serves files; it takes uploads when started with --out DIR"
+            ),
+        }
+    }
+}
+
+const NOTHING_SERVED: &str = "this listener serves no files (start it with --serve PATH)";
+
+/// Checks bench data and keeps none of it.
+#[derive(Default)]
+struct DiscardSink {
+    cancel: CancellationToken,
+}
+
+impl Sink for DiscardSink {
+    fn held(&mut self) -> Vec<(u32, Hash)> {
+        Vec::new()
+    }
+    fn write(&mut self, _offset: u64, _data: &[u8]) -> Result<()> {
+        Ok(())
+    }
+    fn chunk_checked(&mut self, _index: u32, _hash: &Hash) -> Result<()> {
+        Ok(())
+    }
+    fn commit(self: Box<Self>, _hash: &Hash) -> Result<String> {
+        Ok(String::new())
+    }
+    fn abandon(self: Box<Self>, _keep: bool) {}
+    fn cancelled(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+}
+
+/// Writes each chunk to stdout once its hash checked, so nothing unverified
+/// reaches the reader of the pipe.
+pub struct StdoutSink<G: Send> {
+    pending: Vec<u8>,
+    _guard: G,
+}
+
+impl<G: Send> StdoutSink<G> {
+    pub fn new(guard: G) -> Self {
+        StdoutSink {
+            pending: Vec::with_capacity(CHUNK_SIZE as usize),
+            _guard: guard,
+        }
+    }
+}
+
+impl<G: Send> Sink for StdoutSink<G> {
+    fn held(&mut self) -> Vec<(u32, Hash)> {
+        Vec::new()
+    }
+    fn write(&mut self, _offset: u64, data: &[u8]) -> Result<()> {
+        self.pending.extend_from_slice(data);
+        Ok(())
+    }
+    fn chunk_checked(&mut self, _index: u32, _hash: &Hash) -> Result<()> {
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(&self.pending)?;
+        stdout.flush()?;
+        self.pending.clear();
+        Ok(())
+    }
+    fn commit(self: Box<Self>, _hash: &Hash) -> Result<String> {
+        Ok("<stdout>".into())
+    }
+    fn abandon(self: Box<Self>, _keep: bool) {}
+    fn cancelled(&self) -> CancellationToken {
+        CancellationToken::new()
+    }
+}

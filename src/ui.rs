@@ -1,0 +1,160 @@
+//! Everything the user sees: human lines and progress bars on stderr, JSON lines
+//! on stdout. Commands report through this so `--json`, `-q`, `--color` and a
+//! terminal differ only here.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use console::Style;
+use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::Value;
+
+use crate::protocol::transfer::Progress;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Clone)]
+pub struct Ui {
+    json: bool,
+    quiet: bool,
+    bars: Option<MultiProgress>,
+}
+
+impl Ui {
+    pub fn new(json: bool, quiet: bool, color: ColorChoice) -> Ui {
+        let colors = match color {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => {
+                std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                    && std::io::stderr().is_terminal()
+            }
+        };
+        console::set_colors_enabled(colors);
+        console::set_colors_enabled_stderr(colors);
+        let bars = (!json && !quiet && std::io::stderr().is_terminal())
+            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10)));
+        Ui { json, quiet, bars }
+    }
+
+    pub fn json_mode(&self) -> bool {
+        self.json
+    }
+
+    /// A human line on stderr, unless quiet.
+    pub fn say(&self, line: impl AsRef<str>) {
+        if self.quiet {
+            return;
+        }
+        match &self.bars {
+            Some(bars) => bars.suspend(|| eprintln!("{}", line.as_ref())),
+            None => eprintln!("{}", line.as_ref()),
+        }
+    }
+
+    /// A warning on stderr, shown even when quiet.
+    pub fn warn(&self, line: impl AsRef<str>) {
+        let text = format!(
+            "{} {}",
+            Style::new().yellow().bold().apply_to("warning:"),
+            line.as_ref()
+        );
+        match &self.bars {
+            Some(bars) => bars.suspend(|| eprintln!("{text}")),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    /// One JSON object on its own stdout line.
+    pub fn json(&self, value: Value) {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{value}").ok();
+        stdout.flush().ok();
+    }
+
+    /// A line on stdout (tickets, ids, listings); machine-readable output.
+    pub fn out(&self, line: impl AsRef<str>) {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{}", line.as_ref()).ok();
+        stdout.flush().ok();
+    }
+
+    pub fn bold(&self, text: impl std::fmt::Display) -> String {
+        Style::new().bold().apply_to(text).to_string()
+    }
+
+    pub fn green(&self, text: impl std::fmt::Display) -> String {
+        Style::new().green().apply_to(text).to_string()
+    }
+
+    /// A progress bar fed from `counter`, or nothing where bars are not shown.
+    /// `total` of `None` shows a byte counter and rate without an ETA.
+    pub fn progress(&self, label: &str, total: Option<u64>, counter: &Progress) -> Option<Bar> {
+        let bars = self.bars.as_ref()?;
+        let bar = match total {
+            Some(total) => ProgressBar::new(total).with_style(
+                ProgressStyle::with_template(
+                    "{prefix:.bold} [{bar:30.cyan/blue}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            ),
+            None => ProgressBar::no_length().with_style(
+                ProgressStyle::with_template("{prefix:.bold} {bytes} {binary_bytes_per_sec}")
+                    .expect("valid template"),
+            ),
+        };
+        let bar = bars.add(bar.with_prefix(label.to_string()));
+        let ticker = {
+            let bar = bar.clone();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                loop {
+                    bar.set_position(counter.load(Ordering::Relaxed));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        };
+        Some(Bar {
+            bar,
+            ticker: Arc::new(ticker),
+            counter: counter.clone(),
+        })
+    }
+}
+
+/// A progress bar that follows a byte counter until dropped.
+pub struct Bar {
+    bar: ProgressBar,
+    ticker: Arc<tokio::task::JoinHandle<()>>,
+    counter: Progress,
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        self.ticker.abort();
+        self.bar.set_position(self.counter.load(Ordering::Relaxed));
+        self.bar.finish_and_clear();
+    }
+}
+
+/// Megabytes (10^6 bytes) per second, the unit of every rate we print.
+pub fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
+    let seconds = elapsed.as_secs_f64();
+    if seconds <= 0.0 {
+        0.0
+    } else {
+        bytes as f64 / 1e6 / seconds
+    }
+}
+
+pub fn human_bytes(bytes: u64) -> String {
+    HumanBytes(bytes).to_string()
+}
