@@ -1,28 +1,58 @@
-//! `tensor-iroh pull`: fetch served files, or the tensors you name.
+//! `tensor-iroh pull`: list a listener's tensors, fetch whole files or the
+//! tensors that match glob patterns, to a directory or as one safetensors stream.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use clap::Args;
+use globset::{Glob, GlobMatcher};
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
-use super::{NetArgs, TimeoutArgs};
-use crate::ui::Ui;
+use super::{NetArgs, TimeoutArgs, parse_tickets};
+use crate::protocol::client;
+use crate::protocol::pool::Pool;
+use crate::protocol::transfer::{Progress, Received, Sink};
+use crate::protocol::wire::{CatalogFile, Message, Offer, TensorRef};
+use crate::service::StdoutSink;
+use crate::store::Store;
+use crate::ui::{Ui, human_bytes, mb_per_s};
+
+/// Files fetched at once, each on its own stream.
+const FILES_IN_FLIGHT: usize = 4;
+
+const EXAMPLES: &str = "Examples:
+  tensor-iroh pull <TICKET> --list
+  tensor-iroh pull <TICKET> --out ./weights                  # every served file, byte-identical
+  tensor-iroh pull <TICKET> 'model.layers.1[0-5].*' --out ./w  # matching tensors per file
+  tensor-iroh pull <TICKET> 'lm_head.*' --stdout > head.safetensors";
 
 /// Fetch files or tensors from a listener started with --serve
 #[derive(Debug, Args)]
+#[command(after_help = EXAMPLES)]
 pub struct PullArgs {
     /// Ticket printed by `tensor-iroh listen --serve`
     pub ticket: String,
-    /// Globs over tensor names
+    /// Globs over full tensor names (`*` also matches `.` and `/`); a pattern equal
+    /// to a tensor's name selects it exactly. None: every served file, whole
     pub patterns: Vec<String>,
+    /// Directory to write to [default: the current directory]
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    #[arg(long)]
+    /// Write one safetensors stream holding every selected tensor to stdout
+    #[arg(long, conflicts_with_all = ["out", "list", "json"])]
     pub stdout: bool,
+    /// List the served tensors (name, dtype, shape, bytes, file) and fetch nothing
     #[arg(long)]
     pub list: bool,
+    /// JSON lines on stdout
     #[arg(long)]
     pub json: bool,
+    /// Overwrite files of the same name instead of choosing a new name
     #[arg(long)]
     pub force: bool,
     #[command(flatten)]
@@ -31,6 +61,282 @@ pub struct PullArgs {
     pub timeout: TimeoutArgs,
 }
 
-pub async fn run(_args: PullArgs, _ui: Ui) -> Result<()> {
-    anyhow::bail!("not yet")
+pub async fn run(args: PullArgs, ui: Ui) -> Result<()> {
+    let addr = parse_tickets([&args.ticket])?.remove(0);
+    let selection = if args.list {
+        None
+    } else {
+        Some(Patterns::new(&args.patterns)?)
+    };
+    let pool = Arc::new(args.net.pool(&args.timeout).await?);
+    let result = async {
+        let catalog = client::catalog(&pool, &addr).await?;
+        match selection {
+            None => {
+                list(&ui, &catalog);
+                Ok(())
+            }
+            Some(patterns) => {
+                let wanted = patterns.select(&catalog)?;
+                let started = Instant::now();
+                let outcomes = if args.stdout {
+                    vec![fetch_to_stdout(&pool, &addr, &wanted).await]
+                } else {
+                    let store =
+                        Store::open(&args.out.clone().unwrap_or_else(|| ".".into()), args.force)?;
+                    fetch_to_store(&pool, &addr, store, wanted, &ui).await
+                };
+                summarize(&ui, outcomes, started)
+            }
+        }
+    }
+    .await;
+    pool.close().await;
+    result
+}
+
+fn list(ui: &Ui, catalog: &[CatalogFile]) {
+    for file in catalog {
+        for tensor in &file.tensors {
+            if ui.json_mode() {
+                ui.json(json!({
+                    "event": "tensor",
+                    "name": tensor.name,
+                    "dtype": tensor.dtype,
+                    "shape": tensor.shape,
+                    "bytes": tensor.bytes,
+                    "file": file.name,
+                }));
+            } else {
+                let shape: Vec<String> = tensor.shape.iter().map(u64::to_string).collect();
+                ui.out(format!(
+                    "{}\t{}\t[{}]\t{}\t{}",
+                    tensor.name,
+                    tensor.dtype,
+                    shape.join(", "),
+                    tensor.bytes,
+                    file.name
+                ));
+            }
+        }
+    }
+}
+
+/// The patterns of a pull: none means every served file, whole.
+struct Patterns {
+    patterns: Vec<(String, GlobMatcher)>,
+}
+
+/// What to fetch from one served file: all of it, or the named tensors.
+struct Wanted {
+    file: String,
+    tensors: Option<Vec<String>>,
+}
+
+impl Patterns {
+    fn new(patterns: &[String]) -> Result<Patterns> {
+        let patterns = patterns
+            .iter()
+            .map(|p| {
+                let glob = Glob::new(p).with_context(|| format!("invalid pattern {p:?}"))?;
+                Ok((p.clone(), glob.compile_matcher()))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Patterns { patterns })
+    }
+
+    fn matches(&self, name: &str) -> bool {
+        self.patterns
+            .iter()
+            .any(|(text, glob)| text == name || glob.is_match(name))
+    }
+
+    /// Applies the patterns to the catalog; a pattern that matches nothing is an
+    /// error before anything is fetched.
+    fn select(&self, catalog: &[CatalogFile]) -> Result<Vec<Wanted>> {
+        if catalog.is_empty() {
+            bail!("the listener serves no files");
+        }
+        if self.patterns.is_empty() {
+            return Ok(catalog
+                .iter()
+                .map(|f| Wanted {
+                    file: f.name.clone(),
+                    tensors: None,
+                })
+                .collect());
+        }
+        for (text, glob) in &self.patterns {
+            let found = catalog
+                .iter()
+                .flat_map(|f| &f.tensors)
+                .any(|t| *text == t.name || glob.is_match(&t.name));
+            if !found {
+                bail!("no served tensor matches {text:?}");
+            }
+        }
+        Ok(catalog
+            .iter()
+            .filter_map(|file| {
+                let names: Vec<String> = file
+                    .tensors
+                    .iter()
+                    .filter(|t| self.matches(&t.name))
+                    .map(|t| t.name.clone())
+                    .collect();
+                (!names.is_empty()).then(|| Wanted {
+                    file: file.name.clone(),
+                    tensors: Some(names),
+                })
+            })
+            .collect())
+    }
+}
+
+type Outcome = Result<(Received, std::time::Duration)>;
+
+async fn fetch_to_stdout(pool: &Pool, addr: &iroh::EndpointAddr, wanted: &[Wanted]) -> Outcome {
+    let mut seen: HashMap<&str, &str> = HashMap::new();
+    let mut refs = Vec::new();
+    for file in wanted {
+        let Some(names) = &file.tensors else {
+            bail!("--stdout needs patterns or a served catalog; the catalog was empty");
+        };
+        for name in names {
+            if let Some(first) = seen.insert(name, &file.file) {
+                bail!(
+                    "tensor {name:?} is in both {first} and {}; a safetensors stream holds each name once",
+                    file.file
+                );
+            }
+            refs.push(TensorRef {
+                file: file.file.clone(),
+                tensor: name.clone(),
+            });
+        }
+    }
+    let started = Instant::now();
+    let received = client::fetch(
+        pool,
+        addr,
+        &Message::FetchMerged { tensors: refs },
+        &Progress::default(),
+        async |_: &Offer| Ok(Box::new(StdoutSink::new(())) as Box<dyn Sink>),
+    )
+    .await?;
+    Ok((received, started.elapsed()))
+}
+
+async fn fetch_to_store(
+    pool: &Arc<Pool>,
+    addr: &iroh::EndpointAddr,
+    store: Arc<Store>,
+    wanted: Vec<Wanted>,
+    ui: &Ui,
+) -> Vec<Outcome> {
+    let progress = Progress::default();
+    let bar = ui.progress("pulling", None, &progress);
+    let slots = Arc::new(Semaphore::new(FILES_IN_FLIGHT));
+    let mut fetches = JoinSet::new();
+    for item in wanted {
+        let (pool, addr, store, slots, progress) = (
+            pool.clone(),
+            addr.clone(),
+            store.clone(),
+            slots.clone(),
+            progress.clone(),
+        );
+        fetches.spawn(async move {
+            let _slot = slots.acquire().await.expect("never closed");
+            let started = Instant::now();
+            let request = Message::Fetch {
+                file: item.file.clone(),
+                tensors: item.tensors,
+            };
+            let received =
+                client::fetch(&pool, &addr, &request, &progress, async |offer: &Offer| {
+                    store.accept(offer).await
+                })
+                .await
+                .with_context(|| format!("pulling {}", item.file))?;
+            Ok((received, started.elapsed()))
+        });
+    }
+    let mut outcomes = Vec::new();
+    while let Some(joined) = fetches.join_next().await {
+        let outcome =
+            joined.unwrap_or_else(|err| Err(anyhow::anyhow!("a pull task failed: {err}")));
+        if let Ok((received, elapsed)) = &outcome {
+            report_file(ui, received, *elapsed);
+        }
+        outcomes.push(outcome);
+    }
+    drop(bar);
+    outcomes
+}
+
+fn report_file(ui: &Ui, received: &Received, elapsed: std::time::Duration) {
+    let offer = &received.offer;
+    if ui.json_mode() {
+        ui.json(json!({
+            "event": "file",
+            "name": offer.name,
+            "stored_as": received.stored_as,
+            "tensors": offer.tensors,
+            "bytes": offer.size,
+            "sent_bytes": received.received_bytes,
+            "blake3": received.hash,
+            "seconds": elapsed.as_secs_f64(),
+            "mb_per_s": mb_per_s(offer.size, elapsed),
+        }));
+    } else {
+        ui.say(format!(
+            "{} {}: {} tensors, {}",
+            ui.green("pulled"),
+            ui.bold(&received.stored_as),
+            offer.tensors,
+            human_bytes(offer.size)
+        ));
+    }
+}
+
+fn summarize(ui: &Ui, outcomes: Vec<Outcome>, started: Instant) -> Result<()> {
+    let elapsed = started.elapsed();
+    let mut failures = Vec::new();
+    let (mut files, mut bytes, mut sent_bytes) = (0u64, 0u64, 0u64);
+    for outcome in outcomes {
+        match outcome {
+            Ok((received, _)) => {
+                files += 1;
+                bytes += received.offer.size;
+                sent_bytes += received.received_bytes;
+            }
+            Err(err) => failures.push(err),
+        }
+    }
+    if ui.json_mode() {
+        ui.json(json!({
+            "event": "summary",
+            "files": files,
+            "failed": failures.len(),
+            "bytes": bytes,
+            "sent_bytes": sent_bytes,
+            "seconds": elapsed.as_secs_f64(),
+            "mb_per_s": mb_per_s(bytes, elapsed),
+        }));
+    } else if failures.is_empty() {
+        ui.say(format!(
+            "pulled {files} files, {} in {:.2} s ({:.1} MB/s)",
+            human_bytes(bytes),
+            elapsed.as_secs_f64(),
+            mb_per_s(bytes, elapsed)
+        ));
+    }
+    match failures.len() {
+        0 => Ok(()),
+        1 => Err(failures.remove(0)),
+        n => Err(failures
+            .remove(0)
+            .context(format!("{n} files failed; the first"))),
+    }
 }

@@ -180,6 +180,15 @@ impl FrameWriter {
         self.send.finish().ok();
     }
 
+    /// Finishes the stream and waits until the peer has everything: closing the
+    /// connection right after `finish` could drop the last message.
+    pub async fn finish_and_flush(&mut self) {
+        self.send.finish().ok();
+        tokio::time::timeout(self.stall, self.send.stopped())
+            .await
+            .ok();
+    }
+
     pub fn reset(&mut self, code: u32) {
         self.send.reset(code.into()).ok();
     }

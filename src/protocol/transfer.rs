@@ -372,7 +372,7 @@ where
                         hash: hash.clone(),
                     })
                     .await?;
-                writer.finish();
+                writer.finish_and_flush().await;
                 Ok(Received {
                     offer,
                     stored_as,
@@ -402,8 +402,8 @@ async fn fail(
         })
         .await
         .ok();
-    writer.finish();
     reader.stop(CODE_FAILED);
+    writer.finish_and_flush().await;
     Err(anyhow!(reason))
 }
 
