@@ -64,7 +64,7 @@ impl Catalog {
                         name: t.name.clone(),
                         dtype: t.dtype.clone(),
                         shape: t.shape.clone(),
-                        bytes: t.len(),
+                        bytes: t.byte_len(),
                     })
                     .collect(),
             })
@@ -98,8 +98,13 @@ impl Catalog {
         let mut segments = Vec::new();
         let mut count = 0;
         for tensor in file.tensors.iter().filter(|t| names.contains(&t.name)) {
-            builder.push(&tensor.name, &tensor.dtype, &tensor.shape, tensor.len())?;
-            push_range(&mut segments, &handle, tensor.data.start, tensor.len());
+            builder.push(
+                &tensor.name,
+                &tensor.dtype,
+                &tensor.shape,
+                tensor.byte_len(),
+            )?;
+            push_range(&mut segments, &handle, tensor.data.start, tensor.byte_len());
             count += 1;
         }
         if count != names.len() {
@@ -149,7 +154,12 @@ impl Catalog {
         let mut builder = SafetensorsBuilder::new(metadata);
         let mut segments = Vec::new();
         for (file, tensor) in &parts {
-            builder.push(&tensor.name, &tensor.dtype, &tensor.shape, tensor.len())?;
+            builder.push(
+                &tensor.name,
+                &tensor.dtype,
+                &tensor.shape,
+                tensor.byte_len(),
+            )?;
             let handle = Arc::new(open(file)?);
             match &file.npy {
                 Some(_) if tensor.dtype.starts_with('C') => {
@@ -163,7 +173,7 @@ impl Catalog {
                     let data = crate::formats::npy_to_little_endian_c(file, &handle)?;
                     segments.push(Segment::Bytes(Bytes::from(data)));
                 }
-                _ => push_range(&mut segments, &handle, tensor.data.start, tensor.len()),
+                _ => push_range(&mut segments, &handle, tensor.data.start, tensor.byte_len()),
             }
         }
         let header = builder.header();

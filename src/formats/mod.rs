@@ -16,7 +16,7 @@ use std::time::SystemTime;
 
 use anyhow::{Context, Result, bail};
 
-pub use self::safetensors::{SafetensorsBuilder, safetensors_dtype_size};
+pub use self::safetensors::SafetensorsBuilder;
 
 /// Index files are small JSON documents; anything larger is not one.
 const MAX_INDEX_BYTES: u64 = 64 << 20;
@@ -62,7 +62,7 @@ pub struct Tensor {
 }
 
 impl Tensor {
-    pub fn len(&self) -> u64 {
+    pub fn byte_len(&self) -> u64 {
         self.data.end - self.data.start
     }
 }
@@ -168,6 +168,7 @@ fn stem(name: &str) -> &str {
 }
 
 /// What a format parser finds in a file.
+#[derive(Debug)]
 struct Parsed {
     header: Vec<u8>,
     tensors: Vec<Tensor>,
@@ -222,7 +223,7 @@ pub fn files_in(dir: &Path, with_index: bool) -> Result<Vec<PathBuf>> {
 pub fn npy_to_little_endian_c(file: &TensorFile, handle: &File) -> Result<Vec<u8>> {
     let layout = file.npy.as_ref().context("not an .npy file")?;
     let tensor = &file.tensors[0];
-    let mut data = vec![0u8; tensor.len() as usize];
+    let mut data = vec![0u8; tensor.byte_len() as usize];
     read_exact_at(handle, tensor.data.start, &mut data)
         .with_context(|| format!("cannot read {}", file.path.display()))?;
     if layout.big_endian {

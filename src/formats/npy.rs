@@ -135,7 +135,7 @@ mod tests {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         let prefix = if version.0 == 1 { 10 } else { 12 };
         let mut text = dict.to_string();
-        while (prefix + text.len() + 1) % 64 != 0 {
+        while !(prefix + text.len() + 1).is_multiple_of(64) {
             text.push(' ');
         }
         text.push('\n');

@@ -152,10 +152,8 @@ impl Message {
                     return Err(WireError::Bound("file size", offer.size));
                 }
             }
-            Message::Ready { held } => {
-                if held.len() as u64 > MAX_FILE_BYTES / CHUNK_SIZE {
-                    return Err(WireError::Bound("held chunks", held.len() as u64));
-                }
+            Message::Ready { held } if held.len() as u64 > MAX_FILE_BYTES / CHUNK_SIZE => {
+                return Err(WireError::Bound("held chunks", held.len() as u64));
             }
             Message::Fetch { file, .. } => check_name(file)?,
             _ => {}
