@@ -2,7 +2,6 @@
 //! stdout, or nowhere for bench traffic), serves its catalog, and reports each
 //! outcome as an [`Event`] for the command to show.
 
-use std::collections::HashSet;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +17,7 @@ use crate::catalog::Catalog;
 use crate::protocol::stream::{FrameReader, FrameWriter};
 use crate::protocol::transfer::{Progress, Received, Sink, receive_file, send_file};
 use crate::protocol::wire::{CHUNK_SIZE, Hash, Message, Offer, PROTOCOL_VERSION};
-use crate::protocol::{CODE_REFUSED, CODE_SHUTDOWN, HELLO_ALPN};
+use crate::protocol::{CODE_SHUTDOWN, HELLO_ALPN};
 use crate::store::Store;
 
 /// How long a listener waits on a silent peer in the middle of a request.
@@ -47,6 +46,7 @@ pub enum Event {
         peer: EndpointId,
         error: String,
     },
+    /// A peer not on the `--allow` list tried to connect.
     Refused {
         peer: EndpointId,
     },
@@ -67,7 +67,6 @@ pub enum Uploads {
 pub struct Service {
     pub uploads: Uploads,
     pub catalog: Option<Catalog>,
-    pub allow: Option<HashSet<EndpointId>>,
     pub events: mpsc::UnboundedSender<Event>,
     /// Bytes received, for a progress display.
     pub progress: Progress,
@@ -79,13 +78,11 @@ impl Service {
     pub fn new(
         uploads: Uploads,
         catalog: Option<Catalog>,
-        allow: Option<HashSet<EndpointId>>,
         events: mpsc::UnboundedSender<Event>,
     ) -> Arc<Service> {
         Arc::new(Service {
             uploads,
             catalog,
-            allow,
             events,
             progress: Progress::default(),
             stdout_lock: Arc::new(tokio::sync::Mutex::new(())),
@@ -137,13 +134,6 @@ impl Service {
         tasks: TaskTracker,
     ) {
         let peer = connection.remote_id();
-        if let Some(allow) = &self.allow
-            && !allow.contains(&peer)
-        {
-            connection.close(CODE_REFUSED.into(), b"not on the allow list");
-            self.events.send(Event::Refused { peer }).ok();
-            return;
-        }
         let hello_only = connection.alpn() == HELLO_ALPN;
         loop {
             let (send, recv) = tokio::select! {

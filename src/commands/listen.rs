@@ -1,8 +1,8 @@
 //! `tensor-iroh listen`: print a ticket, take files from senders, serve files to pullers.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::NetArgs;
 use crate::catalog::Catalog;
-use crate::protocol::endpoint::{self, EndpointOptions};
+use crate::protocol::endpoint::{self, AllowList, EndpointOptions};
 use crate::service::{Event, Service, Uploads};
 use crate::store::Store;
 use crate::ui::{Ui, human_bytes, mb_per_s};
@@ -44,7 +44,7 @@ pub struct ListenArgs {
     #[arg(long, value_name = "PATH")]
     pub serve: Vec<PathBuf>,
     /// Admit only this endpoint id (repeatable); anyone with the ticket otherwise
-    #[arg(long, value_name = "ENDPOINT_ID")]
+    #[arg(long, value_name = "ENDPOINT_ID", value_parser = endpoint::parse_endpoint_id)]
     pub allow: Vec<EndpointId>,
     /// Local UDP address to bind, e.g. 0.0.0.0:4433
     #[arg(long, value_name = "IP:PORT")]
@@ -85,11 +85,22 @@ pub async fn run(args: ListenArgs, ui: Ui) -> Result<()> {
         Uploads::Refused
     };
 
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let allow = (!args.allow.is_empty()).then(|| {
+        let events = events_tx.clone();
+        AllowList {
+            ids: args.allow.iter().copied().collect(),
+            on_refused: Arc::new(move |peer| {
+                events.send(Event::Refused { peer }).ok();
+            }),
+        }
+    });
     let endpoint = endpoint::bind(EndpointOptions {
         secret_key: endpoint::secret_key(args.net.key_source())?,
         relay: args.net.relay.clone(),
         bind: args.bind,
         accept: true,
+        allow,
     })
     .await?;
     let ticket = endpoint::ticket(&endpoint, &args.net.relay).await;
@@ -106,10 +117,7 @@ pub async fn run(args: ListenArgs, ui: Ui) -> Result<()> {
     }
     describe(&ui, &endpoint.id(), &uploads, catalog.as_ref(), &args.allow);
 
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    let allow =
-        (!args.allow.is_empty()).then(|| args.allow.iter().copied().collect::<HashSet<_>>());
-    let service = Service::new(uploads, catalog, allow, events_tx);
+    let service = Service::new(uploads, catalog, events_tx);
     let shutdown = CancellationToken::new();
     let bar = ui.progress("receiving", None, &service.progress);
     let serving = tokio::spawn(service.run(endpoint, shutdown.clone()));

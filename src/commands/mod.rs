@@ -103,6 +103,7 @@ impl NetArgs {
             relay: self.relay.clone(),
             bind: None,
             accept: false,
+            allow: None,
         })
         .await
     }

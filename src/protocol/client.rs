@@ -1,9 +1,10 @@
 //! The dialing side's requests: upload a file, say a send is done, list a
 //! listener's tensors, fetch them.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use iroh::EndpointAddr;
 
+use super::explain;
 use super::pool::Pool;
 use super::transfer::{Progress, Received, Sent, Sink, Source, receive_file, send_file};
 use super::wire::{CatalogFile, Message, Offer};
@@ -16,8 +17,10 @@ pub async fn upload(
     progress: &Progress,
 ) -> Result<Sent> {
     let (mut writer, mut reader) = pool.open(addr).await?;
-    writer.message(&Message::Upload).await?;
-    send_file(&mut writer, &mut reader, source, progress).await
+    writer.message(&Message::Upload).await.map_err(explain)?;
+    send_file(&mut writer, &mut reader, source, progress)
+        .await
+        .map_err(explain)
 }
 
 /// Tells the listener that this send is complete (`--once` listeners exit on it).
@@ -25,7 +28,7 @@ pub async fn done(pool: &Pool, addr: &EndpointAddr, files: u64) -> Result<()> {
     let (mut writer, mut reader) = pool.open(addr).await?;
     writer.message(&Message::Done { files }).await?;
     writer.finish();
-    match reader.message().await? {
+    match reader.message().await.map_err(explain)? {
         Message::Ack => Ok(()),
         other => bail!("unexpected answer to done: {other:?}"),
     }
@@ -36,11 +39,7 @@ pub async fn catalog(pool: &Pool, addr: &EndpointAddr) -> Result<Vec<CatalogFile
     let (mut writer, mut reader) = pool.open(addr).await?;
     writer.message(&Message::Catalog).await?;
     writer.finish();
-    match reader
-        .message()
-        .await
-        .context("listing the served tensors")?
-    {
+    match reader.message().await.map_err(explain)? {
         Message::CatalogReply { files } => Ok(files),
         Message::Refused { reason } => bail!("{reason}"),
         other => bail!("unexpected answer to a catalog request: {other:?}"),
@@ -60,6 +59,8 @@ where
     F: AsyncFnOnce(&Offer) -> Result<Box<dyn Sink>>,
 {
     let (mut writer, mut reader) = pool.open(addr).await?;
-    writer.message(request).await?;
-    receive_file(&mut writer, &mut reader, progress, accept).await
+    writer.message(request).await.map_err(explain)?;
+    receive_file(&mut writer, &mut reader, progress, accept)
+        .await
+        .map_err(explain)
 }

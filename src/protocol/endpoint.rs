@@ -1,16 +1,22 @@
 //! Endpoint setup: secret keys, relays, binding, and tickets.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use iroh::endpoint::{QuicTransportConfig, presets};
-use iroh::{Endpoint, EndpointAddr, RelayMode, RelayUrl, SecretKey};
+use iroh::endpoint::{
+    AfterHandshakeOutcome, Connection, EndpointHooks, QuicTransportConfig, VarInt, presets,
+};
+use iroh::{
+    Endpoint, EndpointAddr, EndpointId, RelayConfig, RelayMap, RelayMode, RelayUrl, SecretKey,
+};
 use iroh_tickets::endpoint::EndpointTicket;
 
-use super::{ALPN, HELLO_ALPN};
+use super::{ALPN, CODE_REFUSED, HELLO_ALPN};
 
 /// The environment variable other iroh tools read a secret key from.
 pub const SECRET_ENV: &str = "IROH_SECRET";
@@ -90,12 +96,48 @@ fn load_or_create_key(path: &Path) -> Result<SecretKey> {
     }
 }
 
+/// Parses an endpoint id as iroh prints it, in either case.
+pub fn parse_endpoint_id(text: &str) -> Result<EndpointId> {
+    EndpointId::from_str(&text.trim().to_ascii_lowercase())
+        .map_err(|err| anyhow!("not an endpoint id ({err}); `tensor-iroh id` prints one"))
+}
+
+/// The peers a listener admits; the others are refused when their TLS handshake
+/// completes, before they can open a stream.
+pub struct AllowList {
+    pub ids: HashSet<EndpointId>,
+    /// Told about every refused peer, for the listener to report.
+    pub on_refused: Arc<dyn Fn(EndpointId) + Send + Sync>,
+}
+
+impl std::fmt::Debug for AllowList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AllowList").field("ids", &self.ids).finish()
+    }
+}
+
+impl EndpointHooks for AllowList {
+    async fn after_handshake<'a>(&'a self, connection: &'a Connection) -> AfterHandshakeOutcome {
+        let peer = connection.remote_id();
+        if self.ids.contains(&peer) || connection.side().is_client() {
+            AfterHandshakeOutcome::Accept
+        } else {
+            (self.on_refused)(peer);
+            AfterHandshakeOutcome::Reject {
+                error_code: VarInt::from_u32(CODE_REFUSED),
+                reason: b"not on the allow list".to_vec(),
+            }
+        }
+    }
+}
+
 pub struct EndpointOptions {
     pub secret_key: SecretKey,
     pub relay: Relay,
     pub bind: Option<SocketAddr>,
     /// Accept tensor-iroh connections (listeners); dialers leave this off.
     pub accept: bool,
+    pub allow: Option<AllowList>,
 }
 
 /// Binds an endpoint without DNS or address publishing: peers find each other
@@ -104,6 +146,11 @@ pub async fn bind(options: EndpointOptions) -> Result<Endpoint> {
     let relay_mode = match options.relay {
         Relay::Default => RelayMode::Default,
         Relay::Disabled => RelayMode::Disabled,
+        // A plain-HTTP relay (a self-hosted or test one) offers no QUIC address
+        // discovery; probing for it would hold the ticket back for seconds.
+        Relay::Custom(url) if url.scheme() == "http" => {
+            RelayMode::Custom(RelayMap::from(RelayConfig::new(url, None)))
+        }
         Relay::Custom(url) => RelayMode::custom([url]),
     };
     let mut builder = Endpoint::builder(presets::Minimal)
@@ -112,6 +159,9 @@ pub async fn bind(options: EndpointOptions) -> Result<Endpoint> {
         .transport_config(transport_config());
     if options.accept {
         builder = builder.alpns(vec![ALPN.to_vec(), HELLO_ALPN.to_vec()]);
+    }
+    if let Some(allow) = options.allow {
+        builder = builder.hooks(allow);
     }
     if let Some(addr) = options.bind {
         builder = builder

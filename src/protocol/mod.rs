@@ -21,19 +21,19 @@ pub const CODE_REFUSED: u32 = 403;
 /// Close code a listener uses when it shuts down.
 pub const CODE_SHUTDOWN: u32 = 503;
 
-/// Rewrites iroh's connection errors into what a user can act on.
-pub fn describe_connect_error(error: &str) -> String {
-    if error.contains(&format!("code {CODE_REFUSED}")) || error.contains("not on the allow list") {
-        "the listener refused this endpoint (it is not on the listener's --allow list)".into()
-    } else if error.contains("no application protocol")
-        || error.contains("peer doesn't support any known protocol")
-    {
-        "the peer does not speak the tensor-iroh protocol".into()
-    } else if error.contains(&format!("code {CODE_SHUTDOWN}"))
-        || error.contains("listener shutting down")
-    {
-        "the listener shut down".into()
+/// Turns the ways a listener ends a connection into what a user can act on;
+/// other errors pass through unchanged.
+pub fn explain(error: anyhow::Error) -> anyhow::Error {
+    let text = format!("{error:#}");
+    if text.contains(&format!("(code {CODE_REFUSED})")) {
+        anyhow::anyhow!(
+            "the listener refused this endpoint: it is not on the listener's --allow list"
+        )
+    } else if text.contains(&format!("(code {CODE_SHUTDOWN})")) {
+        anyhow::anyhow!("the listener shut down before the transfer finished")
+    } else if text.contains("no application protocol") {
+        anyhow::anyhow!("the peer does not speak the tensor-iroh protocol")
     } else {
-        error.to_string()
+        error
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::Mutex;
 
 use super::stream::{FrameReader, FrameWriter};
 use super::wire::{Message, PROTOCOL_VERSION};
-use super::{ALPN, HELLO_ALPN, describe_connect_error};
+use super::{ALPN, HELLO_ALPN, explain};
 
 /// The predecessor's defaults, which suit a CLI as well as a library.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -86,9 +86,7 @@ impl Pool {
                 .connect_with_opts(addr.clone(), ALPN, options)
                 .await
                 .map_err(|err| anyhow!("{err:#}"))?;
-            connecting
-                .await
-                .map_err(|err| anyhow!(describe_connect_error(&format!("{err:#}"))))
+            connecting.await.map_err(|err| explain(err.into()))
         };
         let connection = tokio::time::timeout(self.timeout, connecting)
             .await
@@ -132,7 +130,7 @@ impl Pool {
                     retried = true;
                 }
                 Ok(Err(err)) => {
-                    return Err(anyhow!(describe_connect_error(&format!("{err:#}"))))
+                    return Err(explain(err.into()))
                         .with_context(|| format!("peer {}", addr.id.fmt_short()));
                 }
                 Err(_) => bail!(
