@@ -21,7 +21,7 @@ use super::{ALPN, CODE_REFUSED, HELLO_ALPN};
 /// The environment variable other iroh tools read a secret key from.
 pub const SECRET_ENV: &str = "IROH_SECRET";
 /// How long a listener waits for its home relay before printing a ticket without it.
-pub const RELAY_WAIT: Duration = Duration::from_secs(2);
+pub const RELAY_WAIT: Duration = Duration::from_millis(1500);
 /// Streams a peer may have open at once on one connection.
 const MAX_STREAMS: u32 = 64;
 
