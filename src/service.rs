@@ -14,11 +14,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::catalog::Catalog;
+use crate::protocol::pool::peer_answers;
 use crate::protocol::stream::{FrameReader, FrameWriter};
 use crate::protocol::transfer::{Progress, Received, Sink, receive_file, send_file};
 use crate::protocol::wire::{CHUNK_SIZE, Hash, Message, Offer, PROTOCOL_VERSION};
 use crate::protocol::{CODE_SHUTDOWN, HELLO_ALPN};
-use crate::store::Store;
+use crate::store::{Liveness, Store};
 
 /// How long a listener waits on a silent peer in the middle of a request.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -150,11 +151,12 @@ impl Service {
                 }
             };
             let service = self.clone();
+            let connection = connection.clone();
             tasks.spawn(async move {
                 let mut writer = FrameWriter::new(send, STALL_TIMEOUT);
                 let mut reader = FrameReader::new(recv, STALL_TIMEOUT);
                 if let Err(err) = service
-                    .serve_request(peer, hello_only, &mut writer, &mut reader)
+                    .serve_request(&connection, hello_only, &mut writer, &mut reader)
                     .await
                 {
                     tracing::debug!(peer = %peer.fmt_short(), "request failed: {err:#}");
@@ -165,11 +167,12 @@ impl Service {
 
     async fn serve_request(
         &self,
-        peer: EndpointId,
+        connection: &Connection,
         hello_only: bool,
         writer: &mut FrameWriter,
         reader: &mut FrameReader,
     ) -> Result<()> {
+        let peer = connection.remote_id();
         let request = reader.message().await?;
         if hello_only && !matches!(request, Message::Hello { .. }) {
             bail!("request on the version-neutral protocol");
@@ -186,7 +189,7 @@ impl Service {
             Message::Upload => {
                 let started = Instant::now();
                 let result = receive_file(writer, reader, &self.progress, async |offer: &Offer| {
-                    self.sink_for(offer).await
+                    self.sink_for(offer, connection).await
                 })
                 .await;
                 let event = match result {
@@ -279,12 +282,19 @@ impl Service {
         Ok(())
     }
 
-    async fn sink_for(&self, offer: &Offer) -> Result<Box<dyn Sink>> {
+    async fn sink_for(&self, offer: &Offer, connection: &Connection) -> Result<Box<dyn Sink>> {
         if offer.discard {
             return Ok(Box::new(DiscardSink::default()));
         }
         match &self.uploads {
-            Uploads::Store(store) => store.accept(offer).await,
+            Uploads::Store(store) => {
+                let connection = connection.clone();
+                let alive: Liveness = Arc::new(move || {
+                    let connection = connection.clone();
+                    Box::pin(async move { peer_answers(&connection).await })
+                });
+                store.accept(offer, alive).await
+            }
             Uploads::Stdout => {
                 let guard = self.stdout_lock.clone().lock_owned().await;
                 Ok(Box::new(StdoutSink::new(guard)))

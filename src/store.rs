@@ -10,14 +10,15 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
+use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure};
-use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
 
 use crate::formats::Format;
@@ -30,6 +31,8 @@ const RECORD_SUFFIX: &str = ".tensor-iroh-chunks";
 /// Partial files untouched for this long are removed when a listener starts.
 pub const STALE_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
 const MAX_COMPONENT_BYTES: usize = 200;
+/// Concurrent transfers of one file (same name and identity) into one directory.
+const MAX_SIBLINGS: usize = 64;
 /// How long a rerun waits for the transfer it takes over to let go of the file.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
 
@@ -67,16 +70,21 @@ pub fn safe_name(name: &str) -> Result<PathBuf> {
     Ok(parts.iter().collect())
 }
 
+/// Answers whether the peer feeding a transfer is still there.
+pub type Liveness = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
 /// The output directory of a listener or a puller.
 pub struct Store {
     dir: PathBuf,
     force: bool,
+    /// Transfers of this process, by partial file, so a rerun can take over from
+    /// one whose sender is gone.
     active: Mutex<HashMap<PathBuf, Active>>,
 }
 
 struct Active {
     cancel: CancellationToken,
-    lock: Arc<tokio::sync::Mutex<()>>,
+    alive: Liveness,
 }
 
 impl Store {
@@ -134,7 +142,7 @@ impl Store {
     /// Prepares to receive `offer`: claims its partial file (taking it over from an
     /// earlier transfer of the same file), checks the space, and re-checks chunks
     /// kept from an interrupted run.
-    pub async fn accept(self: &Arc<Self>, offer: &Offer) -> Result<Box<dyn Sink>> {
+    pub async fn accept(self: &Arc<Self>, offer: &Offer, alive: Liveness) -> Result<Box<dyn Sink>> {
         let target = safe_name(&offer.name)?;
         ensure!(
             offer.identity.len() <= 64 && offer.identity.chars().all(|c| c.is_ascii_hexdigit()),
@@ -157,51 +165,104 @@ impl Store {
         };
         let file_name = target.file_name().expect("safe names end in a file name");
         let base = format!(".{}.{}", file_name.to_string_lossy(), offer.identity);
-        let partial_path = dir.join(format!("{base}{PARTIAL_SUFFIX}"));
-        let record_path = dir.join(format!("{base}{RECORD_SUFFIX}"));
-
-        let (cancel, guard) = self.claim(&partial_path).await?;
-        let store = self.clone();
-        let claimed = tokio::task::spawn_blocking({
-            let offer = offer.clone();
-            move || open_partial(&offer, &partial_path, &record_path)
+        let (file, partial_path, cancel) = self.claim(&dir, &base, alive).await?;
+        let record_path = record_path_for(&partial_path);
+        let opened = tokio::task::spawn_blocking({
+            let (offer, partial_path) = (offer.clone(), partial_path.clone());
+            move || open_partial(&offer, file, &partial_path, &record_path)
         })
         .await
-        .context("opening the partial file failed")??;
+        .context("opening the partial file failed")
+        .and_then(|opened| opened);
+        let partial = match opened {
+            Ok(partial) => partial,
+            Err(err) => {
+                self.release(&partial_path);
+                return Err(err);
+            }
+        };
         Ok(Box::new(DiskSink {
-            store,
+            store: self.clone(),
             dir,
             target,
-            partial: claimed,
+            partial,
             cancel,
-            _guard: guard,
         }))
     }
 
-    async fn claim(&self, partial: &Path) -> Result<(CancellationToken, OwnedMutexGuard<()>)> {
-        let lock = {
-            let mut active = self.active.lock().expect("store lock");
-            let entry = active
-                .entry(partial.to_path_buf())
-                .or_insert_with(|| Active {
-                    cancel: CancellationToken::new(),
-                    lock: Arc::new(tokio::sync::Mutex::new(())),
-                });
-            entry.cancel.cancel();
-            entry.cancel = CancellationToken::new();
-            entry.lock.clone()
-        };
-        let guard = tokio::time::timeout(TAKEOVER_WAIT, lock.lock_owned())
-            .await
-            .context("an earlier transfer of this file did not let go of it")?;
-        let cancel = {
+    /// Locks a partial file for this transfer: the one a rerun resumes from, taken
+    /// over when the transfer holding it in this process has lost its peer, or
+    /// else a fresh sibling, so two live transfers never share one file.
+    async fn claim(
+        &self,
+        dir: &Path,
+        base: &str,
+        alive: Liveness,
+    ) -> Result<(File, PathBuf, CancellationToken)> {
+        for attempt in 0..MAX_SIBLINGS {
+            let path = if attempt == 0 {
+                dir.join(format!("{base}{PARTIAL_SUFFIX}"))
+            } else {
+                dir.join(format!("{base}-{attempt}{PARTIAL_SUFFIX}"))
+            };
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            let locked = match file.try_lock() {
+                Ok(()) => true,
+                Err(std::fs::TryLockError::WouldBlock) => self.take_over(&path, &file).await,
+                Err(std::fs::TryLockError::Error(err)) => {
+                    return Err(err).with_context(|| format!("cannot lock {}", path.display()));
+                }
+            };
+            if locked {
+                let cancel = CancellationToken::new();
+                self.active.lock().expect("store lock").insert(
+                    path.clone(),
+                    Active {
+                        cancel: cancel.clone(),
+                        alive: alive.clone(),
+                    },
+                );
+                return Ok((file, path, cancel));
+            }
+        }
+        bail!("{MAX_SIBLINGS} transfers of this file are already under way")
+    }
+
+    /// Cancels the transfer of this process that holds `path` if its peer is
+    /// gone, and waits for it to let go; false when the holder is alive or is
+    /// another process.
+    async fn take_over(&self, path: &Path, file: &File) -> bool {
+        let holder = {
             let active = self.active.lock().expect("store lock");
             active
-                .get(partial)
-                .map(|a| a.cancel.clone())
-                .unwrap_or_default()
+                .get(path)
+                .map(|a| (a.cancel.clone(), a.alive.clone()))
         };
-        Ok((cancel, guard))
+        let Some((cancel, alive)) = holder else {
+            return false;
+        };
+        if alive().await {
+            return false;
+        }
+        cancel.cancel();
+        let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            if file.try_lock().is_ok() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    fn release(&self, partial: &Path) {
+        self.active.lock().expect("store lock").remove(partial);
     }
 
     /// Links `partial` under `target` or the first free `stem.N.ext` beside it
@@ -264,33 +325,39 @@ struct Partial {
     held: Vec<(u32, Hash)>,
 }
 
-fn open_partial(offer: &Offer, path: &Path, record_path: &Path) -> Result<Partial> {
-    let existing = std::fs::metadata(path).map(|m| m.len()).ok();
-    let held = match existing {
-        Some(len) if len == offer.size => recheck(path, record_path, offer).unwrap_or_default(),
-        _ => Vec::new(),
+fn record_path_for(partial: &Path) -> PathBuf {
+    let name = partial.file_name().unwrap_or_default().to_string_lossy();
+    let base = name.strip_suffix(PARTIAL_SUFFIX).unwrap_or(&name);
+    partial.with_file_name(format!("{base}{RECORD_SUFFIX}"))
+}
+
+/// Prepares a locked partial file: keeps the chunks whose data still matches the
+/// record, or starts afresh with the file's space reserved.
+fn open_partial(offer: &Offer, file: File, path: &Path, record_path: &Path) -> Result<Partial> {
+    let existing = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let held = if existing == offer.size {
+        recheck(&file, record_path, offer).unwrap_or_default()
+    } else {
+        Vec::new()
     };
-    if held.is_empty() {
-        std::fs::remove_file(path).ok();
-        std::fs::remove_file(record_path).ok();
-    }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    if existing != Some(offer.size) {
-        reserve(&file, path, offer.size).inspect_err(|_| {
-            std::fs::remove_file(path).ok();
-        })?;
-    }
-    let record = OpenOptions::new()
+    let mut record = OpenOptions::new()
         .create(true)
         .append(true)
         .open(record_path)
         .with_context(|| format!("cannot create {}", record_path.display()))?;
+    record.set_len(0)?;
+    if held.is_empty() {
+        file.set_len(0)
+            .with_context(|| format!("cannot reset {}", path.display()))?;
+        if let Err(err) = reserve(&file, path, offer.size) {
+            std::fs::remove_file(path).ok();
+            std::fs::remove_file(record_path).ok();
+            return Err(err);
+        }
+    }
+    for (index, hash) in &held {
+        writeln!(record, "{index} {}", hash_hex(hash))?;
+    }
     Ok(Partial {
         file,
         path: path.to_path_buf(),
@@ -342,9 +409,8 @@ fn free_space(dir: &Path) -> Option<u64> {
 }
 
 /// The chunks listed in the record whose data on disk still has the listed hash.
-fn recheck(path: &Path, record_path: &Path, offer: &Offer) -> Result<Vec<(u32, Hash)>> {
+fn recheck(file: &File, record_path: &Path, offer: &Offer) -> Result<Vec<(u32, Hash)>> {
     let record = BufReader::new(File::open(record_path)?);
-    let file = File::open(path)?;
     let chunks = offer.chunks();
     let mut listed = HashMap::new();
     for line in record.lines() {
@@ -381,7 +447,12 @@ struct DiskSink {
     target: PathBuf,
     partial: Partial,
     cancel: CancellationToken,
-    _guard: OwnedMutexGuard<()>,
+}
+
+impl Drop for DiskSink {
+    fn drop(&mut self) {
+        self.store.release(&self.partial.path);
+    }
 }
 
 impl DiskSink {

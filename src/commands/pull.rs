@@ -255,7 +255,11 @@ async fn fetch_to_store(
             };
             let received =
                 client::fetch(&pool, &addr, &request, &progress, async |offer: &Offer| {
-                    store.accept(offer).await
+                    // Within one pull every fetch is live; two fetches of one file
+                    // get sibling partial files rather than taking over.
+                    store
+                        .accept(offer, Arc::new(|| Box::pin(async { true })))
+                        .await
                 })
                 .await
                 .with_context(|| format!("pulling {}", item.file))?;

@@ -67,6 +67,7 @@ impl Pool {
             evicted.connection.close(CODE_DONE.into(), b"pool full");
         }
         let connection = self.dial(addr).await?;
+        tokio::spawn(answer_pings(connection.clone()));
         connections.insert(
             addr.id,
             Pooled {
@@ -180,4 +181,37 @@ async fn exchange_versions(connection: &Connection, timeout: Duration) -> Result
         Message::Hello { version } => Ok(version),
         other => bail!("unexpected answer to hello: {other:?}"),
     }
+}
+
+/// Answers the listener's liveness pings for as long as the connection lives.
+async fn answer_pings(connection: Connection) {
+    while let Ok((send, recv)) = connection.accept_bi().await {
+        tokio::spawn(async move {
+            let mut writer = FrameWriter::new(send, PING_TIMEOUT);
+            let mut reader = FrameReader::new(recv, PING_TIMEOUT);
+            if let Ok(Message::Ping) = reader.message().await {
+                writer.message(&Message::Pong).await.ok();
+                writer.finish();
+            }
+        });
+    }
+}
+
+/// How long a peer has to answer a ping before it counts as gone.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether the peer at the other end of `connection` still answers.
+pub async fn peer_answers(connection: &Connection) -> bool {
+    if connection.close_reason().is_some() {
+        return false;
+    }
+    let ping = async {
+        let (send, recv) = connection.open_bi().await?;
+        let mut writer = FrameWriter::new(send, PING_TIMEOUT);
+        let mut reader = FrameReader::new(recv, PING_TIMEOUT);
+        writer.message(&Message::Ping).await?;
+        writer.finish();
+        anyhow::Ok(matches!(reader.message().await?, Message::Pong))
+    };
+    matches!(tokio::time::timeout(PING_TIMEOUT, ping).await, Ok(Ok(true)))
 }

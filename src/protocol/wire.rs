@@ -126,6 +126,10 @@ pub enum Message {
         reason: String,
     },
     Ack,
+    /// Is the peer still there? Sent by a listener to an uploader whose partial
+    /// file a rerun wants to take over.
+    Ping,
+    Pong,
 }
 
 impl Message {
