@@ -4,7 +4,6 @@
 
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use console::Style;
@@ -117,7 +116,7 @@ impl Ui {
             let counter = counter.clone();
             tokio::spawn(async move {
                 loop {
-                    bar.set_position(counter.load(Ordering::Relaxed));
+                    bar.set_position(counter.get());
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             })
@@ -140,7 +139,7 @@ pub struct Bar {
 impl Drop for Bar {
     fn drop(&mut self) {
         self.ticker.abort();
-        self.bar.set_position(self.counter.load(Ordering::Relaxed));
+        self.bar.set_position(self.counter.get());
         self.bar.finish_and_clear();
     }
 }

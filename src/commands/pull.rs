@@ -131,6 +131,8 @@ struct Patterns {
 struct Wanted {
     file: String,
     tensors: Option<Vec<String>>,
+    /// About how many bytes will arrive, for progress.
+    bytes: u64,
 }
 
 impl Patterns {
@@ -163,6 +165,7 @@ impl Patterns {
                 .map(|f| Wanted {
                     file: f.name.clone(),
                     tensors: None,
+                    bytes: f.size,
                 })
                 .collect());
         }
@@ -178,15 +181,15 @@ impl Patterns {
         Ok(catalog
             .iter()
             .filter_map(|file| {
-                let names: Vec<String> = file
+                let chosen: Vec<_> = file
                     .tensors
                     .iter()
                     .filter(|t| self.matches(&t.name))
-                    .map(|t| t.name.clone())
                     .collect();
-                (!names.is_empty()).then(|| Wanted {
+                (!chosen.is_empty()).then(|| Wanted {
                     file: file.name.clone(),
-                    tensors: Some(names),
+                    tensors: Some(chosen.iter().map(|t| t.name.clone()).collect()),
+                    bytes: chosen.iter().map(|t| t.bytes).sum(),
                 })
             })
             .collect())
@@ -235,19 +238,22 @@ async fn fetch_to_store(
     ui: &Ui,
 ) -> Vec<Outcome> {
     let progress = Progress::default();
-    let bar = ui.progress("pulling", None, &progress);
+    let total = wanted.iter().map(|w| w.bytes).sum();
+    let bar = ui.progress("pulling", Some(total), &progress);
     let slots = Arc::new(Semaphore::new(FILES_IN_FLIGHT));
     let mut fetches = JoinSet::new();
     for item in wanted {
-        let (pool, addr, store, slots, progress) = (
+        let (pool, addr, store, slots, progress, ui) = (
             pool.clone(),
             addr.clone(),
             store.clone(),
             slots.clone(),
-            progress.clone(),
+            progress.child(),
+            ui.clone(),
         );
         fetches.spawn(async move {
             let _slot = slots.acquire().await.expect("never closed");
+            let _bar = ui.progress(&item.file, Some(item.bytes), &progress);
             let started = Instant::now();
             let request = Message::Fetch {
                 file: item.file.clone(),

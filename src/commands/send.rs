@@ -178,18 +178,21 @@ async fn send_all(
     let slots = Arc::new(Semaphore::new(FILES_IN_FLIGHT));
     let mut uploads = JoinSet::new();
     for index in 0..sources.len() {
-        let (pool, addr, sources, progress, slots) = (
+        let (pool, addr, sources, progress, slots, ui) = (
             pool.clone(),
             addr.clone(),
             sources.clone(),
             progress.clone(),
             slots.clone(),
+            ui.clone(),
         );
         uploads.spawn(async move {
             let _slot = slots.acquire().await.expect("never closed");
             let source = &sources[index];
+            let file_progress = progress.child();
+            let _bar = ui.progress(&source.offer.name, Some(source.offer.size), &file_progress);
             let started = Instant::now();
-            let sent = client::upload(&pool, &addr, source, &progress)
+            let sent = client::upload(&pool, &addr, source, &file_progress)
                 .await
                 .with_context(|| {
                     format!("sending {} to {}", source.offer.name, addr.id.fmt_short())

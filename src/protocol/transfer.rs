@@ -122,8 +122,33 @@ impl Source {
     }
 }
 
-/// Counts bytes as they cross the network, for progress and reports.
-pub type Progress = Arc<AtomicU64>;
+/// Counts bytes as they cross the network, for progress displays; a child
+/// counter (one file) also adds to its parent (all files).
+#[derive(Clone, Default)]
+pub struct Progress {
+    bytes: Arc<AtomicU64>,
+    parent: Option<Arc<AtomicU64>>,
+}
+
+impl Progress {
+    pub fn child(&self) -> Progress {
+        Progress {
+            bytes: Arc::default(),
+            parent: Some(self.bytes.clone()),
+        }
+    }
+
+    pub fn add(&self, bytes: u64) {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if let Some(parent) = &self.parent {
+            parent.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
+    pub fn get(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
 
 /// What the sender learns when the receiver stored a file.
 #[derive(Debug, Clone)]
@@ -173,7 +198,7 @@ pub async fn send_file(
             Piece::Header(bytes) => bytes,
             Piece::Data(bytes) => {
                 sent_bytes += bytes.len() as u64;
-                progress.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                progress.add(bytes.len() as u64);
                 bytes
             }
             Piece::Hash(hash) => Bytes::copy_from_slice(&hash),
@@ -462,7 +487,7 @@ async fn receive_chunks(
                     sink.write(start + done, &data).map_err(Failure::dropped)?;
                     done += data.len() as u64;
                     received += data.len() as u64;
-                    progress.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    progress.add(data.len() as u64);
                 }
                 let claimed = reader.hash().await.map_err(Failure::kept)?;
                 let actual = hasher.finalize();
@@ -482,10 +507,7 @@ async fn receive_chunks(
                         "protocol violation: kept chunk {index} was not offered"
                     )));
                 };
-                progress.fetch_add(
-                    CHUNK_SIZE.min(offer.size - next * CHUNK_SIZE),
-                    Ordering::Relaxed,
-                );
+                progress.add(CHUNK_SIZE.min(offer.size - next * CHUNK_SIZE));
                 hashes.push(*hash);
             }
             Some(Frame::End { hash }) => {
