@@ -78,7 +78,7 @@ pub struct NetArgs {
 #[derive(Debug, Clone, Args)]
 pub struct TimeoutArgs {
     /// Give up connecting, or on a peer that stalls, after this many seconds
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    #[arg(long, value_name = "SECS", default_value_t = 20)]
     pub timeout: u64,
 }
 

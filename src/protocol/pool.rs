@@ -89,15 +89,17 @@ impl Pool {
                 .map_err(|err| anyhow!("{err:#}"))?;
             connecting.await.map_err(|err| explain(err.into()))
         };
-        let connection = tokio::time::timeout(self.timeout, connecting)
-            .await
-            .map_err(|_| {
-                anyhow!(
-                    "could not reach peer {peer} within {} s",
-                    self.timeout.as_secs()
-                )
-            })?
-            .with_context(|| format!("could not reach peer {peer}"))?;
+        let unreachable = || {
+            anyhow!(
+                "could not reach peer {peer} within {} s: check the ticket, that the listener runs, and that UDP gets through",
+                self.timeout.as_secs()
+            )
+        };
+        let connection = match tokio::time::timeout(self.timeout, connecting).await {
+            Err(_) => return Err(unreachable()),
+            Ok(Err(err)) if format!("{err:#}").contains("timed out") => return Err(unreachable()),
+            Ok(result) => result.with_context(|| format!("could not reach peer {peer}"))?,
+        };
         if connection.alpn() != ALPN {
             let theirs = exchange_versions(&connection, self.timeout).await;
             connection.close(CODE_DONE.into(), b"version mismatch");
@@ -159,7 +161,7 @@ impl Pool {
         for (_, pooled) in self.connections.lock().await.drain() {
             pooled.connection.close(CODE_DONE.into(), b"done");
         }
-        tokio::time::timeout(Duration::from_secs(2), self.endpoint.close())
+        tokio::time::timeout(Duration::from_millis(500), self.endpoint.close())
             .await
             .ok();
     }
