@@ -1,0 +1,87 @@
+//! A listener of another protocol version: the sender must say which versions
+//! the two sides speak instead of failing with a bare handshake error.
+
+use std::process::Command;
+use std::time::Duration;
+
+use iroh::endpoint::presets;
+use iroh::{Endpoint, RelayMode};
+use iroh_tickets::endpoint::EndpointTicket;
+use tensor_iroh::protocol::stream::{FrameReader, FrameWriter};
+use tensor_iroh::protocol::wire::Message;
+use tensor_iroh::protocol::{HELLO_ALPN, wire::PROTOCOL_VERSION};
+
+const FUTURE_VERSION: u32 = PROTOCOL_VERSION + 1;
+
+/// Accepts connections like a listener of `FUTURE_VERSION` would: it does not
+/// speak our ALPN, only the version-neutral one, and answers hello with its version.
+async fn future_listener() -> Endpoint {
+    let future_alpn = format!("tensor-iroh/{FUTURE_VERSION}").into_bytes();
+    let endpoint = Endpoint::builder(presets::Minimal)
+        .relay_mode(RelayMode::Disabled)
+        .alpns(vec![future_alpn, HELLO_ALPN.to_vec()])
+        .bind()
+        .await
+        .unwrap();
+    let accepting = endpoint.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = accepting.accept().await {
+            let Ok(connection) = incoming.await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                while let Ok((send, recv)) = connection.accept_bi().await {
+                    let mut writer = FrameWriter::new(send, Duration::from_secs(10));
+                    let mut reader = FrameReader::new(recv, Duration::from_secs(10));
+                    if let Ok(Message::Hello { .. }) = reader.message().await {
+                        writer
+                            .message(&Message::Hello {
+                                version: FUTURE_VERSION,
+                            })
+                            .await
+                            .ok();
+                        writer.finish_and_flush().await;
+                    }
+                }
+            });
+        }
+    });
+    endpoint
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listener_of_another_version_is_named_with_both_versions() {
+    let listener = future_listener().await;
+    let ticket = EndpointTicket::new(listener.addr()).to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("x.npy");
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    let mut header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }".to_string();
+    while !(10 + header.len() + 1).is_multiple_of(64) {
+        header.push(' ');
+    }
+    header.push('\n');
+    npy.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    npy.extend_from_slice(header.as_bytes());
+    npy.extend_from_slice(&[0; 8]);
+    std::fs::write(&file, npy).unwrap();
+
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_tensor-iroh"))
+            .args(["send", "--relay", "disabled", "--timeout", "10", &ticket])
+            .arg(&file)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("protocol {FUTURE_VERSION}"))
+            && stderr.contains(&format!("protocol {PROTOCOL_VERSION}")),
+        "the error names both versions: {stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    listener.close().await;
+}
