@@ -268,3 +268,64 @@ pub fn read_exact_at(file: &File, offset: u64, buf: &mut [u8]) -> std::io::Resul
     use std::os::unix::fs::FileExt;
     file.read_exact_at(buf, offset)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::io::Write;
+
+    fn parse_bytes(format: Format, bytes: &[u8]) -> Result<Parsed> {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(bytes).unwrap();
+        let size = bytes.len() as u64;
+        match format {
+            Format::Npy => npy::parse(file.as_file(), size, "t"),
+            Format::Safetensors => safetensors::parse(file.as_file(), size),
+            Format::Index => parse_index(file.as_file(), size),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn npy_headers_never_panic(dict in "\\{[ -~]{0,120}\\}", version in 1u8..4, tail in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut bytes = b"\x93NUMPY".to_vec();
+            bytes.push(version);
+            bytes.push(0);
+            if version == 1 {
+                bytes.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+            } else {
+                bytes.extend_from_slice(&(dict.len() as u32).to_le_bytes());
+            }
+            bytes.extend_from_slice(dict.as_bytes());
+            bytes.extend_from_slice(&tail);
+            let _ = parse_bytes(Format::Npy, &bytes);
+        }
+
+        #[test]
+        fn safetensors_headers_never_panic(json in "\\{[ -~]{0,160}\\}", claimed in any::<u64>(), honest in any::<bool>(), tail in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let len = if honest { json.len() as u64 } else { claimed };
+            let mut bytes = len.to_le_bytes().to_vec();
+            bytes.extend_from_slice(json.as_bytes());
+            bytes.extend_from_slice(&tail);
+            let _ = parse_bytes(Format::Safetensors, &bytes);
+        }
+
+        #[test]
+        fn random_files_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            for format in [Format::Npy, Format::Safetensors, Format::Index] {
+                let _ = parse_bytes(format, &bytes);
+            }
+        }
+    }
+
+    #[test]
+    fn fortran_order_becomes_c_order() {
+        // A 2x3 array [[0,1,2],[3,4,5]] stored column-major: 0,3,1,4,2,5.
+        let column_major = [0u8, 3, 1, 4, 2, 5];
+        assert_eq!(
+            fortran_to_c(&column_major, &[2, 3], 1),
+            vec![0, 1, 2, 3, 4, 5]
+        );
+    }
+}
