@@ -83,12 +83,24 @@ _tensor__iroh() {
             return 0
             ;;
         tensor__subcmd__iroh__subcmd__bench)
-            opts="-v -q -h --json --relay --key --timeout --verbose --quiet --color --help"
+            opts="-v -q -h --sizes --iters --concurrency --raw --json --relay --key --timeout --verbose --quiet --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --sizes)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --iters)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --concurrency)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --relay)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

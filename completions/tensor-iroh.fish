@@ -34,7 +34,7 @@ complete -c tensor-iroh -n "__fish_tensor_iroh_needs_command" -s V -l version -d
 complete -c tensor-iroh -n "__fish_tensor_iroh_needs_command" -f -a "listen" -d 'Print a ticket and receive files from `send` (and serve files to `pull`)'
 complete -c tensor-iroh -n "__fish_tensor_iroh_needs_command" -f -a "send" -d 'Send .npy/.safetensors files (or directories of them) to listeners'
 complete -c tensor-iroh -n "__fish_tensor_iroh_needs_command" -f -a "pull" -d 'Fetch files or tensors from a listener started with --serve'
-complete -c tensor-iroh -n "__fish_tensor_iroh_needs_command" -f -a "bench" -d 'Measure latency and throughput'
+complete -c tensor-iroh -n "__fish_tensor_iroh_needs_command" -f -a "bench" -d 'Measure latency and throughput against a listener (or one in this process)'
 complete -c tensor-iroh -n "__fish_tensor_iroh_needs_command" -f -a "id" -d 'Print the endpoint id of a key (creating the key file when missing)'
 complete -c tensor-iroh -n "__fish_tensor_iroh_needs_command" -f -a "completions" -d 'Print a completion script for a shell'
 complete -c tensor-iroh -n "__fish_tensor_iroh_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -80,13 +80,17 @@ complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand pull" -l force -
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand pull" -s v -l verbose -d 'More log output on stderr (-v: info, -vv: debug, including iroh\'s)'
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand pull" -s q -l quiet -d 'Only errors and warnings on stderr; no progress bars'
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand pull" -s h -l help -d 'Print help'
+complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -l sizes -d 'Sizes to measure, with K, M or G suffixes (binary)' -r
+complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -l iters -d 'Round trips per size [default: enough to move 768 MiB, between 3 and 200]' -r
+complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -l concurrency -d 'Small tensors in flight at once for the tensors-per-second figure' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -l relay -d 'Relay servers: `default` (iroh\'s public relays), `disabled`, or a relay URL' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -l key -d 'Secret key file (64 hex characters), created with mode 0600 when missing; without it, IROH_SECRET or a fresh key' -r -F
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -l timeout -d 'Give up connecting, or on a peer that stalls, after this many seconds' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -l color -d 'When to colour stderr (NO_COLOR turns `auto` off)' -r -f -a "auto\t''
 always\t''
 never\t''"
-complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -l json
+complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -l raw -d 'Measure a bare iroh stream: no files, no hashing, no acknowledgement per chunk'
+complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -l json -d 'One JSON object per size on stdout and nothing else'
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -s v -l verbose -d 'More log output on stderr (-v: info, -vv: debug, including iroh\'s)'
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -s q -l quiet -d 'Only errors and warnings on stderr; no progress bars'
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -s h -l help -d 'Print help'
@@ -106,7 +110,7 @@ complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand completions" -s 
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand help; and not __fish_seen_subcommand_from listen send pull bench id completions help" -f -a "listen" -d 'Print a ticket and receive files from `send` (and serve files to `pull`)'
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand help; and not __fish_seen_subcommand_from listen send pull bench id completions help" -f -a "send" -d 'Send .npy/.safetensors files (or directories of them) to listeners'
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand help; and not __fish_seen_subcommand_from listen send pull bench id completions help" -f -a "pull" -d 'Fetch files or tensors from a listener started with --serve'
-complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand help; and not __fish_seen_subcommand_from listen send pull bench id completions help" -f -a "bench" -d 'Measure latency and throughput'
+complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand help; and not __fish_seen_subcommand_from listen send pull bench id completions help" -f -a "bench" -d 'Measure latency and throughput against a listener (or one in this process)'
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand help; and not __fish_seen_subcommand_from listen send pull bench id completions help" -f -a "id" -d 'Print the endpoint id of a key (creating the key file when missing)'
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand help; and not __fish_seen_subcommand_from listen send pull bench id completions help" -f -a "completions" -d 'Print a completion script for a shell'
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand help; and not __fish_seen_subcommand_from listen send pull bench id completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -205,6 +205,11 @@ impl Service {
                 };
                 self.events.send(event).ok();
             }
+            Message::RawBench { size } => {
+                reader.discard(size).await?;
+                writer.message(&Message::Ack).await?;
+                writer.finish();
+            }
             Message::Done { files } => {
                 writer.message(&Message::Ack).await?;
                 writer.finish();

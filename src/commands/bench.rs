@@ -1,15 +1,61 @@
-//! `tensor-iroh bench`: latency and throughput against a listener.
+//! `tensor-iroh bench`: connect time, per-size round trips and throughput, and the
+//! small-tensor rate, against a running listener or one inside this process.
 
-use anyhow::Result;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use bytes::Bytes;
 use clap::Args;
+use iroh::EndpointAddr;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
-use super::{NetArgs, TimeoutArgs};
-use crate::ui::Ui;
+use super::{NetArgs, TimeoutArgs, parse_tickets};
+use crate::protocol::client;
+use crate::protocol::endpoint::{self, EndpointOptions, Relay};
+use crate::protocol::pool::Pool;
+use crate::protocol::transfer::{Progress, Segment, Source};
+use crate::service::{Service, Uploads};
+use crate::ui::{Ui, human_bytes, mb_per_s};
 
-/// Measure latency and throughput
+const EXAMPLES: &str = "Examples:
+  tensor-iroh bench                                   # against a listener in this process
+  tensor-iroh bench <TICKET> --json | jq .mb_per_s    # against a running listener
+  tensor-iroh bench --raw --sizes 1M,64M              # the bare iroh stream, for comparison";
+
+/// Bench data is this block repeated, so a large size costs no large buffer.
+const BLOCK: usize = 8 << 20;
+/// Data moved per size when --iters is not given, so every size takes similar time.
+const BYTES_PER_SIZE: u64 = 768 << 20;
+/// Tensors in the small-tensor rate measurement.
+const SMALL_TENSORS: usize = 2000;
+const SMALL_TENSOR_BYTES: usize = 4096;
+
+/// Measure latency and throughput against a listener (or one in this process)
 #[derive(Debug, Args)]
+#[command(after_help = EXAMPLES)]
 pub struct BenchArgs {
+    /// Ticket of a running `tensor-iroh listen`; without it, a listener starts in
+    /// this process on loopback with relays off
     pub ticket: Option<String>,
+    /// Sizes to measure, with K, M or G suffixes (binary)
+    #[arg(long, value_delimiter = ',', default_value = "4K,64K,1M,16M,256M", value_parser = parse_size)]
+    pub sizes: Vec<u64>,
+    /// Round trips per size [default: enough to move 768 MiB, between 3 and 200]
+    #[arg(long)]
+    pub iters: Option<usize>,
+    /// Small tensors in flight at once for the tensors-per-second figure
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Measure a bare iroh stream: no files, no hashing, no acknowledgement per chunk
+    #[arg(long)]
+    pub raw: bool,
+    /// One JSON object per size on stdout and nothing else
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -18,6 +64,286 @@ pub struct BenchArgs {
     pub timeout: TimeoutArgs,
 }
 
-pub async fn run(_args: BenchArgs, _ui: Ui) -> Result<()> {
-    anyhow::bail!("not yet")
+fn parse_size(text: &str) -> Result<u64> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((at, _)) => text.split_at(at),
+        None => (text, ""),
+    };
+    let shift = match unit.to_ascii_uppercase().trim_end_matches(['B', 'I']) {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        _ => bail!("{text:?} is not a size like 4K, 16M or 1G"),
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{text:?} is not a size like 4K, 16M or 1G"))?;
+    match value.checked_mul(1 << shift) {
+        Some(0) | None => bail!("{text:?} is not a size between 1 byte and 1 PiB"),
+        Some(size) => Ok(size),
+    }
+}
+
+/// One size's measurement.
+struct Row {
+    size: u64,
+    iters: usize,
+    p50: Duration,
+    p99: Duration,
+    mb_per_s: f64,
+}
+
+pub async fn run(args: BenchArgs, ui: Ui) -> Result<()> {
+    if args.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    let local = match &args.ticket {
+        Some(_) => None,
+        None => Some(LocalListener::start().await?),
+    };
+    let (addr, pool) = match (&args.ticket, &local) {
+        (Some(ticket), _) => (
+            parse_tickets([ticket])?.remove(0),
+            Arc::new(args.net.pool(&args.timeout).await?),
+        ),
+        (None, Some(local)) => {
+            let net = NetArgs {
+                relay: Relay::Disabled,
+                ..args.net.clone()
+            };
+            (local.addr.clone(), Arc::new(net.pool(&args.timeout).await?))
+        }
+        (None, None) => unreachable!("a local listener starts without a ticket"),
+    };
+    if !ui.json_mode() {
+        let target = match &args.ticket {
+            Some(_) => format!("listener {}", addr.id.fmt_short()),
+            None => "a listener in this process (loopback, relays off)".to_string(),
+        };
+        let path = if args.raw {
+            "bare streams"
+        } else {
+            "checked file transfers"
+        };
+        ui.say(format!("benchmarking {path} against {target}"));
+    }
+    let result = measure(&args, &ui, &pool, &addr).await;
+    pool.close().await;
+    if let Some(local) = local {
+        local.stop().await;
+    }
+    result
+}
+
+async fn measure(args: &BenchArgs, ui: &Ui, pool: &Arc<Pool>, addr: &EndpointAddr) -> Result<()> {
+    let started = Instant::now();
+    pool.connection(addr).await?;
+    let connect = started.elapsed();
+    let block = random_block();
+
+    let tensors_per_s = small_tensor_rate(pool, addr, &block, args.concurrency, args.raw).await?;
+    let mut rows = Vec::new();
+    for &size in &args.sizes {
+        let iters = args
+            .iters
+            .unwrap_or_else(|| (BYTES_PER_SIZE / size).clamp(3, 200) as usize);
+        let pieces = pieces_of(&block, size);
+        let mut times = Vec::with_capacity(iters);
+        for _ in 0..iters {
+            let started = Instant::now();
+            one_transfer(pool, addr, &pieces, args.raw).await?;
+            times.push(started.elapsed());
+        }
+        let total: Duration = times.iter().sum();
+        times.sort();
+        rows.push(Row {
+            size,
+            iters,
+            p50: percentile(&times, 50),
+            p99: percentile(&times, 99),
+            mb_per_s: mb_per_s(size * iters as u64, total),
+        });
+    }
+    report(ui, args.raw, connect, tensors_per_s, &rows);
+    Ok(())
+}
+
+/// Sends one file of `pieces` (checked and acknowledged), or one bare stream.
+async fn one_transfer(pool: &Pool, addr: &EndpointAddr, pieces: &[Bytes], raw: bool) -> Result<()> {
+    if raw {
+        return client::raw_upload(pool, addr, pieces).await;
+    }
+    let segments = pieces.iter().cloned().map(Segment::Bytes).collect();
+    let mut source = Source::new(
+        "bench.safetensors".into(),
+        "safetensors",
+        1,
+        b"bench",
+        segments,
+    );
+    source.offer.discard = true;
+    client::upload(pool, addr, &source, &Progress::default()).await?;
+    Ok(())
+}
+
+/// Tensors per second for many small files, `concurrency` of them in flight.
+async fn small_tensor_rate(
+    pool: &Arc<Pool>,
+    addr: &EndpointAddr,
+    block: &Bytes,
+    concurrency: usize,
+    raw: bool,
+) -> Result<f64> {
+    let pieces = Arc::new(pieces_of(block, SMALL_TENSOR_BYTES as u64));
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = JoinSet::new();
+    for _ in 0..concurrency {
+        let (pool, addr, pieces, next) = (pool.clone(), addr.clone(), pieces.clone(), next.clone());
+        workers.spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < SMALL_TENSORS {
+                one_transfer(&pool, &addr, &pieces, raw).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(worker) = workers.join_next().await {
+        worker??;
+    }
+    Ok(SMALL_TENSORS as f64 / started.elapsed().as_secs_f64())
+}
+
+fn pieces_of(block: &Bytes, size: u64) -> Vec<Bytes> {
+    let mut pieces = Vec::new();
+    let mut left = size;
+    while left > 0 {
+        let take = left.min(BLOCK as u64) as usize;
+        pieces.push(block.slice(..take));
+        left -= take as u64;
+    }
+    pieces
+}
+
+fn random_block() -> Bytes {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ std::process::id() as u64;
+    let mut block = Vec::with_capacity(BLOCK);
+    while block.len() < BLOCK {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        block.extend_from_slice(&state.to_le_bytes());
+    }
+    Bytes::from(block)
+}
+
+fn percentile(sorted: &[Duration], percent: usize) -> Duration {
+    let index = ((sorted.len() * percent).div_ceil(100)).saturating_sub(1);
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn report(ui: &Ui, raw: bool, connect: Duration, tensors_per_s: f64, rows: &[Row]) {
+    let connect_ms = connect.as_secs_f64() * 1e3;
+    if ui.json_mode() {
+        for row in rows {
+            ui.json(json!({
+                "event": "size",
+                "size_bytes": row.size,
+                "iters": row.iters,
+                "p50_us": row.p50.as_secs_f64() * 1e6,
+                "p99_us": row.p99.as_secs_f64() * 1e6,
+                "mb_per_s": row.mb_per_s,
+                "connect_ms": connect_ms,
+                "tensors_per_s": tensors_per_s,
+                "raw": raw,
+            }));
+        }
+        return;
+    }
+    ui.out(format!("connect        {connect_ms:.1} ms"));
+    ui.out(format!(
+        "small tensors  {tensors_per_s:.0} per second ({} each)",
+        human_bytes(SMALL_TENSOR_BYTES as u64)
+    ));
+    ui.out(format!(
+        "{:>10}  {:>6}  {:>11}  {:>11}  {:>9}",
+        "size", "iters", "p50", "p99", "MB/s"
+    ));
+    for row in rows {
+        ui.out(format!(
+            "{:>10}  {:>6}  {:>11}  {:>11}  {:>9.1}",
+            human_bytes(row.size),
+            row.iters,
+            format_duration(row.p50),
+            format_duration(row.p99),
+            row.mb_per_s
+        ));
+    }
+}
+
+fn format_duration(duration: Duration) -> String {
+    let micros = duration.as_secs_f64() * 1e6;
+    if micros < 1000.0 {
+        format!("{micros:.0} us")
+    } else if micros < 1e6 {
+        format!("{:.2} ms", micros / 1e3)
+    } else {
+        format!("{:.2} s", micros / 1e6)
+    }
+}
+
+/// A listener inside this process, on loopback with relays off, that checks
+/// bench data and discards it.
+struct LocalListener {
+    addr: EndpointAddr,
+    shutdown: CancellationToken,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl LocalListener {
+    async fn start() -> Result<LocalListener> {
+        let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let endpoint = endpoint::bind(EndpointOptions {
+            secret_key: iroh::SecretKey::generate(),
+            relay: Relay::Disabled,
+            bind: Some(loopback),
+            accept: true,
+            allow: None,
+        })
+        .await?;
+        let addr = endpoint.addr();
+        let (events, _) = mpsc::unbounded_channel();
+        let service = Service::new(Uploads::Refused, None, events);
+        let shutdown = CancellationToken::new();
+        let serving = tokio::spawn(service.run(endpoint, shutdown.clone()));
+        Ok(LocalListener {
+            addr,
+            shutdown,
+            serving,
+        })
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), self.serving)
+            .await
+            .ok();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("4K").unwrap(), 4096);
+        assert_eq!(parse_size("16M").unwrap(), 16 << 20);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("4X").is_err());
+        assert!(parse_size("").is_err());
+    }
 }

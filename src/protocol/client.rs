@@ -23,6 +23,26 @@ pub async fn upload(
         .map_err(explain)
 }
 
+/// Writes `pieces` on a bare stream and waits for the listener to have read
+/// them all: the ceiling the file path is compared against.
+pub async fn raw_upload(pool: &Pool, addr: &EndpointAddr, pieces: &[bytes::Bytes]) -> Result<()> {
+    let (mut writer, mut reader) = pool.open(addr).await?;
+    let size = pieces.iter().map(|p| p.len() as u64).sum();
+    writer
+        .message(&Message::RawBench { size })
+        .await
+        .map_err(explain)?;
+    for piece in pieces {
+        writer.write(piece.clone()).await.map_err(explain)?;
+    }
+    writer.finish();
+    match reader.message().await.map_err(explain)? {
+        Message::Ack => Ok(()),
+        Message::Refused { reason } => bail!("{reason}"),
+        other => bail!("unexpected answer to raw bench data: {other:?}"),
+    }
+}
+
 /// Tells the listener that this send is complete (`--once` listeners exit on it).
 pub async fn done(pool: &Pool, addr: &EndpointAddr, files: u64) -> Result<()> {
     let (mut writer, mut reader) = pool.open(addr).await?;

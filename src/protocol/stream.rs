@@ -130,6 +130,19 @@ impl FrameReader {
         }
     }
 
+    /// Reads and drops `len` bytes, for raw bench streams.
+    pub async fn discard(&mut self, mut len: u64) -> Result<()> {
+        while len > 0 {
+            if self.pending.is_empty() && !self.fill().await? {
+                bail!("stream ended with {len} bytes still expected");
+            }
+            let take = (self.pending.len() as u64).min(len) as usize;
+            self.pending.advance(take);
+            len -= take as u64;
+        }
+        Ok(())
+    }
+
     /// Up to `remaining` bytes of the current chunk's data (never empty).
     pub async fn data(&mut self, remaining: usize) -> Result<Bytes> {
         if self.pending.is_empty() && !self.fill().await? {

@@ -186,32 +186,43 @@ pub async fn send_file(
         }
     };
 
-    let (tx, mut rx) = mpsc::channel(READ_AHEAD);
-    let reading = {
-        let source = source.clone();
-        tokio::task::spawn_blocking(move || read_chunks(&source, &held, &tx))
-    };
     let mut sent_bytes = 0;
-    let mut write_result = Ok(());
-    while let Some(piece) = rx.recv().await {
-        let bytes = match piece {
-            Piece::Header(bytes) => bytes,
-            Piece::Data(bytes) => {
-                sent_bytes += bytes.len() as u64;
-                progress.add(bytes.len() as u64);
-                bytes
+    let (read_result, write_result) = if offer.size <= PIECE as u64 {
+        // A small file is read inline: a thread hand-off would cost more than the read.
+        let mut pieces = Vec::new();
+        let read = read_chunks(source, &held, &mut |piece| {
+            pieces.push(piece);
+            Ok(())
+        });
+        let mut written = Ok(());
+        for piece in pieces {
+            written = write_piece(writer, piece, &mut sent_bytes, progress).await;
+            if written.is_err() {
+                break;
             }
-            Piece::Hash(hash) => Bytes::copy_from_slice(&hash),
-            Piece::Kept(index) => Bytes::copy_from_slice(&kept_frame(index)),
-            Piece::End(hash) => Bytes::copy_from_slice(&end_frame(&hash)),
-        };
-        if let Err(err) = writer.write(bytes).await {
-            write_result = Err(err);
-            break;
         }
-    }
-    drop(rx);
-    let read_result = reading.await.context("the reading task failed")?;
+        (read, written)
+    } else {
+        let (tx, mut rx) = mpsc::channel(READ_AHEAD);
+        let reading = {
+            let source = source.clone();
+            tokio::task::spawn_blocking(move || {
+                read_chunks(&source, &held, &mut |piece| {
+                    tx.blocking_send(piece)
+                        .map_err(|_| std::io::Error::other("stream closed"))
+                })
+            })
+        };
+        let mut written = Ok(());
+        while let Some(piece) = rx.recv().await {
+            written = write_piece(writer, piece, &mut sent_bytes, progress).await;
+            if written.is_err() {
+                break;
+            }
+        }
+        drop(rx);
+        (reading.await.context("the reading task failed")?, written)
+    };
     if let Err(err) = write_result {
         // A receiver that gives up stops the stream and says why on its side.
         if let Ok(Message::Failed { reason } | Message::Refused { reason }) = reader.message().await
@@ -238,57 +249,75 @@ pub async fn send_file(
     }
 }
 
+async fn write_piece(
+    writer: &mut FrameWriter,
+    piece: Piece,
+    sent_bytes: &mut u64,
+    progress: &Progress,
+) -> Result<()> {
+    let bytes = match piece {
+        Piece::Header(bytes) => bytes,
+        Piece::Data(bytes) => {
+            *sent_bytes += bytes.len() as u64;
+            progress.add(bytes.len() as u64);
+            bytes
+        }
+        Piece::Hash(hash) => Bytes::copy_from_slice(&hash),
+        Piece::Kept(index) => Bytes::copy_from_slice(&kept_frame(index)),
+        Piece::End(hash) => Bytes::copy_from_slice(&end_frame(&hash)),
+    };
+    writer.write(bytes).await
+}
+
 fn held_map(held: &[HeldChunk]) -> Result<HashMap<u32, Hash>> {
     held.iter()
         .map(|chunk| Ok((chunk.index, parse_hash(&chunk.hash)?)))
         .collect()
 }
 
-/// Reads, hashes and queues every chunk; runs on a blocking thread. Returns the
-/// file hash, or the read error that stopped it.
+/// Reads and hashes every chunk, handing each piece to `emit`; runs on a
+/// blocking thread for all but small files. Returns the file hash, or the read
+/// error that stopped it.
 fn read_chunks(
     source: &Source,
     held: &HashMap<u32, Hash>,
-    tx: &mpsc::Sender<Piece>,
+    emit: &mut dyn FnMut(Piece) -> std::io::Result<()>,
 ) -> std::io::Result<Hash> {
     let size = source.offer.size;
     let chunks = source.offer.chunks();
     let mut hashes = Vec::with_capacity(chunks as usize);
-    let closed = || std::io::Error::other("stream closed");
     for index in 0..chunks {
         let start = index * CHUNK_SIZE;
         let len = CHUNK_SIZE.min(size - start);
         if let Some(theirs) = held.get(&(index as u32)) {
-            let ours = hash_chunk(source, index, chunks, start, len, None)?;
+            let ours = hash_chunk(source, index, chunks, start, len, &mut |_| Ok(()))?;
             if ours == *theirs {
                 hashes.push(ours);
-                tx.blocking_send(Piece::Kept(index as u32))
-                    .map_err(|_| closed())?;
+                emit(Piece::Kept(index as u32))?;
                 continue;
             }
         }
-        tx.blocking_send(Piece::Header(Bytes::copy_from_slice(&chunk_header(
+        emit(Piece::Header(Bytes::copy_from_slice(&chunk_header(
             index as u32,
             len as u32,
-        ))))
-        .map_err(|_| closed())?;
-        let hash = hash_chunk(source, index, chunks, start, len, Some(tx))?;
-        tx.blocking_send(Piece::Hash(hash)).map_err(|_| closed())?;
+        ))))?;
+        let hash = hash_chunk(source, index, chunks, start, len, emit)?;
+        emit(Piece::Hash(hash))?;
         hashes.push(hash);
     }
     let hash = file_hash(size, &hashes);
-    tx.blocking_send(Piece::End(hash)).map_err(|_| closed())?;
+    emit(Piece::End(hash))?;
     Ok(hash)
 }
 
-/// Hashes one chunk, queueing its data when `tx` is given.
+/// Hashes one chunk, handing its data to `emit` piece by piece.
 fn hash_chunk(
     source: &Source,
     index: u64,
     chunks: u64,
     start: u64,
     len: u64,
-    tx: Option<&mpsc::Sender<Piece>>,
+    emit: &mut dyn FnMut(Piece) -> std::io::Result<()>,
 ) -> std::io::Result<Hash> {
     let mut hasher = ChunkHasher::new(index, chunks);
     let mut done = 0;
@@ -298,10 +327,7 @@ fn hash_chunk(
         source.read_at(start + done, &mut buf)?;
         hasher.update(&buf);
         done += take as u64;
-        if let Some(tx) = tx {
-            tx.blocking_send(Piece::Data(buf.freeze()))
-                .map_err(|_| std::io::Error::other("stream closed"))?;
-        }
+        emit(Piece::Data(buf.freeze()))?;
     }
     Ok(hasher.finalize())
 }

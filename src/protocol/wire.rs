@@ -102,6 +102,11 @@ pub enum Message {
     FetchMerged {
         tensors: Vec<TensorRef>,
     },
+    /// `size` bytes of bench data follow on the stream, with no framing or
+    /// hashing: the bare-stream ceiling `bench --raw` measures.
+    RawBench {
+        size: u64,
+    },
     /// The dialer has sent all its files: `files` were stored.
     Done {
         files: u64,
