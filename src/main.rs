@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
+            tensor_iroh::ui::to_stderr(&format!("error: cannot start the async runtime: {err}"));
             return ExitCode::FAILURE;
         }
     };
@@ -22,7 +22,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {}", one_line(&format!("{err:#}")));
+            tensor_iroh::ui::to_stderr(&format!("error: {}", one_line(&format!("{err:#}"))));
             ExitCode::FAILURE
         }
     }

@@ -53,8 +53,8 @@ impl Ui {
             return;
         }
         match &self.bars {
-            Some(bars) => bars.suspend(|| eprintln!("{}", line.as_ref())),
-            None => eprintln!("{}", line.as_ref()),
+            Some(bars) => bars.suspend(|| to_stderr(line.as_ref())),
+            None => to_stderr(line.as_ref()),
         }
     }
 
@@ -66,8 +66,8 @@ impl Ui {
             line.as_ref()
         );
         match &self.bars {
-            Some(bars) => bars.suspend(|| eprintln!("{text}")),
-            None => eprintln!("{text}"),
+            Some(bars) => bars.suspend(|| to_stderr(&text)),
+            None => to_stderr(&text),
         }
     }
 
@@ -142,6 +142,11 @@ impl Drop for Bar {
         self.bar.set_position(self.counter.get());
         self.bar.finish_and_clear();
     }
+}
+
+/// A line on stderr; a closed stderr must not take the process down with it.
+pub fn to_stderr(line: &str) {
+    writeln!(std::io::stderr().lock(), "{line}").ok();
 }
 
 /// Megabytes (10^6 bytes) per second, the unit of every rate we print.

@@ -111,7 +111,7 @@ pub async fn run(args: ListenArgs, ui: Ui) -> Result<()> {
             "endpoint_id": endpoint.id().to_string(),
         }));
     } else if args.stdout {
-        eprintln!("{ticket}");
+        crate::ui::to_stderr(&ticket.to_string());
     } else {
         ui.out(ticket.to_string());
     }

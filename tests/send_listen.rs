@@ -1,0 +1,552 @@
+//! `listen` and `send` as a user runs them: files arrive byte-identical, names
+//! never clash or escape, broken input is refused with one line, and the
+//! listener survives all of it.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn assert_same(a: &Path, b: &Path) {
+    assert!(
+        std::fs::read(a).unwrap() == std::fs::read(b).unwrap(),
+        "{} and {} differ",
+        a.display(),
+        b.display()
+    );
+}
+
+/// Every safetensors dtype (with whole-byte sizes), metadata, zero-size and 0-d
+/// tensors, unicode names; npy in every version, byte order and layout.
+fn varied_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let dtypes: &[(&str, usize)] = &[
+        ("BOOL", 1),
+        ("U8", 1),
+        ("I8", 1),
+        ("F8_E5M2", 1),
+        ("F8_E4M3", 1),
+        ("F8_E8M0", 1),
+        ("I16", 2),
+        ("U16", 2),
+        ("F16", 2),
+        ("BF16", 2),
+        ("I32", 4),
+        ("U32", 4),
+        ("F32", 4),
+        ("F64", 8),
+        ("I64", 8),
+        ("U64", 8),
+    ];
+    let datas: Vec<Vec<u8>> = dtypes
+        .iter()
+        .enumerate()
+        .map(|(i, (dtype, size))| {
+            let mut data = noise(6 * size, i as u64);
+            if *dtype == "BOOL" {
+                data.iter_mut().for_each(|b| *b &= 1);
+            }
+            data
+        })
+        .collect();
+    let names: Vec<String> = dtypes
+        .iter()
+        .map(|(d, _)| format!("layer.{d}.wéight/ñ"))
+        .collect();
+    let mut tensors: Vec<(&str, &str, &[u64], &[u8])> = dtypes
+        .iter()
+        .zip(&datas)
+        .zip(&names)
+        .map(|(((dtype, _), data), name)| (name.as_str(), *dtype, &[2u64, 3][..], data.as_slice()))
+        .collect();
+    tensors.push(("empty", "F32", &[0, 4], &[]));
+    tensors.push(("scalar", "F64", &[], &[1, 2, 3, 4, 5, 6, 7, 8]));
+    tensors.push(("fp4", "F4", &[4], &[0x12, 0x34]));
+    files.push(write(
+        dir,
+        "all-dtypes.safetensors",
+        &safetensors_bytes(&tensors, Some(&[("format", "pt"), ("note", "ünïcode")])),
+    ));
+    files.push(write(
+        dir,
+        "empty.safetensors",
+        &safetensors_bytes(&[], None),
+    ));
+    for (name, descr, item) in [
+        ("b.npy", "|b1", 1),
+        ("i1.npy", "|i1", 1),
+        ("u1.npy", "|u1", 1),
+        ("i2.npy", "<i2", 2),
+        ("u2be.npy", ">u2", 2),
+        ("i4.npy", "<i4", 4),
+        ("u4.npy", "<u4", 4),
+        ("i8be.npy", ">i8", 8),
+        ("u8.npy", "<u8", 8),
+        ("f2.npy", "<f2", 2),
+        ("f4be.npy", ">f4", 4),
+        ("f8.npy", "<f8", 8),
+        ("c8.npy", "<c8", 8),
+        ("c16be.npy", ">c16", 16),
+    ] {
+        let mut data = noise(6 * item, item as u64);
+        if descr == "|b1" {
+            data.iter_mut().for_each(|b| *b &= 1);
+        }
+        let dict = format!("{{'descr': '{descr}', 'fortran_order': True, 'shape': (2, 3), }}");
+        files.push(write(dir, name, &npy_bytes(&dict, &data)));
+    }
+    files.push(write(
+        dir,
+        "zero-d.npy",
+        &npy_bytes(
+            "{'descr': '<f8', 'fortran_order': False, 'shape': (), }",
+            &[9; 8],
+        ),
+    ));
+    files.push(write(
+        dir,
+        "zero-size.npy",
+        &npy_bytes(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (0, 5), }",
+            &[],
+        ),
+    ));
+    for version in [2u8, 3] {
+        let mut text = "{'descr': '<i4', 'fortran_order': False, 'shape': (3,), }".to_string();
+        while !(12 + text.len() + 1).is_multiple_of(64) {
+            text.push(' ');
+        }
+        text.push('\n');
+        let mut bytes = b"\x93NUMPY".to_vec();
+        bytes.extend_from_slice(&[version, 0]);
+        bytes.extend_from_slice(&(text.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(text.as_bytes());
+        bytes.extend_from_slice(&[1; 12]);
+        files.push(write(dir, &format!("v{version}.npy"), &bytes));
+    }
+    files
+}
+
+#[test]
+fn every_dtype_and_layout_arrives_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let files = varied_files(dir.path());
+    let listener = Listener::start(&["--out", out.to_str().unwrap()]);
+    let refs: Vec<&Path> = files.iter().map(|f| f.as_path()).collect();
+    let sent = send(&listener.ticket, &refs, &[]);
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    for file in &files {
+        assert_same(file, &out.join(file.file_name().unwrap()));
+    }
+    assert!(
+        files_below(&out)
+            .iter()
+            .all(|f| !f.to_string_lossy().starts_with('.')),
+        "no partial files are left: {:?}",
+        files_below(&out)
+    );
+}
+
+#[test]
+fn files_written_by_numpy_and_safetensors_round_trip_and_load() {
+    let dir = tempfile::tempdir().unwrap();
+    python(
+        r#"
+import numpy as np
+from safetensors.numpy import save_file
+rng = np.random.default_rng(7)
+np.save("c.npy", rng.standard_normal((3, 5)).astype(np.float32))
+np.save("f.npy", np.asfortranarray(rng.standard_normal((4, 6))))
+np.save("big_endian.npy", np.arange(10, dtype=">i4"))
+np.save("cplx.npy", (rng.standard_normal(4) + 1j).astype(np.complex64))
+save_file({
+    "w": rng.standard_normal((16, 8)).astype(np.float16),
+    "i": np.arange(5, dtype=np.int64),
+    "empty": np.zeros((0, 3), dtype=np.float32),
+}, "model.safetensors", metadata={"format": "pt", "step": "100"})
+"#,
+        dir.path(),
+    );
+    let out = dir.path().join("out");
+    let listener = Listener::start(&["--out", out.to_str().unwrap()]);
+    let names = [
+        "c.npy",
+        "f.npy",
+        "big_endian.npy",
+        "cplx.npy",
+        "model.safetensors",
+    ];
+    let paths: Vec<_> = names.iter().map(|n| dir.path().join(n)).collect();
+    let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
+    let sent = send(&listener.ticket, &refs, &[]);
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    for name in names {
+        assert_same(&dir.path().join(name), &out.join(name));
+    }
+    python(
+        r#"
+import numpy as np
+from safetensors import safe_open
+for name in ["c.npy", "f.npy", "big_endian.npy", "cplx.npy"]:
+    a, b = np.load(name), np.load("out/" + name)
+    assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b), name
+with safe_open("model.safetensors", "np") as a, safe_open("out/model.safetensors", "np") as b:
+    assert a.metadata() == b.metadata() == {"format": "pt", "step": "100"}
+    for key in a.keys():
+        x, y = a.get_tensor(key), b.get_tensor(key)
+        assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes(), key
+"#,
+        dir.path(),
+    );
+}
+
+#[test]
+fn taken_names_get_new_ones_and_force_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let first = write(
+        dir.path(),
+        "x.safetensors",
+        &safetensors_bytes(&[("a", "U8", &[3], &[1, 2, 3])], None),
+    );
+    let listener = Listener::start(&["--out", out.to_str().unwrap()]);
+    assert!(send(&listener.ticket, &[&first], &[]).status.success());
+    let second_dir = dir.path().join("second");
+    std::fs::create_dir(&second_dir).unwrap();
+    let second = write(
+        &second_dir,
+        "x.safetensors",
+        &safetensors_bytes(&[("a", "U8", &[3], &[4, 5, 6])], None),
+    );
+    let sent = send(&listener.ticket, &[&second], &["--json"]);
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    let lines = json_lines(&sent);
+    assert_eq!(lines[0]["stored_as"], "x.1.safetensors");
+    assert_same(&first, &out.join("x.safetensors"));
+    assert_same(&second, &out.join("x.1.safetensors"));
+
+    let forced_dir = dir.path().join("forced");
+    let forcing = Listener::start(&["--out", forced_dir.to_str().unwrap(), "--force"]);
+    assert!(send(&forcing.ticket, &[&first], &[]).status.success());
+    assert!(send(&forcing.ticket, &[&second], &[]).status.success());
+    assert_same(&second, &forced_dir.join("x.safetensors"));
+    assert_eq!(files_below(&forced_dir).len(), 1);
+}
+
+#[test]
+fn simultaneous_files_of_one_name_are_all_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let listener = Listener::start(&["--out", out.to_str().unwrap()]);
+    let mut sources = Vec::new();
+    for i in 0..4u8 {
+        let sub = dir.path().join(format!("s{i}"));
+        std::fs::create_dir(&sub).unwrap();
+        sources.push(write(
+            &sub,
+            "same.npy",
+            &npy_bytes(
+                "{'descr': '|u1', 'fortran_order': False, 'shape': (4,), }",
+                &[i; 4],
+            ),
+        ));
+    }
+    // Two of them identical, which must not make either transfer fail.
+    sources.push(sources[0].clone());
+    let handles: Vec<_> = sources
+        .iter()
+        .map(|source| {
+            let (ticket, source) = (listener.ticket.clone(), source.clone());
+            std::thread::spawn(move || send(&ticket, &[&source], &[]))
+        })
+        .collect();
+    for handle in handles {
+        let output = handle.join().unwrap();
+        assert!(output.status.success(), "{}", text(&output.stderr));
+    }
+    let stored = files_below(&out);
+    assert_eq!(stored.len(), 5, "{stored:?}");
+    let mut contents: Vec<Vec<u8>> = stored
+        .iter()
+        .map(|f| std::fs::read(out.join(f)).unwrap())
+        .collect();
+    contents.sort();
+    let mut expected: Vec<Vec<u8>> = sources.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    expected.sort();
+    assert_eq!(contents, expected);
+}
+
+#[test]
+fn rename_and_directory_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let listener = Listener::start(&["--out", out.to_str().unwrap()]);
+    let file = write(
+        dir.path(),
+        "a.npy",
+        &npy_bytes(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }",
+            &[0; 8],
+        ),
+    );
+    assert!(
+        send(&listener.ticket, &[&file], &["--name", "renamed.npy"])
+            .status
+            .success()
+    );
+    assert_same(&file, &out.join("renamed.npy"));
+
+    let ckpt = dir.path().join("ckpt");
+    std::fs::create_dir(&ckpt).unwrap();
+    let shard = write(
+        &ckpt,
+        "model-00001.safetensors",
+        &safetensors_bytes(&[("w", "F32", &[1], &[0; 4])], None),
+    );
+    let index = write(
+        &ckpt,
+        "model.safetensors.index.json",
+        br#"{"metadata":{},"weight_map":{"w":"model-00001.safetensors"}}"#,
+    );
+    write(&ckpt, "README.txt", b"not sent");
+    let sent = send(&listener.ticket, &[&ckpt], &[]);
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    assert_same(&shard, &out.join("ckpt/model-00001.safetensors"));
+    assert_same(&index, &out.join("ckpt/model.safetensors.index.json"));
+    assert!(!out.join("ckpt/README.txt").exists());
+}
+
+#[test]
+fn once_stdout_writes_the_bytes_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "w.safetensors",
+        &safetensors_bytes(&[("w", "U8", &[100_000], &noise(100_000, 3))], None),
+    );
+    let mut listener = std::process::Command::new(bin())
+        .args(["listen", "--relay", "disabled", "--once", "--stdout"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A closed stderr must not matter to the listener: read the ticket, then hang up.
+    let stderr = listener.stderr.take().unwrap();
+    let ticket = std::io::BufRead::lines(std::io::BufReader::new(stderr))
+        .next()
+        .unwrap()
+        .unwrap();
+    assert!(
+        ticket.starts_with("endpoint"),
+        "the ticket is the first stderr line: {ticket}"
+    );
+    let mut stdout = listener.stdout.take().unwrap();
+    let reading = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut bytes).unwrap();
+        bytes
+    });
+    let sent = send(&ticket, &[&file], &[]);
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    let status = wait_with_deadline(&mut listener, std::time::Duration::from_secs(20));
+    assert!(status.expect("a --once listener exits").success());
+    let output = std::process::Output {
+        status: status.unwrap(),
+        stdout: reading.join().unwrap(),
+        stderr: Vec::new(),
+    };
+    assert!(
+        output.stdout == std::fs::read(&file).unwrap(),
+        "stdout holds exactly the file"
+    );
+}
+
+#[test]
+fn fan_out_reaches_every_listener_and_json_is_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out1, out2) = (dir.path().join("one"), dir.path().join("two"));
+    let data = noise(3 << 20, 11);
+    let file = write(
+        dir.path(),
+        "w.safetensors",
+        &safetensors_bytes(&[("w", "U8", &[data.len() as u64], &data)], None),
+    );
+    let one = Listener::start(&["--out", out1.to_str().unwrap(), "--json"]);
+    let two = Listener::start(&["--out", out2.to_str().unwrap()]);
+    let sent = send(&one.ticket, &[&file], &["--to", &two.ticket, "--json"]);
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    assert_same(&file, &out1.join("w.safetensors"));
+    assert_same(&file, &out2.join("w.safetensors"));
+    let lines = json_lines(&sent);
+    let b3sum = blake3::hash(&std::fs::read(&file).unwrap())
+        .to_hex()
+        .to_string();
+    let files: Vec<_> = lines.iter().filter(|l| l["event"] == "file").collect();
+    assert_eq!(files.len(), 2);
+    assert!(files.iter().all(|f| f["blake3"] == b3sum.as_str()));
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["event"], "summary");
+    for key in ["files", "bytes", "seconds", "mb_per_s", "sent_bytes"] {
+        assert!(summary.get(key).is_some(), "summary lacks {key}");
+    }
+    assert_eq!(summary["files"], 2);
+    let received = one
+        .lines
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    let received: serde_json::Value = serde_json::from_str(&received).unwrap();
+    assert_eq!(received["event"], "received");
+    assert_eq!(received["blake3"], b3sum.as_str());
+}
+
+#[test]
+fn broken_files_are_refused_and_the_listener_carries_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut listener = Listener::start(&["--out", out.to_str().unwrap()]);
+    let good = safetensors_bytes(&[("w", "F32", &[4], &[0; 16])], None);
+    let overlapping = {
+        let json = br#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#;
+        let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(json);
+        bytes.extend_from_slice(&[0; 12]);
+        bytes
+    };
+    let mut absurd_npy = npy_bytes(
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }",
+        &[0; 4],
+    );
+    absurd_npy[8] = 0xff;
+    absurd_npy[9] = 0xff;
+    let mut absurd_v2 = absurd_npy.clone();
+    absurd_v2[6] = 2;
+    absurd_v2.splice(8..10, [0xff, 0xff, 0xff, 0xff]);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated.safetensors", good[..good.len() - 3].to_vec()),
+        ("bad-magic.npy", b"\x93NUMPX\x01\x00\x10\x00{}".to_vec()),
+        (
+            "absurd-header.safetensors",
+            [u64::MAX.to_le_bytes().to_vec(), b"{}".to_vec()].concat(),
+        ),
+        ("absurd-header.npy", absurd_npy),
+        ("absurd-header-v2.npy", absurd_v2),
+        ("overlap.safetensors", overlapping),
+        (
+            "short-data.npy",
+            npy_bytes(
+                "{'descr': '<f8', 'fortran_order': False, 'shape': (3,), }",
+                &[0; 16],
+            ),
+        ),
+        (
+            "bad-json.safetensors",
+            [8u64.to_le_bytes().to_vec(), b"{\"a\":]  ".to_vec()].concat(),
+        ),
+        ("empty.npy", Vec::new()),
+        (
+            "object.npy",
+            npy_bytes(
+                "{'descr': '|O', 'fortran_order': False, 'shape': (1,), }",
+                &[0; 8],
+            ),
+        ),
+        (
+            "structured.npy",
+            npy_bytes(
+                "{'descr': [('x', '<i4'), ('y', '<f4')], 'fortran_order': False, 'shape': (1,), }",
+                &[0; 8],
+            ),
+        ),
+    ];
+    for (name, bytes) in cases {
+        let path = write(dir.path(), name, &bytes);
+        let output = send(&listener.ticket, &[&path], &[]);
+        assert_one_line_error(&output, name);
+        assert!(
+            files_below(&out).is_empty(),
+            "{name} left {:?}",
+            files_below(&out)
+        );
+    }
+    let missing = dir.path().join("missing.npy");
+    assert_one_line_error(&send(&listener.ticket, &[&missing], &[]), "missing.npy");
+    // One broken file among good ones: nothing at all is sent.
+    let fine = write(dir.path(), "fine.safetensors", &good);
+    let broken = dir.path().join("truncated.safetensors");
+    assert_one_line_error(
+        &send(&listener.ticket, &[&fine, &broken], &[]),
+        "truncated.safetensors",
+    );
+    assert!(files_below(&out).is_empty());
+
+    assert!(listener.is_running());
+    assert!(send(&listener.ticket, &[&fine], &[]).status.success());
+    assert_same(&fine, &out.join("fine.safetensors"));
+}
+
+#[test]
+fn bad_tickets_and_unreachable_peers_fail_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "a.npy",
+        &npy_bytes(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }",
+            &[0; 4],
+        ),
+    );
+    assert_one_line_error(&send("garbage", &[&file], &[]), "invalid ticket");
+    assert_one_line_error(&send("endpointaaaa", &[&file], &[]), "invalid ticket");
+
+    let listener = Listener::start(&["--out", dir.path().join("out").to_str().unwrap()]);
+    let ticket = listener.ticket.clone();
+    drop(listener);
+    let output = send(&ticket, &[&file], &["--timeout", "3"]);
+    assert_one_line_error(&output, "could not reach");
+}
+
+#[test]
+fn hostile_names_stay_inside_the_output_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("nested/out");
+    let listener = Listener::start(&["--out", out.to_str().unwrap()]);
+    let file = write(
+        dir.path(),
+        "a.npy",
+        &npy_bytes(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }",
+            &[0; 4],
+        ),
+    );
+    for name in [
+        "../evil.npy",
+        "../../evil2.npy",
+        "/tmp/abs-evil.npy",
+        "a/b/c.npy",
+        ".hidden.npy",
+        "x\u{7}.npy",
+        "notes.txt",
+    ] {
+        let output = send(&listener.ticket, &[&file], &["--name", name]);
+        if output.status.success() {
+            let stored = files_below(&out);
+            assert!(!stored.is_empty(), "{name}: success but nothing stored");
+        } else {
+            assert_one_line_error(&output, "name");
+        }
+    }
+    assert!(!dir.path().join("nested/evil.npy").exists());
+    assert!(!dir.path().join("evil2.npy").exists());
+    assert!(!Path::new("/tmp/abs-evil.npy").exists());
+    for stored in files_below(&dir.path().join("nested")) {
+        assert!(stored.starts_with("out"), "{} escaped", stored.display());
+    }
+}
