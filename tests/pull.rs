@@ -1,0 +1,319 @@
+//! `listen --serve` and `pull`: listing, whole files, glob selections, one
+//! safetensors stream on stdout, and clear errors for what does not exist.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+/// A served directory: two safetensors shards with layer tensors and metadata,
+/// an .npy file, and a big-endian Fortran .npy given on its own.
+fn served(dir: &Path) -> (PathBuf, PathBuf) {
+    let serve = dir.join("serve");
+    std::fs::create_dir(&serve).unwrap();
+    python(
+        r#"
+import numpy as np
+from safetensors.numpy import save_file
+rng = np.random.default_rng(1)
+save_file({f"model.layers.{i}.weight": rng.standard_normal((4, 4)).astype(np.float32) for i in range(0, 10)},
+          "serve/shard-1.safetensors", metadata={"format": "pt"})
+save_file({**{f"model.layers.{i}.weight": rng.standard_normal((2, 3)).astype(np.float16) for i in range(10, 20)},
+           "weird[0]*": np.arange(3, dtype=np.int64), "a/b.c": np.ones(2, dtype=np.uint8)},
+          "serve/shard-2.safetensors", metadata={"format": "pt", "shard": "2"})
+np.save("serve/embed.npy", rng.standard_normal((5, 2)).astype(np.float32))
+np.save("fortran.npy", np.asfortranarray(np.arange(12, dtype=">f8").reshape(3, 4)))
+np.save("cplx.npy", np.ones(3, dtype=np.complex64))
+"#,
+        dir,
+    );
+    (serve, dir.join("fortran.npy"))
+}
+
+fn pull(ticket: &str, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["pull", "--relay", "disabled", ticket];
+    all.extend_from_slice(args);
+    run(&all)
+}
+
+#[test]
+fn lists_every_served_tensor_plain_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let (serve, fortran) = served(dir.path());
+    let listener = Listener::start(&[
+        "--serve",
+        serve.to_str().unwrap(),
+        "--serve",
+        fortran.to_str().unwrap(),
+    ]);
+    let plain = pull(&listener.ticket, &["--list"]);
+    assert!(plain.status.success(), "{}", text(&plain.stderr));
+    let plain = text(&plain.stdout);
+    assert_eq!(plain.lines().count(), 10 + 12 + 1 + 1);
+    assert!(
+        plain
+            .lines()
+            .any(|l| l.starts_with("model.layers.3.weight\tF32\t[4, 4]\t64\tshard-1.safetensors")),
+        "{plain}"
+    );
+
+    let json = pull(&listener.ticket, &["--list", "--json"]);
+    let lines = json_lines(&json);
+    assert_eq!(lines.len(), 24);
+    for line in &lines {
+        assert_eq!(line["event"], "tensor");
+        for key in ["name", "dtype", "shape", "bytes", "file"] {
+            assert!(line.get(key).is_some(), "{line} lacks {key}");
+        }
+    }
+    let fortran_entry = lines.iter().find(|l| l["file"] == "fortran.npy").unwrap();
+    assert_eq!(fortran_entry["dtype"], "F64");
+    assert_eq!(fortran_entry["shape"], serde_json::json!([3, 4]));
+    assert_eq!(fortran_entry["name"], "fortran");
+}
+
+#[test]
+fn pulls_everything_byte_identical_and_globs_per_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (serve, _) = served(dir.path());
+    let listener = Listener::start(&["--serve", serve.to_str().unwrap()]);
+    let all = dir.path().join("all");
+    let output = pull(&listener.ticket, &["--out", all.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    for name in ["shard-1.safetensors", "shard-2.safetensors", "embed.npy"] {
+        assert!(
+            std::fs::read(serve.join(name)).unwrap() == std::fs::read(all.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+
+    let some = dir.path().join("some");
+    let output = pull(
+        &listener.ticket,
+        &[
+            "model.layers.1[0-5].*",
+            "model.layers.2.*",
+            "embed",
+            "--out",
+            some.to_str().unwrap(),
+        ],
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        std::fs::read(serve.join("embed.npy")).unwrap()
+            == std::fs::read(some.join("embed.npy")).unwrap()
+    );
+    python(
+        r#"
+import numpy as np
+from safetensors import safe_open
+with safe_open("some/shard-1.safetensors", "np") as f, safe_open("serve/shard-1.safetensors", "np") as src:
+    assert sorted(f.keys()) == ["model.layers.2.weight"], f.keys()
+    assert f.metadata() == {"format": "pt"}
+    assert np.array_equal(f.get_tensor("model.layers.2.weight"), src.get_tensor("model.layers.2.weight"))
+with safe_open("some/shard-2.safetensors", "np") as f, safe_open("serve/shard-2.safetensors", "np") as src:
+    assert sorted(f.keys()) == [f"model.layers.{i}.weight" for i in range(10, 16)], f.keys()
+    assert f.metadata() == {"format": "pt", "shard": "2"}
+    for k in f.keys():
+        a, b = f.get_tensor(k), src.get_tensor(k)
+        assert a.dtype == b.dtype == np.float16 and np.array_equal(a, b), k
+"#,
+        dir.path(),
+    );
+}
+
+#[test]
+fn star_crosses_dots_and_slashes_and_exact_names_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let (serve, _) = served(dir.path());
+    let listener = Listener::start(&["--serve", serve.to_str().unwrap()]);
+    let out = dir.path().join("out");
+    let output = pull(
+        &listener.ticket,
+        &["a*c", "weird[0]*", "--out", out.to_str().unwrap()],
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    python(
+        r#"
+from safetensors import safe_open
+with safe_open("out/shard-2.safetensors", "np") as f:
+    assert sorted(f.keys()) == ["a/b.c", "weird[0]*"], f.keys()
+"#,
+        dir.path(),
+    );
+}
+
+#[test]
+fn stdout_is_one_loadable_safetensors_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (serve, fortran) = served(dir.path());
+    let cplx = dir.path().join("cplx.npy");
+    let listener = Listener::start(&[
+        "--serve",
+        serve.to_str().unwrap(),
+        "--serve",
+        fortran.to_str().unwrap(),
+        "--serve",
+        cplx.to_str().unwrap(),
+    ]);
+    let output = pull(
+        &listener.ticket,
+        &["fortran", "embed", "model.layers.1?.*", "--stdout"],
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    std::fs::write(dir.path().join("stream.safetensors"), &output.stdout).unwrap();
+    python(
+        r#"
+import numpy as np
+from safetensors.numpy import load_file
+d = load_file("stream.safetensors")
+assert sorted(d) == sorted(["fortran", "embed"] + [f"model.layers.{i}.weight" for i in range(10, 20)]), sorted(d)
+assert np.array_equal(d["fortran"], np.load("fortran.npy")) and d["fortran"].dtype == np.float64
+assert np.array_equal(d["embed"], np.load("serve/embed.npy"))
+"#,
+        dir.path(),
+    );
+    let complex = pull(&listener.ticket, &["cplx", "--stdout"]);
+    assert_one_line_error(&complex, "complex");
+    assert!(
+        complex.stdout.is_empty(),
+        "nothing on stdout after a refusal"
+    );
+}
+
+#[test]
+fn clashing_names_and_unmatched_patterns_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (serve, _) = served(dir.path());
+    let listener = Listener::start(&["--serve", serve.to_str().unwrap()]);
+    let out = dir.path().join("out");
+    let missing = pull(
+        &listener.ticket,
+        &["model.*", "no.such.*", "--out", out.to_str().unwrap()],
+    );
+    assert_one_line_error(&missing, "no.such.*");
+    assert!(files_below(&out).is_empty());
+    // The .npy tensor "embed" and a safetensors tensor of the same name cannot share a stream.
+    let twin = serve.join("twin.safetensors");
+    std::fs::write(
+        &twin,
+        safetensors_bytes(&[("embed", "U8", &[1], &[1])], None),
+    )
+    .unwrap();
+    drop(listener);
+    let listener = Listener::start(&["--serve", serve.to_str().unwrap()]);
+    assert_one_line_error(&pull(&listener.ticket, &["embed", "--stdout"]), "embed");
+}
+
+#[test]
+fn eight_pullers_at_once_and_collisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (serve, _) = served(dir.path());
+    let big = noise(20 << 20, 5);
+    std::fs::write(
+        serve.join("big.safetensors"),
+        safetensors_bytes(&[("big", "U8", &[big.len() as u64], &big)], None),
+    )
+    .unwrap();
+    let listener = Listener::start(&["--serve", serve.to_str().unwrap()]);
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let (ticket, out) = (listener.ticket.clone(), dir.path().join(format!("p{i}")));
+            std::thread::spawn(move || (pull(&ticket, &["--out", out.to_str().unwrap()]), out))
+        })
+        .collect();
+    for handle in handles {
+        let (output, out) = handle.join().unwrap();
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        assert!(
+            std::fs::read(out.join("big.safetensors")).unwrap()
+                == std::fs::read(serve.join("big.safetensors")).unwrap()
+        );
+    }
+    let again = dir.path().join("p0");
+    let output = pull(
+        &listener.ticket,
+        &["embed", "--out", again.to_str().unwrap(), "--json"],
+    );
+    assert!(output.status.success());
+    assert_eq!(json_lines(&output)[0]["stored_as"], "embed.1.npy");
+    let forced = pull(
+        &listener.ticket,
+        &["embed", "--out", again.to_str().unwrap(), "--force"],
+    );
+    assert!(forced.status.success());
+    assert!(!again.join("embed.2.npy").exists());
+}
+
+#[test]
+fn changed_served_files_give_errors_and_the_listener_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let (serve, _) = served(dir.path());
+    let mut listener = Listener::start(&["--serve", serve.to_str().unwrap()]);
+    std::fs::remove_file(serve.join("embed.npy")).unwrap();
+    let bytes = std::fs::read(serve.join("shard-1.safetensors")).unwrap();
+    std::fs::write(
+        serve.join("shard-1.safetensors"),
+        &bytes[..bytes.len() - 10],
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    assert_one_line_error(
+        &pull(&listener.ticket, &["embed", "--out", out.to_str().unwrap()]),
+        "embed.npy",
+    );
+    assert_one_line_error(
+        &pull(
+            &listener.ticket,
+            &["model.layers.1.weight", "--out", out.to_str().unwrap()],
+        ),
+        "shard-1",
+    );
+    assert!(
+        files_below(&out).iter().all(|f| !f.starts_with("embed")),
+        "{:?}",
+        files_below(&out)
+    );
+    assert!(listener.is_running());
+    let fine = pull(
+        &listener.ticket,
+        &["model.layers.12.*", "--out", out.to_str().unwrap()],
+    );
+    assert!(fine.status.success(), "{}", text(&fine.stderr));
+    assert!(out.join("shard-2.safetensors").exists());
+}
+
+#[test]
+fn serving_listeners_take_uploads_only_with_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (serve, fortran) = served(dir.path());
+    let serving = Listener::start(&["--serve", serve.to_str().unwrap()]);
+    assert_one_line_error(
+        &send(&serving.ticket, &[&fortran], &[]),
+        "only serves files",
+    );
+    let out = dir.path().join("uploads");
+    let both = Listener::start(&[
+        "--serve",
+        serve.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(send(&both.ticket, &[&fortran], &[]).status.success());
+    assert!(out.join("fortran.npy").exists());
+}
+
+#[test]
+fn bad_tickets_and_unreachable_servers() {
+    assert_one_line_error(&pull("nonsense", &["--list"]), "invalid ticket");
+    let dir = tempfile::tempdir().unwrap();
+    let (serve, _) = served(dir.path());
+    let listener = Listener::start(&["--serve", serve.to_str().unwrap()]);
+    let ticket = listener.ticket.clone();
+    drop(listener);
+    assert_one_line_error(
+        &pull(&ticket, &["--list", "--timeout", "3"]),
+        "could not reach",
+    );
+}
