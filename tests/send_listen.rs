@@ -550,3 +550,84 @@ fn hostile_names_stay_inside_the_output_directory() {
         assert!(stored.starts_with("out"), "{} escaped", stored.display());
     }
 }
+
+/// Reads a safetensors file with plain Python and ml_dtypes, for the dtypes
+/// numpy itself lacks.
+const ML_DTYPES_READER: &str = r#"
+import json, numpy as np, ml_dtypes
+DTYPES = {"BF16": ml_dtypes.bfloat16, "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2, "F32": np.float32}
+def read(path):
+    blob = open(path, "rb").read()
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    meta = header.pop("__metadata__", None)
+    out = {}
+    for name, t in header.items():
+        a, b = t["data_offsets"]
+        out[name] = np.frombuffer(blob[8 + n + a:8 + n + b], dtype=DTYPES[t["dtype"]]).reshape(t["shape"])
+    return out, meta
+def write(path, tensors, metadata):
+    header, offset, datas = {"__metadata__": metadata}, 0, []
+    for name, dtype, array in tensors:
+        data = array.tobytes()
+        header[name] = {"dtype": dtype, "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+        datas.append(data)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    open(path, "wb").write(len(text).to_bytes(8, "little") + text + b"".join(datas))
+"#;
+
+#[test]
+fn bf16_and_fp8_from_ml_dtypes_survive_send_and_pull() {
+    let dir = tempfile::tempdir().unwrap();
+    python(
+        &format!(
+            "{ML_DTYPES_READER}
+rng = np.random.default_rng(3)
+write('ml.safetensors', [
+    ('bf', 'BF16', rng.standard_normal((8, 8)).astype(ml_dtypes.bfloat16)),
+    ('e4m3', 'F8_E4M3', rng.standard_normal(16).astype(ml_dtypes.float8_e4m3fn)),
+    ('e5m2', 'F8_E5M2', rng.standard_normal(16).astype(ml_dtypes.float8_e5m2)),
+], {{'format': 'ml'}})
+"
+        ),
+        dir.path(),
+    );
+    let out = dir.path().join("out");
+    let listener = Listener::start(&["--out", out.to_str().unwrap()]);
+    let sent = send(&listener.ticket, &[&dir.path().join("ml.safetensors")], &[]);
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+
+    let server = Listener::start(&[
+        "--serve",
+        dir.path().join("ml.safetensors").to_str().unwrap(),
+    ]);
+    let pulled = run(&[
+        "pull",
+        "--relay",
+        "disabled",
+        &server.ticket,
+        "bf",
+        "e5m2",
+        "--stdout",
+    ]);
+    assert!(pulled.status.success(), "{}", text(&pulled.stderr));
+    std::fs::write(dir.path().join("pulled.safetensors"), &pulled.stdout).unwrap();
+    python(
+        &format!(
+            "{ML_DTYPES_READER}
+src, meta = read('ml.safetensors')
+got, got_meta = read('out/ml.safetensors')
+assert got_meta == meta == {{'format': 'ml'}}
+for name, array in src.items():
+    assert got[name].dtype == array.dtype and got[name].shape == array.shape, name
+    assert got[name].tobytes() == array.tobytes() and np.array_equal(got[name], array, equal_nan=True), name
+part, part_meta = read('pulled.safetensors')
+assert sorted(part) == ['bf', 'e5m2'] and part_meta == {{'format': 'ml'}}
+assert np.array_equal(part['bf'], src['bf'])
+"
+        ),
+        dir.path(),
+    );
+}
