@@ -144,6 +144,43 @@ impl Drop for Bar {
     }
 }
 
+/// What a send or a pull moved, for its closing line.
+#[derive(Debug, Default)]
+pub struct Totals {
+    pub files: u64,
+    /// File bytes.
+    pub bytes: u64,
+    /// Data bytes that crossed the network (fewer after a resume).
+    pub sent_bytes: u64,
+    pub failed: usize,
+}
+
+impl Ui {
+    /// The closing line of a send or pull: a JSON summary, or a human line when
+    /// everything went through (failures are reported as the error instead).
+    pub fn summary(&self, verb: &str, totals: &Totals, elapsed: Duration) {
+        if self.json {
+            self.json(serde_json::json!({
+                "event": "summary",
+                "files": totals.files,
+                "failed": totals.failed,
+                "bytes": totals.bytes,
+                "sent_bytes": totals.sent_bytes,
+                "seconds": elapsed.as_secs_f64(),
+                "mb_per_s": mb_per_s(totals.bytes, elapsed),
+            }));
+        } else if totals.failed == 0 {
+            self.say(format!(
+                "{verb} {} files, {} in {:.2} s ({:.1} MB/s)",
+                totals.files,
+                human_bytes(totals.bytes),
+                elapsed.as_secs_f64(),
+                mb_per_s(totals.bytes, elapsed)
+            ));
+        }
+    }
+}
+
 /// A line on stderr; a closed stderr must not take the process down with it.
 pub fn to_stderr(line: &str) {
     writeln!(std::io::stderr().lock(), "{line}").ok();

@@ -124,6 +124,18 @@ pub fn parse_tickets<'a>(
         .collect()
 }
 
+/// Succeeds when nothing failed; otherwise the first failure, saying how many
+/// there were.
+pub fn first_failure(mut failures: Vec<anyhow::Error>) -> Result<()> {
+    match failures.len() {
+        0 => Ok(()),
+        1 => Err(failures.remove(0)),
+        n => Err(failures
+            .remove(0)
+            .context(format!("{n} files failed; the first"))),
+    }
+}
+
 pub fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "tensor_iroh=warn,off",

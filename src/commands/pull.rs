@@ -13,14 +13,14 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{NetArgs, TimeoutArgs, parse_tickets};
+use super::{NetArgs, TimeoutArgs, first_failure, parse_tickets};
 use crate::protocol::client;
 use crate::protocol::pool::Pool;
 use crate::protocol::transfer::{Progress, Received, Sink};
 use crate::protocol::wire::{CatalogFile, Message, Offer, TensorRef};
 use crate::service::StdoutSink;
 use crate::store::Store;
-use crate::ui::{Ui, human_bytes, mb_per_s};
+use crate::ui::{Totals, Ui, human_bytes, mb_per_s};
 
 /// Files fetched at once, each on its own stream.
 const FILES_IN_FLIGHT: usize = 4;
@@ -311,42 +311,19 @@ fn report_file(ui: &Ui, received: &Received, elapsed: std::time::Duration) {
 }
 
 fn summarize(ui: &Ui, outcomes: Vec<Outcome>, started: Instant) -> Result<()> {
-    let elapsed = started.elapsed();
     let mut failures = Vec::new();
-    let (mut files, mut bytes, mut sent_bytes) = (0u64, 0u64, 0u64);
+    let mut totals = Totals::default();
     for outcome in outcomes {
         match outcome {
             Ok((received, _)) => {
-                files += 1;
-                bytes += received.offer.size;
-                sent_bytes += received.received_bytes;
+                totals.files += 1;
+                totals.bytes += received.offer.size;
+                totals.sent_bytes += received.received_bytes;
             }
             Err(err) => failures.push(err),
         }
     }
-    if ui.json_mode() {
-        ui.json(json!({
-            "event": "summary",
-            "files": files,
-            "failed": failures.len(),
-            "bytes": bytes,
-            "sent_bytes": sent_bytes,
-            "seconds": elapsed.as_secs_f64(),
-            "mb_per_s": mb_per_s(bytes, elapsed),
-        }));
-    } else if failures.is_empty() {
-        ui.say(format!(
-            "pulled {files} files, {} in {:.2} s ({:.1} MB/s)",
-            human_bytes(bytes),
-            elapsed.as_secs_f64(),
-            mb_per_s(bytes, elapsed)
-        ));
-    }
-    match failures.len() {
-        0 => Ok(()),
-        1 => Err(failures.remove(0)),
-        n => Err(failures
-            .remove(0)
-            .context(format!("{n} files failed; the first"))),
-    }
+    totals.failed = failures.len();
+    ui.summary("pulled", &totals, started.elapsed());
+    first_failure(failures)
 }

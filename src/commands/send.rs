@@ -11,13 +11,13 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{NetArgs, TimeoutArgs, parse_tickets};
+use super::{NetArgs, TimeoutArgs, first_failure, parse_tickets};
 use crate::catalog::whole_file;
 use crate::formats::{TensorFile, files_in};
 use crate::protocol::client;
 use crate::protocol::pool::Pool;
 use crate::protocol::transfer::{Progress, Sent, Source};
-use crate::ui::{Ui, human_bytes, mb_per_s};
+use crate::ui::{Totals, Ui, human_bytes, mb_per_s};
 
 /// Files in flight at once to one listener, each on its own stream.
 const FILES_IN_FLIGHT: usize = 4;
@@ -83,16 +83,14 @@ pub async fn run(args: SendArgs, ui: Ui) -> Result<()> {
         ));
     }
     let mut failures = Vec::new();
-    let mut files = 0;
-    let mut bytes = 0;
-    let mut sent_bytes = 0;
+    let mut totals = Totals::default();
     while let Some(run) = runs.join_next().await {
         for outcome in run.context("a send task failed")? {
             match outcome {
                 Ok((sent, size)) => {
-                    files += 1;
-                    bytes += size;
-                    sent_bytes += sent.sent_bytes;
+                    totals.files += 1;
+                    totals.bytes += size;
+                    totals.sent_bytes += sent.sent_bytes;
                 }
                 Err(err) => failures.push(err),
             }
@@ -100,32 +98,9 @@ pub async fn run(args: SendArgs, ui: Ui) -> Result<()> {
     }
     drop(bar);
     pool.close().await;
-    let elapsed = started.elapsed();
-    if ui.json_mode() {
-        ui.json(json!({
-            "event": "summary",
-            "files": files,
-            "failed": failures.len(),
-            "bytes": bytes,
-            "sent_bytes": sent_bytes,
-            "seconds": elapsed.as_secs_f64(),
-            "mb_per_s": mb_per_s(bytes, elapsed),
-        }));
-    } else if failures.is_empty() {
-        ui.say(format!(
-            "sent {files} files, {} in {:.2} s ({:.1} MB/s)",
-            human_bytes(bytes),
-            elapsed.as_secs_f64(),
-            mb_per_s(bytes, elapsed)
-        ));
-    }
-    match failures.len() {
-        0 => Ok(()),
-        1 => Err(failures.remove(0)),
-        n => Err(failures
-            .remove(0)
-            .context(format!("{n} files failed; the first"))),
-    }
+    totals.failed = failures.len();
+    ui.summary("sent", &totals, started.elapsed());
+    first_failure(failures)
 }
 
 /// Expands directories, applies `--name`, and validates every file before
