@@ -368,23 +368,27 @@ pub async fn receive_file<F>(
 where
     F: AsyncFnOnce(&Offer) -> Result<Box<dyn Sink>>,
 {
-    let offer = match reader.message().await? {
-        Message::Offer(offer) => offer,
-        Message::Refused { reason } | Message::Failed { reason } => bail!("{reason}"),
-        other => bail!("expected a file offer, got {other:?}"),
+    let offer = match reader.message().await {
+        Ok(Message::Offer(offer)) => offer,
+        Ok(Message::Refused { reason } | Message::Failed { reason }) => bail!("{reason}"),
+        // An offer that breaks a bound is answered, so a sender learns why
+        // instead of seeing the stream end.
+        Ok(other) => {
+            let reason = format!("expected a file offer, got a {} message", other.kind());
+            refuse(writer, reader, &reason).await;
+            bail!("{reason}");
+        }
+        Err(err) => {
+            let reason = format!("{err:#}");
+            refuse(writer, reader, &reason).await;
+            bail!("refused an offer: {reason}");
+        }
     };
     let mut sink = match accept(&offer).await {
         Ok(sink) => sink,
         Err(err) => {
             let reason = format!("{err:#}");
-            writer
-                .message(&Message::Refused {
-                    reason: reason.clone(),
-                })
-                .await
-                .ok();
-            writer.finish();
-            reader.stop(CODE_FAILED);
+            refuse(writer, reader, &reason).await;
             bail!("refused {}: {reason}", offer.name);
         }
     };
@@ -438,6 +442,17 @@ where
             fail(writer, reader, &offer, failure.error).await
         }
     }
+}
+
+async fn refuse(writer: &mut FrameWriter, reader: &mut FrameReader, reason: &str) {
+    writer
+        .message(&Message::Refused {
+            reason: reason.to_string(),
+        })
+        .await
+        .ok();
+    writer.finish();
+    reader.stop(CODE_FAILED);
 }
 
 async fn fail(

@@ -151,6 +151,15 @@ impl Message {
         serde_json::from_slice(body).map_err(|err| WireError::BadMessage(err.to_string()))
     }
 
+    /// The message's type as it appears on the wire, to name it in an error
+    /// without echoing a peer's (possibly huge) content.
+    pub fn kind(&self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|value| value["type"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+
     /// Checks the lengths and counts a message carries against what an honest
     /// peer could send.
     pub fn validate(&self) -> Result<(), WireError> {

@@ -1,0 +1,580 @@
+//! Identity and hostile peers: keys that keep a listener's ticket, an
+//! allow-list that keeps strangers out, and hand-written clients that send
+//! names and frames no honest sender would, none of which may write outside
+//! `--out`, store a file that was not checked, or stop the listener.
+
+mod common;
+
+use std::io::BufRead;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use iroh::EndpointAddr;
+use tensor_iroh::catalog::whole_file;
+use tensor_iroh::formats::TensorFile;
+use tensor_iroh::protocol::endpoint::{self, EndpointOptions, Relay, parse_ticket};
+use tensor_iroh::protocol::pool::Pool;
+use tensor_iroh::protocol::stream::{Frame, FrameReader, FrameWriter};
+use tensor_iroh::protocol::wire::{Hash, Message, Offer, chunk_header, end_frame, kept_frame};
+
+const IDENTITY: &str = "0123456789abcdef0123456789abcdef";
+
+fn tiny_npy(path: &Path) -> PathBuf {
+    std::fs::write(
+        path,
+        npy_bytes(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }",
+            &[1, 2, 3, 4, 5, 6, 7, 8],
+        ),
+    )
+    .unwrap();
+    path.to_path_buf()
+}
+
+/// `tensor-iroh id --key FILE`, which must succeed.
+fn endpoint_id_of(key: &Path) -> String {
+    let output = run(&["id", "--key", key.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    text(&output.stdout).trim().to_string()
+}
+
+/// The `listening` line of `listen --json ARGS`; the listener is then stopped.
+fn listening_line(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
+    let mut command = Command::new(bin());
+    command
+        .args(["listen", "--relay", "disabled", "--json"])
+        .args(args)
+        .env_remove(endpoint::SECRET_ENV)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line).ok();
+        tx.send(line).ok();
+    });
+    let line = rx.recv_timeout(Duration::from_secs(20));
+    child.kill().ok();
+    child.wait().ok();
+    let line = line.expect("listen prints its listening line");
+    serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line:?}"))
+}
+
+#[test]
+fn a_key_file_keeps_the_endpoint_id_and_wins_over_iroh_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("listener.key");
+    let id = endpoint_id_of(&key);
+    assert!(
+        id.len() == 64
+            && id
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+        "`id` prints a lowercase 64-hex endpoint id, got {id:?}"
+    );
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the key file is private to its owner");
+    let secret = std::fs::read_to_string(&key).unwrap().trim().to_string();
+    assert!(secret.len() == 64 && secret.chars().all(|c| c.is_ascii_hexdigit()));
+    assert_eq!(endpoint_id_of(&key), id, "an existing key file is reused");
+
+    let key_arg = ["--key", key.to_str().unwrap()];
+    for _ in 0..2 {
+        let listening = listening_line(&key_arg, &[]);
+        assert_eq!(listening["endpoint_id"], id.as_str());
+        let ticket = listening["ticket"].as_str().unwrap();
+        assert_eq!(parse_ticket(ticket).unwrap().id.to_string(), id);
+    }
+
+    let from_env = run_with(&["id"], &[(endpoint::SECRET_ENV, &secret)]);
+    assert_eq!(
+        text(&from_env.stdout).trim(),
+        id,
+        "IROH_SECRET is a key too"
+    );
+    let listening = listening_line(&[], &[(endpoint::SECRET_ENV, &secret)]);
+    assert_eq!(listening["endpoint_id"], id.as_str());
+
+    let other = dir.path().join("other.key");
+    let other_id = endpoint_id_of(&other);
+    assert_ne!(other_id, id);
+    let both = run_with(
+        &["id", "--key", other.to_str().unwrap()],
+        &[(endpoint::SECRET_ENV, &secret)],
+    );
+    assert_eq!(
+        text(&both.stdout).trim(),
+        other_id,
+        "--key wins over IROH_SECRET"
+    );
+    let listening = listening_line(
+        &["--key", other.to_str().unwrap()],
+        &[(endpoint::SECRET_ENV, &secret)],
+    );
+    assert_eq!(listening["endpoint_id"], other_id.as_str());
+
+    let garbage = dir.path().join("garbage.key");
+    std::fs::write(&garbage, "not a key\n").unwrap();
+    assert_one_line_error(
+        &run(&["id", "--key", garbage.to_str().unwrap()]),
+        "garbage.key",
+    );
+    assert_one_line_error(
+        &run_with(&["id"], &[(endpoint::SECRET_ENV, "abc")]),
+        endpoint::SECRET_ENV,
+    );
+}
+
+#[test]
+fn only_peers_on_the_allow_list_get_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = |name: &str| dir.path().join(name);
+    let (friend, colleague, stranger) =
+        (key("friend.key"), key("colleague.key"), key("stranger.key"));
+    let friend_id = endpoint_id_of(&friend);
+    let colleague_id = endpoint_id_of(&colleague);
+    let stranger_id = endpoint_id_of(&stranger);
+    let out = dir.path().join("out");
+    let listener = Listener::start(&[
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+        "--allow",
+        &friend_id.to_uppercase(),
+        "--allow",
+        &colleague_id,
+    ]);
+    let file = tiny_npy(&dir.path().join("a.npy"));
+
+    let refused = send(
+        &listener.ticket,
+        &[&file],
+        &["--key", stranger.to_str().unwrap()],
+    );
+    assert_one_line_error(&refused, "refused");
+    assert!(
+        files_below(&out).is_empty(),
+        "a refused sender wrote {:?}",
+        files_below(&out)
+    );
+    let reported = std::iter::from_fn(|| listener.lines.recv_timeout(Duration::from_secs(20)).ok())
+        .map(|line| serde_json::from_str::<serde_json::Value>(&line).unwrap())
+        .find(|event| event["event"] == "refused")
+        .expect("the listener reports the refused peer");
+    assert_eq!(reported["peer"], stranger_id.as_str());
+    let pulled = run(&[
+        "pull",
+        "--relay",
+        "disabled",
+        &listener.ticket,
+        "--list",
+        "--key",
+        stranger.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&pulled, "refused");
+
+    let admitted = send(
+        &listener.ticket,
+        &[&file],
+        &["--key", friend.to_str().unwrap()],
+    );
+    assert!(admitted.status.success(), "{}", text(&admitted.stderr));
+    assert_eq!(
+        std::fs::read(out.join("a.npy")).unwrap(),
+        std::fs::read(&file).unwrap()
+    );
+    let secret = std::fs::read_to_string(&colleague).unwrap();
+    let by_env = run_with(
+        &[
+            "send",
+            "--relay",
+            "disabled",
+            &listener.ticket,
+            file.to_str().unwrap(),
+            "--name",
+            "b.npy",
+        ],
+        &[(endpoint::SECRET_ENV, secret.trim())],
+    );
+    assert!(by_env.status.success(), "{}", text(&by_env.stderr));
+    assert!(out.join("b.npy").exists());
+}
+
+/// A client on the library crate that frames whatever it is told to.
+struct Hostile {
+    pool: Pool,
+    addr: EndpointAddr,
+}
+
+impl Hostile {
+    async fn connect(ticket: &str, timeout: Duration) -> Hostile {
+        let endpoint = endpoint::bind(EndpointOptions {
+            secret_key: iroh::SecretKey::generate(),
+            relay: Relay::Disabled,
+            bind: None,
+            accept: false,
+            allow: None,
+        })
+        .await
+        .unwrap();
+        Hostile {
+            pool: Pool::new(endpoint, timeout),
+            addr: parse_ticket(ticket).unwrap(),
+        }
+    }
+
+    async fn open(&self) -> (FrameWriter, FrameReader) {
+        self.pool.open(&self.addr).await.unwrap()
+    }
+
+    /// Writes `frames` on a new stream and ends it; returns the messages the
+    /// listener answers before it ends its side (or stalls).
+    async fn exchange(&self, frames: &[Vec<u8>]) -> Vec<Message> {
+        let (mut writer, mut reader) = self.open().await;
+        for frame in frames {
+            if writer.write(Bytes::copy_from_slice(frame)).await.is_err() {
+                break;
+            }
+        }
+        writer.finish();
+        let mut answers = Vec::new();
+        while let Ok(Some(Frame::Message(message))) = reader.next().await {
+            answers.push(message);
+        }
+        answers
+    }
+}
+
+fn offer(name: &str, size: u64, eager: bool) -> Offer {
+    Offer {
+        name: name.into(),
+        format: "npy".into(),
+        size,
+        tensors: 1,
+        identity: IDENTITY.into(),
+        eager,
+        discard: false,
+    }
+}
+
+fn upload(offer: Offer) -> Vec<Vec<u8>> {
+    vec![Message::Upload.encode(), Message::Offer(offer).encode()]
+}
+
+/// `data` (one chunk) as an honest sender frames it after its offer.
+fn chunk(index: u32, data: &[u8], hash: &Hash) -> Vec<Vec<u8>> {
+    vec![
+        chunk_header(index, data.len() as u32).to_vec(),
+        data.to_vec(),
+        hash.to_vec(),
+    ]
+}
+
+/// A whole, well-framed upload of `data` under `name`.
+fn honest_upload(name: &str, data: &[u8]) -> Vec<Vec<u8>> {
+    let hash = *blake3::hash(data).as_bytes();
+    let mut frames = upload(offer(name, data.len() as u64, true));
+    frames.extend(chunk(0, data, &hash));
+    frames.push(end_frame(&hash).to_vec());
+    frames
+}
+
+/// A name short enough for a failure message.
+fn shown(name: &str) -> String {
+    format!("{:?}", name.chars().take(60).collect::<String>())
+}
+
+/// Files below `dir`, skipping the subtree `except`.
+fn files_outside(dir: &Path, except: &Path) -> Vec<PathBuf> {
+    files_below(dir)
+        .into_iter()
+        .filter(|f| !dir.join(f).starts_with(except))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn names_from_the_network_cannot_leave_the_output_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let out = root.join("deep/er/out");
+    let outside = root.join("outside");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    // Links a careless operator left in the output directory.
+    std::os::unix::fs::symlink(&outside, out.join("link")).unwrap();
+    std::fs::write(outside.join("victim.npy"), b"precious").unwrap();
+    std::os::unix::fs::symlink(outside.join("victim.npy"), out.join("victim.npy")).unwrap();
+    let data = std::fs::read(tiny_npy(&root.join("data.npy"))).unwrap();
+    let before_outside = files_outside(&root, &out);
+
+    let listener = Listener::start(&["--out", out.to_str().unwrap()]);
+    let hostile = Hostile::connect(&listener.ticket, Duration::from_secs(10)).await;
+    let escape = format!("{}/escaped-{}.npy", outside.display(), std::process::id());
+    let hostile_names = [
+        "../../x.npy".to_string(),
+        "../../../x.npy".into(),
+        "/etc/passwd.npy".into(),
+        escape.clone(),
+        "a/b/c.npy".into(),
+        "a/../../x.npy".into(),
+        "..\\x.npy".into(),
+        "..\\..\\x.npy".into(),
+        "C:\\x.npy".into(),
+        "link/x.npy".into(),
+        "victim.npy".into(),
+        "..".into(),
+        "/".into(),
+        "".into(),
+        ".hidden.npy".into(),
+        "nul\0.npy".into(),
+        "new\nline.npy".into(),
+        "tab\t.npy".into(),
+        "esc\u{1b}[31m.npy".into(),
+        format!("{}.npy", "x".repeat(10_000)),
+        format!("{}.npy", "y".repeat(300)),
+    ];
+
+    let stored = hostile.exchange(&honest_upload("plain.npy", &data)).await;
+    assert!(
+        matches!(stored.as_slice(), [Message::Stored { name, .. }] if name == "plain.npy"),
+        "an honest upload from this client is stored: {stored:?}"
+    );
+    for name in &hostile_names {
+        let answers = hostile.exchange(&honest_upload(name, &data)).await;
+        let name = shown(name);
+        match answers.as_slice() {
+            [
+                Message::Stored {
+                    name: stored_as, ..
+                },
+            ] => {
+                let relative = Path::new(stored_as);
+                assert!(
+                    relative
+                        .components()
+                        .all(|c| matches!(c, Component::Normal(_))),
+                    "{name} was stored as {stored_as:?}"
+                );
+                let path = out.join(relative).canonicalize().unwrap();
+                assert!(path.starts_with(&out), "{name} landed at {path:?}");
+                assert_eq!(std::fs::read(&path).unwrap(), data);
+            }
+            [Message::Refused { reason }] => assert!(!reason.is_empty()),
+            other => panic!("{name} got {other:?}; the listener stores or refuses"),
+        }
+    }
+
+    assert_eq!(
+        files_outside(&root, &out),
+        before_outside,
+        "nothing was written outside --out"
+    );
+    assert_eq!(
+        std::fs::read(outside.join("victim.npy")).unwrap(),
+        b"precious"
+    );
+    assert!(!Path::new("/etc/passwd.npy").exists());
+    assert!(!Path::new(&escape).exists());
+    for file in files_below(&out) {
+        let name = file.to_string_lossy();
+        assert!(
+            !name.chars().any(char::is_control) && !name.starts_with('.'),
+            "{name:?} in --out"
+        );
+    }
+
+    let ticket = listener.ticket.clone();
+    let good = tiny_npy(&root.join("good.npy"));
+    let output = tokio::task::spawn_blocking(move || send(&ticket, &[&good], &[]))
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "the listener keeps serving: {}",
+        text(&output.stderr)
+    );
+    assert!(out.join("good.npy").exists());
+    hostile.pool.close().await;
+}
+
+fn refused_with(answers: &[Message], words: &[&str]) -> bool {
+    matches!(answers, [Message::Refused { reason }] if words.iter().all(|w| reason.contains(w)))
+}
+
+fn failed_with(answers: &[Message], words: &[&str]) -> bool {
+    matches!(answers.last(), Some(Message::Failed { reason }) if words.iter().all(|w| reason.contains(w)))
+}
+
+/// Visible files in `out`: what a user would take for received files.
+fn visible_files(out: &Path) -> Vec<PathBuf> {
+    files_below(out)
+        .into_iter()
+        .filter(|f| !f.to_string_lossy().starts_with('.'))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_frames_and_silent_peers_do_not_stop_the_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let listener = Listener::start(&["--out", out.to_str().unwrap()]);
+    let hostile = Hostile::connect(&listener.ticket, Duration::from_secs(10)).await;
+    let data = [1u8, 2, 3, 4];
+    let hash = *blake3::hash(&data).as_bytes();
+
+    // Broken framing before any request: the listener drops the stream.
+    for frames in [
+        vec![vec![1, 0xff, 0xff, 0xff, 0xff]],
+        vec![vec![99, 1, 2, 3]],
+        vec![vec![1, 3, 0, 0, 0, b'{', b'x', b'}']],
+        vec![Message::Ready { held: vec![] }.encode()],
+    ] {
+        let answers = hostile.exchange(&frames).await;
+        assert!(
+            !answers.iter().any(|m| matches!(m, Message::Stored { .. })),
+            "{answers:?}"
+        );
+    }
+
+    // Offers that must be refused before any data moves.
+    let answers = hostile
+        .exchange(&upload(offer("huge.npy", 1 << 60, false)))
+        .await;
+    assert!(refused_with(&answers, &["out of bounds"]), "{answers:?}");
+    let answers = hostile
+        .exchange(&upload(offer("vast.npy", 1 << 49, false)))
+        .await;
+    assert!(refused_with(&answers, &["space"]), "{answers:?}");
+    let mut sneaky = offer("sneaky.npy", 4, true);
+    sneaky.identity = "/../../../../tmp/x".into();
+    let answers = hostile.exchange(&upload(sneaky)).await;
+    assert!(refused_with(&answers, &["identity"]), "{answers:?}");
+
+    // Data that does not match its offer: the listener names the file.
+    let mut wrong_index = upload(offer("index.npy", 4, true));
+    wrong_index.extend(chunk(3, &data, &hash));
+    let mut wrong_length = upload(offer("length.npy", 4, true));
+    wrong_length.push(chunk_header(0, 5).to_vec());
+    wrong_length.push(vec![0; 5]);
+    let mut endless = upload(offer("endless.npy", 4, true));
+    endless.push(chunk_header(0, u32::MAX).to_vec());
+    let mut kept = upload(offer("kept.npy", 4, true));
+    kept.push(kept_frame(0).to_vec());
+    let mut early_end = upload(offer("early.npy", 4, true));
+    early_end.push(end_frame(&hash).to_vec());
+    let mut message_inside = upload(offer("inside.npy", 4, true));
+    message_inside.push(Message::Upload.encode());
+    for (frames, name) in [
+        (wrong_index, "index.npy"),
+        (wrong_length, "length.npy"),
+        (endless, "endless.npy"),
+        (kept, "kept.npy"),
+        (early_end, "early.npy"),
+        (message_inside, "inside.npy"),
+    ] {
+        let answers = hostile.exchange(&frames).await;
+        assert!(failed_with(&answers, &[name]), "{name}: {answers:?}");
+    }
+    let mut corrupted = upload(offer("corrupted.npy", 4, true));
+    corrupted.extend(chunk(0, &data, &[7; 32]));
+    corrupted.push(end_frame(&hash).to_vec());
+    let answers = hostile.exchange(&corrupted).await;
+    assert!(
+        failed_with(&answers, &["corrupted.npy", "hash"]),
+        "{answers:?}"
+    );
+    let mut bad_end = upload(offer("badend.npy", 4, true));
+    bad_end.extend(chunk(0, &data, &hash));
+    bad_end.push(end_frame(&[7; 32]).to_vec());
+    let answers = hostile.exchange(&bad_end).await;
+    assert!(
+        failed_with(&answers, &["badend.npy", "hash"]),
+        "{answers:?}"
+    );
+    assert!(
+        visible_files(&out).is_empty(),
+        "nothing unchecked is stored: {:?}",
+        visible_files(&out)
+    );
+
+    // Silent peers: one stops in the middle of a frame, one holds the partial
+    // file of the very file an honest sender is about to send, and one fills
+    // every stream the listener allows on its connection.
+    let held = dir.path().join("held.safetensors");
+    let tensor = noise(9 << 20, 5);
+    std::fs::write(
+        &held,
+        safetensors_bytes(&[("w", "U8", &[tensor.len() as u64], &tensor)], None),
+    )
+    .unwrap();
+    let real_offer = whole_file(&TensorFile::open(&held).unwrap(), "held.safetensors".into())
+        .unwrap()
+        .offer;
+    let (mut mid_frame, _mid_frame_reader) = hostile.open().await;
+    mid_frame
+        .write(Bytes::from_static(&[1, 200]))
+        .await
+        .unwrap();
+    let (mut holder, mut holder_reader) = hostile.open().await;
+    for frame in upload(real_offer) {
+        holder.write(frame.into()).await.unwrap();
+    }
+    assert!(
+        matches!(holder_reader.message().await, Ok(Message::Ready { .. })),
+        "the listener takes the hostile offer"
+    );
+    let crowd = Hostile::connect(&listener.ticket, Duration::from_secs(3)).await;
+    let mut crowding = Vec::new();
+    while crowding.len() < 200 {
+        let Ok((mut writer, reader)) = crowd.pool.open(&crowd.addr).await else {
+            break;
+        };
+        if writer.write(Bytes::from_static(&[1])).await.is_err() {
+            break;
+        }
+        crowding.push((writer, reader));
+    }
+    assert!(
+        crowding.len() < 200,
+        "a peer opened {} streams at once",
+        crowding.len()
+    );
+
+    let ticket = listener.ticket.clone();
+    let (good, held_path) = (tiny_npy(&dir.path().join("good.npy")), held.clone());
+    let output = tokio::task::spawn_blocking(move || send(&ticket, &[&good, &held_path], &[]))
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "an honest sender gets through: {}",
+        text(&output.stderr)
+    );
+    assert_eq!(
+        std::fs::read(out.join("held.safetensors")).unwrap(),
+        std::fs::read(&held).unwrap()
+    );
+    assert!(out.join("good.npy").exists());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), holder_reader.next())
+            .await
+            .is_err(),
+        "the honest send did not wait for the silent peer to time out"
+    );
+    assert_eq!(
+        visible_files(&out),
+        vec![PathBuf::from("good.npy"), PathBuf::from("held.safetensors")]
+    );
+    hostile.pool.close().await;
+    crowd.pool.close().await;
+}
