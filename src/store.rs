@@ -199,7 +199,9 @@ impl Store {
         base: &str,
         alive: Liveness,
     ) -> Result<(File, PathBuf, CancellationToken)> {
-        for attempt in 0..MAX_SIBLINGS {
+        let mut attempt = 0;
+        let mut vanished = 0;
+        while attempt < MAX_SIBLINGS {
             let path = if attempt == 0 {
                 dir.join(format!("{base}{PARTIAL_SUFFIX}"))
             } else {
@@ -219,6 +221,13 @@ impl Store {
                     return Err(err).with_context(|| format!("cannot lock {}", path.display()));
                 }
             };
+            // The holder may have committed (and unlinked) the file between our
+            // open and our lock: a lock on a file no longer at `path` is worth
+            // nothing, so open the path afresh.
+            if locked && !still_at(&file, &path) && vanished < MAX_SIBLINGS {
+                vanished += 1;
+                continue;
+            }
             if locked {
                 let cancel = CancellationToken::new();
                 self.active.lock().expect("store lock").insert(
@@ -230,6 +239,7 @@ impl Store {
                 );
                 return Ok((file, path, cancel));
             }
+            attempt += 1;
         }
         bail!("{MAX_SIBLINGS} transfers of this file are already under way")
     }
@@ -266,7 +276,8 @@ impl Store {
     }
 
     /// Links `partial` under `target` or the first free `stem.N.ext` beside it
-    /// (renames over `target` with force); returns the name relative to the store.
+    /// (renames over `target` with force) and removes it, also when that fails;
+    /// returns the name relative to the store.
     fn commit(&self, dir: &Path, target: &Path, partial: &Path) -> Result<PathBuf> {
         let file_name = target
             .file_name()
@@ -282,8 +293,11 @@ impl Store {
         let stem = &file_name[..file_name.len() - ext.len()];
         let relative_dir = target.parent().unwrap_or(Path::new(""));
         let chosen = if self.force {
-            std::fs::rename(partial, dir.join(&file_name))
-                .with_context(|| format!("cannot move the file into {}", dir.display()))?;
+            if let Err(err) = std::fs::rename(partial, dir.join(&file_name)) {
+                std::fs::remove_file(partial).ok();
+                return Err(err)
+                    .with_context(|| format!("cannot move the file into {}", dir.display()));
+            }
             file_name
         } else {
             let mut n = 0u32;
@@ -302,6 +316,7 @@ impl Store {
                         n += 1;
                     }
                     Err(err) => {
+                        std::fs::remove_file(partial).ok();
                         return Err(err).with_context(|| {
                             format!("cannot link the file into {}", dir.display())
                         });
@@ -313,6 +328,15 @@ impl Store {
             .and_then(|d| d.sync_all())
             .with_context(|| format!("cannot sync directory {}", dir.display()))?;
         Ok(relative_dir.join(chosen))
+    }
+}
+
+/// Whether `path` still names the open `file` (not a file that replaced it, or nothing).
+fn still_at(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        _ => false,
     }
 }
 
@@ -471,9 +495,11 @@ impl Drop for DiskSink {
 }
 
 impl DiskSink {
+    /// Removes the record before the partial: once the partial's name is free a
+    /// new transfer may claim it and create a record of its own.
     fn remove_partial(&self) {
-        std::fs::remove_file(&self.partial.path).ok();
         std::fs::remove_file(&self.partial.record_path).ok();
+        std::fs::remove_file(&self.partial.path).ok();
     }
 }
 
@@ -500,17 +526,18 @@ impl Sink for DiskSink {
     }
 
     fn commit(self: Box<Self>, _hash: &Hash) -> Result<String> {
-        let result = self
-            .partial
-            .file
-            .sync_all()
-            .with_context(|| format!("cannot flush the file to {}", self.dir.display()))
-            .and_then(|()| {
-                self.store
-                    .commit(&self.dir, &self.target, &self.partial.path)
-            });
-        self.remove_partial();
-        Ok(result?.to_string_lossy().into_owned())
+        if let Err(err) = self.partial.file.sync_all() {
+            self.remove_partial();
+            return Err(err)
+                .with_context(|| format!("cannot flush the file to {}", self.dir.display()));
+        }
+        std::fs::remove_file(&self.partial.record_path).ok();
+        // From here the partial's name may be claimed by a new transfer as soon
+        // as it is linked away, so only the store's commit touches it.
+        let stored = self
+            .store
+            .commit(&self.dir, &self.target, &self.partial.path)?;
+        Ok(stored.to_string_lossy().into_owned())
     }
 
     fn abandon(self: Box<Self>, keep: bool) {
