@@ -104,7 +104,8 @@ predecessor() { # FILE COUNT -> seconds from its first send_tensor to its last r
     local seconds
     seconds=$(RUST_LOG=off python3 "$OLDPWD/scripts/predecessor.py" send "$addr" "$file" 2> send.err \
         | python3 -c "import json,sys; print(json.loads(sys.stdin.readlines()[-1])['seconds'])")
-    wait "$receiver"
+    # Its node can exit non-zero at shutdown; what counts is what it received.
+    wait "$receiver" || true
     echo "$seconds $(grep '^{"received"' receive.out | python3 -c "import json,sys; print(json.load(sys.stdin)['received'])")"
 }
 read -r old_big old_big_received < <(predecessor big.safetensors 256)

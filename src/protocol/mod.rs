@@ -2,6 +2,7 @@
 //! connection pool, and moving files through streams. Nothing here knows about
 //! the terminal or about where files live on disk.
 
+mod checker;
 pub mod client;
 pub mod endpoint;
 pub mod hashing;

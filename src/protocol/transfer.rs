@@ -12,10 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::checker::{BATCH, Batch, Checker};
 use super::hashing::{ChunkHasher, file_hash};
 use super::stream::{Frame, FrameReader, FrameWriter};
 use super::wire::{
@@ -85,41 +86,86 @@ impl Source {
         }
     }
 
-    /// Fills `buf` with the file's bytes from `offset`.
-    fn read_at(&self, mut offset: u64, mut buf: &mut [u8]) -> std::io::Result<()> {
-        use std::os::unix::fs::FileExt;
+    /// The file's `len` bytes from `offset`: a slice where they lie in one
+    /// in-memory segment, else a fresh buffer filled from the segments.
+    fn piece(&self, mut offset: u64, len: usize) -> std::io::Result<Bytes> {
+        let mut buf = Vec::new();
         for segment in &self.segments {
-            if buf.is_empty() {
+            if buf.len() == len {
                 break;
             }
-            let len = segment.len();
-            if offset >= len {
-                offset -= len;
+            let segment_len = segment.len();
+            if offset >= segment_len {
+                offset -= segment_len;
                 continue;
             }
-            let take = (len - offset).min(buf.len() as u64) as usize;
-            let (head, rest) = buf.split_at_mut(take);
+            let take = (segment_len - offset).min((len - buf.len()) as u64) as usize;
             match segment {
+                Segment::Bytes(bytes) if take == len => {
+                    return Ok(bytes.slice(offset as usize..offset as usize + take));
+                }
+                Segment::Bytes(bytes) => {
+                    buf.extend_from_slice(&bytes[offset as usize..offset as usize + take])
+                }
                 Segment::File {
                     file,
                     offset: start,
                     ..
-                } => file.read_exact_at(head, start + offset).map_err(|err| {
-                    if err.kind() == std::io::ErrorKind::UnexpectedEof {
-                        std::io::Error::other("the file is shorter than when it was opened")
-                    } else {
-                        err
-                    }
-                })?,
-                Segment::Bytes(bytes) => {
-                    head.copy_from_slice(&bytes[offset as usize..offset as usize + take])
+                } => {
+                    buf.reserve_exact(len - buf.len());
+                    read_exact_at(file, &mut buf, take, start + offset)?;
                 }
             }
-            buf = rest;
             offset = 0;
         }
-        Ok(())
+        if buf.len() < len {
+            return Err(std::io::Error::other(
+                "the file is shorter than when it was opened",
+            ));
+        }
+        Ok(Bytes::from(buf))
     }
+}
+
+/// Appends `len` bytes of `file` from `offset` to `buf`, reading straight into
+/// its spare capacity: zeroing a megabyte first would cost more than the read's
+/// bookkeeping.
+fn read_exact_at(file: &File, buf: &mut Vec<u8>, len: usize, offset: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    buf.reserve(len);
+    let mut done = 0;
+    while done < len {
+        let spare = &mut buf.spare_capacity_mut()[..len - done];
+        // SAFETY: pread writes at most `spare.len()` bytes into memory that `buf`
+        // owns and has reserved; `set_len` then covers only the bytes it wrote.
+        let read = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                spare.len(),
+                (offset + done as u64) as libc::off_t,
+            )
+        };
+        match read {
+            0 => {
+                return Err(std::io::Error::other(
+                    "the file is shorter than when it was opened",
+                ));
+            }
+            read if read < 0 => {
+                let err = std::io::Error::last_os_error();
+                if err.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+            read => {
+                // SAFETY: the `read` bytes after the old length were just written.
+                unsafe { buf.set_len(buf.len() + read as usize) };
+                done += read as usize;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Counts bytes as they cross the network, for progress displays; a child
@@ -323,11 +369,10 @@ fn hash_chunk(
     let mut done = 0;
     while done < len {
         let take = (len - done).min(PIECE as u64) as usize;
-        let mut buf = BytesMut::zeroed(take);
-        source.read_at(start + done, &mut buf)?;
-        hasher.update(&buf);
+        let piece = source.piece(start + done, take)?;
+        hasher.update(&piece);
         done += take as u64;
-        emit(Piece::Data(buf.freeze()))?;
+        emit(Piece::Data(piece))?;
     }
     Ok(hasher.finalize())
 }
@@ -413,9 +458,19 @@ where
     };
 
     let cancelled = sink.cancelled();
+    let mut checker = Checker::new(sink, offer.size, offer.chunks());
     let outcome = tokio::select! {
-        outcome = receive_chunks(reader, &mut *sink, &offer, &held, progress) => outcome,
+        outcome = receive_chunks(reader, &mut checker, &offer, &held, progress) => outcome,
         _ = cancelled.cancelled() => Err(Failure::kept(anyhow!("a newer transfer of the same file took over"))),
+    };
+    let Some(sink) = checker.into_sink().await else {
+        return fail(
+            writer,
+            reader,
+            &offer,
+            anyhow!("writing the file failed unexpectedly"),
+        )
+        .await;
     };
     match outcome {
         Ok((hash, received_bytes)) => match sink.commit(&hash) {
@@ -474,20 +529,20 @@ async fn fail(
 }
 
 /// Why receiving stopped, and whether the partial file is worth keeping.
-struct Failure {
+pub(super) struct Failure {
     error: anyhow::Error,
     keep_partial: bool,
 }
 
 impl Failure {
-    fn kept(error: anyhow::Error) -> Self {
+    pub(super) fn kept(error: anyhow::Error) -> Self {
         Failure {
             error,
             keep_partial: true,
         }
     }
 
-    fn dropped(error: anyhow::Error) -> Self {
+    pub(super) fn dropped(error: anyhow::Error) -> Self {
         Failure {
             error,
             keep_partial: false,
@@ -497,12 +552,13 @@ impl Failure {
 
 async fn receive_chunks(
     reader: &mut FrameReader,
-    sink: &mut dyn Sink,
+    checker: &mut Checker,
     offer: &Offer,
     held: &HashMap<u32, Hash>,
     progress: &Progress,
 ) -> Result<(Hash, u64), Failure> {
     let chunks = offer.chunks();
+    // The sender's chunk hashes; the checker verifies each before the end.
     let mut hashes = Vec::with_capacity(chunks.min(1 << 20) as usize);
     let mut received = 0u64;
     loop {
@@ -517,37 +573,37 @@ async fn receive_chunks(
                         "protocol violation: chunk {index} of {len} bytes where chunk {next} of {expected_len} belongs"
                     )));
                 }
-                let mut hasher = ChunkHasher::new(next, chunks);
-                let mut written = 0u64;
-                let mut batch = Vec::with_capacity(PIECE.min(expected_len as usize));
-                while written < expected_len {
-                    let unread = expected_len - written - batch.len() as u64;
-                    if unread > 0 {
-                        let data = reader.data(unread as usize).await.map_err(Failure::kept)?;
-                        batch.extend_from_slice(&data);
-                        received += data.len() as u64;
-                        progress.add(data.len() as u64);
-                    }
-                    // Packets arrive a kilobyte at a time; hashing and writing them in
-                    // batches lets BLAKE3 use its wide SIMD path and saves syscalls.
-                    if batch.len() >= PIECE || unread == 0 {
-                        hasher.update(&batch);
-                        sink.write(start + written, &batch)
-                            .map_err(Failure::dropped)?;
-                        written += batch.len() as u64;
-                        batch.clear();
+                let mut read = 0u64;
+                let mut batch = checker.buffer();
+                while read < expected_len {
+                    // Packets arrive a kilobyte at a time; the checker takes them in
+                    // batches so BLAKE3 can use its wide SIMD path and writes are few.
+                    let room = (BATCH - batch.len()).min((expected_len - read) as usize);
+                    let data = reader.data(room).await.map_err(Failure::kept)?;
+                    batch.extend_from_slice(&data);
+                    read += data.len() as u64;
+                    received += data.len() as u64;
+                    progress.add(data.len() as u64);
+                    if batch.len() == BATCH || read == expected_len {
+                        let claimed = if read == expected_len {
+                            let claimed = reader.hash().await.map_err(Failure::kept)?;
+                            hashes.push(claimed);
+                            Some(claimed)
+                        } else {
+                            None
+                        };
+                        let offset = start + read - batch.len() as u64;
+                        let data = std::mem::replace(&mut batch, checker.buffer());
+                        checker
+                            .submit(Batch {
+                                data,
+                                chunk: next,
+                                offset,
+                                claimed,
+                            })
+                            .await?;
                     }
                 }
-                let claimed = reader.hash().await.map_err(Failure::kept)?;
-                let actual = hasher.finalize();
-                if claimed != actual {
-                    return Err(Failure::kept(anyhow!(
-                        "chunk {index} does not match its hash; the data was corrupted on the way"
-                    )));
-                }
-                sink.chunk_checked(index, &actual)
-                    .map_err(Failure::dropped)?;
-                hashes.push(actual);
             }
             Some(Frame::Kept { index }) => {
                 let hash = held.get(&index).filter(|_| u64::from(index) == next);
@@ -560,6 +616,7 @@ async fn receive_chunks(
                 hashes.push(*hash);
             }
             Some(Frame::End { hash }) => {
+                checker.drain().await?;
                 if next != chunks {
                     return Err(Failure::kept(anyhow!(
                         "the sender ended after {next} of {chunks} chunks"
