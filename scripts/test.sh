@@ -9,6 +9,6 @@ python3 -m pip install --quiet --disable-pip-version-check numpy safetensors ml_
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --release "$@" 2>&1 | tee "$log" || status=$?
+cargo test --release --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed\n", passed, failed }' "$log"
 exit "$status"

@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use bytes::{Buf, Bytes};
 use iroh::endpoint::{RecvStream, SendStream};
 
+use super::explain;
 use super::wire::{
     Hash, MAX_MESSAGE_BYTES, Message, TAG_CHUNK, TAG_END, TAG_KEPT, TAG_MESSAGE, WireError,
 };
@@ -54,7 +55,7 @@ impl FrameReader {
                     self.stall.as_secs_f32().round()
                 )
             })?
-            .context("stream broke")?;
+            .map_err(|err| explain(anyhow::Error::new(err).context("stream broke")))?;
         match read {
             Some(bytes) => {
                 self.pending = bytes;
@@ -182,7 +183,7 @@ impl FrameWriter {
                     self.stall.as_secs_f32().round()
                 )
             })?
-            .context("stream broke")
+            .map_err(|err| explain(anyhow::Error::new(err).context("stream broke")))
     }
 
     pub async fn message(&mut self, message: &Message) -> Result<()> {
