@@ -27,6 +27,7 @@ pub struct Batch {
 pub struct Checker {
     state: State,
     in_place: bool,
+    batch_capacity: usize,
     spare: Vec<Vec<u8>>,
 }
 
@@ -95,6 +96,7 @@ impl Checker {
                 done_with: None,
             })),
             in_place: size <= BATCH as u64,
+            batch_capacity: size.min(BATCH as u64) as usize,
             spare: Vec::new(),
         }
     }
@@ -103,7 +105,7 @@ impl Checker {
     pub fn buffer(&mut self) -> Vec<u8> {
         self.spare
             .pop()
-            .unwrap_or_else(|| Vec::with_capacity(BATCH))
+            .unwrap_or_else(|| Vec::with_capacity(self.batch_capacity))
     }
 
     /// Hands `batch` over once the previous one is done; fails with the first

@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
-use bytes::{Buf, Bytes};
+use bytes::{Buf, BufMut, Bytes};
 use iroh::endpoint::{RecvStream, SendStream};
+use tokio::io::AsyncReadExt;
 
 use super::explain;
 use super::wire::{
@@ -49,12 +50,7 @@ impl FrameReader {
     async fn fill(&mut self) -> Result<bool> {
         let read = tokio::time::timeout(self.stall, self.recv.read_chunk(MAX_READ))
             .await
-            .map_err(|_| {
-                anyhow!(
-                    "peer sent nothing for {} s",
-                    self.stall.as_secs_f32().round()
-                )
-            })?
+            .map_err(|_| self.silent())?
             .map_err(|err| explain(anyhow::Error::new(err).context("stream broke")))?;
         match read {
             Some(bytes) => {
@@ -63,6 +59,13 @@ impl FrameReader {
             }
             None => Ok(false),
         }
+    }
+
+    fn silent(&self) -> anyhow::Error {
+        anyhow!(
+            "peer sent nothing for {} s",
+            self.stall.as_secs_f32().round()
+        )
     }
 
     async fn read_exact(&mut self, buf: &mut [u8]) -> Result<()> {
@@ -144,13 +147,25 @@ impl FrameReader {
         Ok(())
     }
 
-    /// Up to `remaining` bytes of the current chunk's data (never empty).
-    pub async fn data(&mut self, remaining: usize) -> Result<Bytes> {
-        if self.pending.is_empty() && !self.fill().await? {
+    /// Appends up to `max` bytes of the current chunk's data to `buf`, at least
+    /// one; returns how many. Reading straight into `buf` takes everything that
+    /// has arrived in one call, where chunk by chunk would be a call per packet.
+    pub async fn data_into(&mut self, buf: &mut Vec<u8>, max: usize) -> Result<usize> {
+        if !self.pending.is_empty() {
+            let take = self.pending.len().min(max);
+            buf.extend_from_slice(&self.pending[..take]);
+            self.pending.advance(take);
+            return Ok(take);
+        }
+        let mut room = (&mut *buf).limit(max);
+        let read = tokio::time::timeout(self.stall, self.recv.read_buf(&mut room))
+            .await
+            .map_err(|_| self.silent())?
+            .map_err(|err| explain(anyhow::Error::new(err).context("stream broke")))?;
+        if read == 0 {
             bail!("stream ended in the middle of a chunk");
         }
-        let take = self.pending.len().min(remaining);
-        Ok(self.pending.split_to(take))
+        Ok(read)
     }
 
     pub async fn hash(&mut self) -> Result<Hash> {

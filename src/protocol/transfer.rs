@@ -579,11 +579,13 @@ async fn receive_chunks(
                     // Packets arrive a kilobyte at a time; the checker takes them in
                     // batches so BLAKE3 can use its wide SIMD path and writes are few.
                     let room = (BATCH - batch.len()).min((expected_len - read) as usize);
-                    let data = reader.data(room).await.map_err(Failure::kept)?;
-                    batch.extend_from_slice(&data);
-                    read += data.len() as u64;
-                    received += data.len() as u64;
-                    progress.add(data.len() as u64);
+                    let got = reader
+                        .data_into(&mut batch, room)
+                        .await
+                        .map_err(Failure::kept)? as u64;
+                    read += got;
+                    received += got;
+                    progress.add(got);
                     if batch.len() == BATCH || read == expected_len {
                         let claimed = if read == expected_len {
                             let claimed = reader.hash().await.map_err(Failure::kept)?;
