@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow, bail};
 use iroh::endpoint::Connection;
 use iroh::{Endpoint, EndpointId};
-use tokio::sync::mpsc;
+use tokio::sync::{RwLock, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -136,6 +136,7 @@ impl Service {
     ) {
         let peer = connection.remote_id();
         let hello_only = connection.alpn() == HELLO_ALPN;
+        let uploads = Arc::new(RwLock::new(()));
         loop {
             let (send, recv) = tokio::select! {
                 streams = connection.accept_bi() => match streams {
@@ -152,11 +153,12 @@ impl Service {
             };
             let service = self.clone();
             let connection = connection.clone();
+            let uploads = uploads.clone();
             tasks.spawn(async move {
                 let mut writer = FrameWriter::new(send, STALL_TIMEOUT);
                 let mut reader = FrameReader::new(recv, STALL_TIMEOUT);
                 if let Err(err) = service
-                    .serve_request(&connection, hello_only, &mut writer, &mut reader)
+                    .serve_request(&connection, hello_only, &uploads, &mut writer, &mut reader)
                     .await
                 {
                     tracing::debug!(peer = %peer.fmt_short(), "request failed: {err:#}");
@@ -169,6 +171,7 @@ impl Service {
         &self,
         connection: &Connection,
         hello_only: bool,
+        uploads: &RwLock<()>,
         writer: &mut FrameWriter,
         reader: &mut FrameReader,
     ) -> Result<()> {
@@ -187,6 +190,9 @@ impl Service {
                 writer.finish();
             }
             Message::Upload => {
+                // Held until the file is reported, so `done` on this connection
+                // waits for it (see below).
+                let _reporting = uploads.read().await;
                 let started = Instant::now();
                 let result = receive_file(writer, reader, &self.progress, async |offer: &Offer| {
                     self.sink_for(offer, connection).await
@@ -211,8 +217,14 @@ impl Service {
                 writer.finish();
             }
             Message::Done { files } => {
+                // The sender says `done` once every file was stored, but an upload
+                // may still be reporting: wait for it, so every file is reported
+                // before its send completes (and before a --once listener exits).
+                let _reported = uploads.write().await;
                 writer.message(&Message::Ack).await?;
-                writer.finish();
+                // A --once listener closes the connection on the event below;
+                // the sender must have its answer first.
+                writer.finish_and_flush().await;
                 self.events.send(Event::SendComplete { peer, files }).ok();
             }
             Message::Catalog => {

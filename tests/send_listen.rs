@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use common::*;
 
@@ -630,4 +631,51 @@ assert np.array_equal(part['bf'], src['bf'])
         ),
         dir.path(),
     );
+}
+
+/// Every file of a send is reported before the send completes, and the sender
+/// hears the listener's answer before a --once listener exits. Both raced once;
+/// a few rounds make a regression show.
+#[test]
+fn a_once_listener_reports_every_file_and_lets_the_sender_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = write(
+        dir.path(),
+        "a.npy",
+        &npy_bytes(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }",
+            &[0; 8],
+        ),
+    );
+    let second = write(
+        dir.path(),
+        "b.safetensors",
+        &safetensors_bytes(&[("w", "U8", &[16], &noise(16, 1))], None),
+    );
+    for round in 0..6 {
+        let out = dir.path().join(format!("out{round}"));
+        let mut listener = Listener::start(&["--out", out.to_str().unwrap(), "--once", "--json"]);
+        let sent = send(&listener.ticket, &[&first, &second], &[]);
+        assert!(
+            sent.status.success(),
+            "round {round}: {}",
+            text(&sent.stderr)
+        );
+        let status = wait_with_deadline(&mut listener.child, Duration::from_secs(20))
+            .expect("a --once listener exits");
+        assert!(status.success(), "round {round}: {}", listener.stderr());
+        let events: Vec<String> = listener
+            .lines
+            .iter()
+            .map(|line| {
+                let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+                event["event"].as_str().unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(
+            events,
+            ["received", "received", "send_complete"],
+            "round {round}"
+        );
+    }
 }
