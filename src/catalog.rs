@@ -162,11 +162,11 @@ impl Catalog {
             )?;
             let handle = Arc::new(open(file)?);
             match &file.npy {
-                Some(_) if tensor.dtype.starts_with('C') => {
+                Some(_) if tensor.dtype == "C128" => {
                     bail!(
-                        "{}: safetensors has no complex dtype, so {} cannot go into a safetensors stream",
+                        "{}: safetensors has no 128-bit complex dtype (only C64), so {} cannot go into a safetensors stream",
                         file.file_name(),
-                        tensor.dtype
+                        tensor.name
                     )
                 }
                 Some(layout) if layout.big_endian || layout.fortran_order => {

@@ -24,7 +24,8 @@ save_file({**{f"model.layers.{i}.weight": rng.standard_normal((2, 3)).astype(np.
           "serve/shard-2.safetensors", metadata={"format": "pt", "shard": "2"})
 np.save("serve/embed.npy", rng.standard_normal((5, 2)).astype(np.float32))
 np.save("fortran.npy", np.asfortranarray(np.arange(12, dtype=">f8").reshape(3, 4)))
-np.save("cplx.npy", np.ones(3, dtype=np.complex64))
+np.save("cplx.npy", (np.arange(3) + 1j).astype(">c8"))
+np.save("cplx128.npy", np.ones(3, dtype=np.complex128))
 "#,
         dir,
     );
@@ -149,6 +150,7 @@ fn stdout_is_one_loadable_safetensors_stream() {
     let dir = tempfile::tempdir().unwrap();
     let (serve, fortran) = served(dir.path());
     let cplx = dir.path().join("cplx.npy");
+    let cplx128 = dir.path().join("cplx128.npy");
     let listener = Listener::start(&[
         "--serve",
         serve.to_str().unwrap(),
@@ -156,6 +158,8 @@ fn stdout_is_one_loadable_safetensors_stream() {
         fortran.to_str().unwrap(),
         "--serve",
         cplx.to_str().unwrap(),
+        "--serve",
+        cplx128.to_str().unwrap(),
     ]);
     let output = pull(
         &listener.ticket,
@@ -175,6 +179,18 @@ assert np.array_equal(d["embed"], np.load("serve/embed.npy"))
         dir.path(),
     );
     let complex = pull(&listener.ticket, &["cplx", "--stdout"]);
+    assert!(complex.status.success(), "{}", text(&complex.stderr));
+    std::fs::write(dir.path().join("complex.safetensors"), &complex.stdout).unwrap();
+    python(
+        r#"
+import numpy as np
+from safetensors.numpy import load_file
+d = load_file("complex.safetensors")
+assert d["cplx"].dtype == np.complex64 and np.array_equal(d["cplx"], np.load("cplx.npy")), d
+"#,
+        dir.path(),
+    );
+    let complex = pull(&listener.ticket, &["cplx128", "--stdout"]);
     assert_one_line_error(&complex, "complex");
     assert!(
         complex.stdout.is_empty(),

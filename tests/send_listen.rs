@@ -172,6 +172,7 @@ save_file({
     "w": rng.standard_normal((16, 8)).astype(np.float16),
     "i": np.arange(5, dtype=np.int64),
     "empty": np.zeros((0, 3), dtype=np.float32),
+    "phase": (rng.standard_normal(3) + 1j).astype(np.complex64),
 }, "model.safetensors", metadata={"format": "pt", "step": "100"})
 "#,
         dir.path(),
