@@ -1,10 +1,15 @@
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use tensor_iroh::commands::{self, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(message) = cli.check_usage() {
+        Cli::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, message)
+            .exit();
+    }
     commands::init_logging(cli.global.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -58,8 +58,24 @@ fn version_and_exit_codes() {
             .contains(env!("CARGO_PKG_VERSION"))
     );
 
-    let usage = tensor_iroh(&["send"]);
-    assert_eq!(usage.status.code(), Some(2), "a usage error exits 2");
+    for misuse in [
+        &["send"][..],
+        &["send", "t", "a.npy", "b.npy", "--name", "c.npy"],
+        &["listen", "--stdout", "--json"],
+        &["listen", "--stdout", "--out", "x"],
+        &["bench", "--iters", "0"],
+        &["bench", "--concurrency", "0"],
+        &["pull", "t", "--stdout", "--list"],
+    ] {
+        let usage = tensor_iroh(misuse);
+        assert_eq!(
+            usage.status.code(),
+            Some(2),
+            "a usage error exits 2: {misuse:?}"
+        );
+        let stderr = String::from_utf8(usage.stderr).unwrap();
+        assert!(stderr.starts_with("error: "), "{misuse:?}: {stderr}");
+    }
 
     let runtime = tensor_iroh(&["send", "not-a-ticket", "missing.npy"]);
     assert_eq!(runtime.status.code(), Some(1), "a runtime error exits 1");

@@ -47,11 +47,11 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "4K,64K,1M,16M,256M", value_parser = parse_size)]
     pub sizes: Vec<u64>,
     /// Round trips per size [default: enough to move 768 MiB, between 3 and 200]
-    #[arg(long)]
-    pub iters: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub iters: Option<u32>,
     /// Small tensors in flight at once for the tensors-per-second figure
-    #[arg(long, default_value_t = 8)]
-    pub concurrency: usize,
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrency: u32,
     /// Measure a bare iroh stream: no files, no hashing, no acknowledgement per chunk
     #[arg(long)]
     pub raw: bool,
@@ -96,9 +96,6 @@ struct Row {
 }
 
 pub async fn run(args: BenchArgs, ui: Ui) -> Result<()> {
-    if args.concurrency == 0 {
-        bail!("--concurrency must be at least 1");
-    }
     let local = match &args.ticket {
         Some(_) => None,
         None => Some(LocalListener::start().await?),
@@ -143,12 +140,14 @@ async fn measure(args: &BenchArgs, ui: &Ui, pool: &Arc<Pool>, addr: &EndpointAdd
     let connect = started.elapsed();
     let block = random_block();
 
-    let tensors_per_s = small_tensor_rate(pool, addr, &block, args.concurrency, args.raw).await?;
+    let tensors_per_s =
+        small_tensor_rate(pool, addr, &block, args.concurrency as usize, args.raw).await?;
     let mut rows = Vec::new();
     for &size in &args.sizes {
-        let iters = args
-            .iters
-            .unwrap_or_else(|| (BYTES_PER_SIZE / size).clamp(3, 200) as usize);
+        let iters = args.iters.map_or_else(
+            || (BYTES_PER_SIZE / size).clamp(3, 200) as usize,
+            |n| n as usize,
+        );
         let pieces = pieces_of(&block, size);
         let mut times = Vec::with_capacity(iters);
         for _ in 0..iters {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
 use iroh::EndpointId;
 use serde_json::json;
@@ -32,7 +32,7 @@ pub struct ListenArgs {
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Write received files' bytes to stdout instead of a directory (the ticket goes to stderr)
-    #[arg(long, conflicts_with = "out")]
+    #[arg(long, conflicts_with_all = ["out", "json"])]
     pub stdout: bool,
     /// Exit after the first sender's files are all received
     #[arg(long)]
@@ -57,9 +57,6 @@ pub struct ListenArgs {
 }
 
 pub async fn run(args: ListenArgs, ui: Ui) -> Result<()> {
-    if args.stdout && args.json {
-        bail!("--stdout and --json both want stdout; use one of them");
-    }
     let catalog = if args.serve.is_empty() {
         None
     } else {

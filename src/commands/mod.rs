@@ -151,6 +151,16 @@ pub fn init_logging(verbose: u8) {
         .init();
 }
 
+impl Cli {
+    /// Usage rules beyond what clap checks while parsing.
+    pub fn check_usage(&self) -> Result<(), String> {
+        match &self.command {
+            Command::Send(args) => args.check_usage(),
+            _ => Ok(()),
+        }
+    }
+}
+
 pub async fn run(cli: Cli) -> Result<()> {
     let global = cli.global;
     let json = match &cli.command {

@@ -58,6 +58,19 @@ struct Outgoing {
     name: String,
 }
 
+impl SendArgs {
+    /// A rule clap's derive cannot state; broken, it is a usage error.
+    pub fn check_usage(&self) -> Result<(), String> {
+        if self.name.is_some() && self.files.len() > 1 {
+            return Err(format!(
+                "--name renames one file, but {} were given",
+                self.files.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
 pub async fn run(args: SendArgs, ui: Ui) -> Result<()> {
     let targets = parse_tickets(std::iter::once(&args.ticket).chain(&args.to))?;
     let outgoing = collect(&args.files, args.name.as_deref())?;
