@@ -89,12 +89,27 @@ fn a_key_file_keeps_the_endpoint_id_and_wins_over_iroh_secret() {
     assert_eq!(endpoint_id_of(&key), id, "an existing key file is reused");
 
     let key_arg = ["--key", key.to_str().unwrap()];
+    let mut tickets = Vec::new();
     for _ in 0..2 {
         let listening = listening_line(&key_arg, &[]);
         assert_eq!(listening["endpoint_id"], id.as_str());
-        let ticket = listening["ticket"].as_str().unwrap();
-        assert_eq!(parse_ticket(ticket).unwrap().id.to_string(), id);
+        let ticket = listening["ticket"].as_str().unwrap().to_string();
+        assert_eq!(parse_ticket(&ticket).unwrap().id.to_string(), id);
+        tickets.push(ticket);
     }
+    assert_eq!(tickets[0], tickets[1], "a restart keeps the ticket");
+    // The ticket from an earlier run reaches the restarted listener.
+    let out = dir.path().join("out");
+    let _listener = Listener::start(&[
+        "--key",
+        key.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let file = tiny_npy(&dir.path().join("t.npy"));
+    let sent = send(&tickets[0], &[&file], &[]);
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    assert!(out.join("t.npy").exists());
 
     let from_env = run_with(&["id"], &[(endpoint::SECRET_ENV, &secret)]);
     assert_eq!(
@@ -222,6 +237,7 @@ impl Hostile {
             secret_key: iroh::SecretKey::generate(),
             relay: Relay::Disabled,
             bind: None,
+            port_from_key: false,
             accept: false,
             allow: None,
         })

@@ -307,6 +307,7 @@ impl LocalListener {
             secret_key: iroh::SecretKey::generate(),
             relay: Relay::Disabled,
             bind: Some(loopback),
+            port_from_key: false,
             accept: true,
             allow: None,
         })

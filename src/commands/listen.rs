@@ -92,10 +92,13 @@ pub async fn run(args: ListenArgs, ui: Ui) -> Result<()> {
             }),
         }
     });
+    let key_source = args.net.key_source();
+    let port_from_key = key_source.is_lasting();
     let endpoint = endpoint::bind(EndpointOptions {
-        secret_key: endpoint::secret_key(args.net.key_source())?,
+        secret_key: endpoint::secret_key(key_source)?,
         relay: args.net.relay.clone(),
         bind: args.bind,
+        port_from_key,
         accept: true,
         allow,
     })

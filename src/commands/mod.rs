@@ -102,6 +102,7 @@ impl NetArgs {
             secret_key: endpoint::secret_key(self.key_source())?,
             relay: self.relay.clone(),
             bind: None,
+            port_from_key: false,
             accept: false,
             allow: None,
         })

@@ -1,7 +1,7 @@
 //! Endpoint setup: secret keys, relays, binding, and tickets.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use iroh::endpoint::{
-    AfterHandshakeOutcome, Connection, EndpointHooks, QuicTransportConfig, VarInt, presets,
+    AfterHandshakeOutcome, BindOpts, Connection, EndpointHooks, QuicTransportConfig, VarInt,
+    presets,
 };
 use iroh::{
     Endpoint, EndpointAddr, EndpointId, RelayConfig, RelayMap, RelayMode, RelayUrl, SecretKey,
@@ -54,6 +55,16 @@ pub enum KeySource<'a> {
     File(&'a Path),
     /// `IROH_SECRET` if set, else a fresh key.
     EnvOrFresh,
+}
+
+impl KeySource<'_> {
+    /// Whether the key outlives this run (a key file or `IROH_SECRET`).
+    pub fn is_lasting(&self) -> bool {
+        match self {
+            KeySource::File(_) => true,
+            KeySource::EnvOrFresh => std::env::var_os(SECRET_ENV).is_some(),
+        }
+    }
 }
 
 pub fn secret_key(source: KeySource) -> Result<SecretKey> {
@@ -104,6 +115,7 @@ pub fn parse_endpoint_id(text: &str) -> Result<EndpointId> {
 
 /// The peers a listener admits; the others are refused when their TLS handshake
 /// completes, before they can open a stream.
+#[derive(Clone)]
 pub struct AllowList {
     pub ids: HashSet<EndpointId>,
     /// Told about every refused peer, for the listener to report.
@@ -135,6 +147,9 @@ pub struct EndpointOptions {
     pub secret_key: SecretKey,
     pub relay: Relay,
     pub bind: Option<SocketAddr>,
+    /// Without `bind`, prefer a UDP port derived from the key, so a listener with
+    /// a lasting key keeps its ticket across restarts.
+    pub port_from_key: bool,
     /// Accept tensor-iroh connections (listeners); dialers leave this off.
     pub accept: bool,
     pub allow: Option<AllowList>,
@@ -143,36 +158,72 @@ pub struct EndpointOptions {
 /// Binds an endpoint without DNS or address publishing: peers find each other
 /// through the addresses in tickets, so nothing waits on the internet.
 pub async fn bind(options: EndpointOptions) -> Result<Endpoint> {
-    let relay_mode = match options.relay {
+    let port = port_for(&options.secret_key.public());
+    let builder = |addrs: &[SocketAddr]| -> Result<iroh::endpoint::Builder> {
+        let mut builder = base_builder(&options);
+        if !addrs.is_empty() {
+            builder = builder.clear_ip_transports();
+        }
+        for addr in addrs {
+            // IPv6 may be missing on a host; only IPv4 is required.
+            let opts = BindOpts::default().set_is_required(addr.is_ipv4());
+            builder = builder
+                .bind_addr_with_opts(*addr, opts)
+                .with_context(|| format!("cannot bind to {addr}"))?;
+        }
+        Ok(builder)
+    };
+    let failed =
+        |err: iroh::endpoint::BindError| anyhow!("cannot start the iroh endpoint: {err:#}");
+    match options.bind {
+        Some(addr) => builder(&[addr])?.bind().await.map_err(failed),
+        None if options.port_from_key => {
+            let stable = [
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+                SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+            ];
+            match builder(&stable)?.bind().await {
+                Ok(endpoint) => Ok(endpoint),
+                Err(err) => {
+                    tracing::warn!(
+                        "UDP port {port} (from this key) is taken ({err:#}); the ticket will differ from earlier runs"
+                    );
+                    builder(&[])?.bind().await.map_err(failed)
+                }
+            }
+        }
+        None => builder(&[])?.bind().await.map_err(failed),
+    }
+}
+
+/// A UDP port in the dynamic range, fixed by the endpoint id.
+fn port_for(id: &EndpointId) -> u16 {
+    let bytes = id.as_bytes();
+    49152 + u16::from_le_bytes([bytes[0], bytes[1]]) % 16384
+}
+
+fn base_builder(options: &EndpointOptions) -> iroh::endpoint::Builder {
+    let relay_mode = match &options.relay {
         Relay::Default => RelayMode::Default,
         Relay::Disabled => RelayMode::Disabled,
         // A plain-HTTP relay (a self-hosted or test one) offers no QUIC address
         // discovery; probing for it would hold the ticket back for seconds.
         Relay::Custom(url) if url.scheme() == "http" => {
-            RelayMode::Custom(RelayMap::from(RelayConfig::new(url, None)))
+            RelayMode::Custom(RelayMap::from(RelayConfig::new(url.clone(), None)))
         }
-        Relay::Custom(url) => RelayMode::custom([url]),
+        Relay::Custom(url) => RelayMode::custom([url.clone()]),
     };
     let mut builder = Endpoint::builder(presets::Minimal)
-        .secret_key(options.secret_key)
+        .secret_key(options.secret_key.clone())
         .relay_mode(relay_mode)
         .transport_config(transport_config());
     if options.accept {
         builder = builder.alpns(vec![ALPN.to_vec(), HELLO_ALPN.to_vec()]);
     }
-    if let Some(allow) = options.allow {
+    if let Some(allow) = options.allow.clone() {
         builder = builder.hooks(allow);
     }
-    if let Some(addr) = options.bind {
-        builder = builder
-            .clear_ip_transports()
-            .bind_addr(addr)
-            .with_context(|| format!("cannot bind to {addr}"))?;
-    }
     builder
-        .bind()
-        .await
-        .map_err(|err| anyhow!("cannot start the iroh endpoint: {err:#}"))
 }
 
 fn transport_config() -> QuicTransportConfig {
