@@ -178,6 +178,24 @@ assert np.array_equal(d["embed"], np.load("serve/embed.npy"))
 "#,
         dir.path(),
     );
+    // No pattern: every served tensor, in one stream.
+    let whole = Listener::start(&["--serve", serve.to_str().unwrap()]);
+    let everything = pull(&whole.ticket, &["--stdout"]);
+    assert!(everything.status.success(), "{}", text(&everything.stderr));
+    std::fs::write(
+        dir.path().join("everything.safetensors"),
+        &everything.stdout,
+    )
+    .unwrap();
+    python(
+        r#"
+from safetensors.numpy import load_file
+d = load_file("everything.safetensors")
+assert len(d) == 23 and "embed" in d and "weird[0]*" in d, sorted(d)
+"#,
+        dir.path(),
+    );
+
     let complex = pull(&listener.ticket, &["cplx", "--stdout"]);
     assert!(complex.status.success(), "{}", text(&complex.stderr));
     std::fs::write(dir.path().join("complex.safetensors"), &complex.stdout).unwrap();

@@ -77,7 +77,7 @@ pub async fn run(args: PullArgs, ui: Ui) -> Result<()> {
                 Ok(())
             }
             Some(patterns) => {
-                let wanted = patterns.select(&catalog)?;
+                let wanted = patterns.select(&catalog, args.stdout)?;
                 let started = Instant::now();
                 let outcomes = if args.stdout {
                     vec![fetch_to_stdout(&pool, &addr, &wanted).await]
@@ -147,19 +147,23 @@ impl Patterns {
         Ok(Patterns { patterns })
     }
 
+    /// No patterns match every tensor.
     fn matches(&self, name: &str) -> bool {
-        self.patterns
-            .iter()
-            .any(|(text, glob)| text == name || glob.is_match(name))
+        self.patterns.is_empty()
+            || self
+                .patterns
+                .iter()
+                .any(|(text, glob)| text == name || glob.is_match(name))
     }
 
     /// Applies the patterns to the catalog; a pattern that matches nothing is an
-    /// error before anything is fetched.
-    fn select(&self, catalog: &[CatalogFile]) -> Result<Vec<Wanted>> {
+    /// error before anything is fetched. Without patterns whole files are
+    /// wanted, or, for one `merged` stream, every tensor of every file.
+    fn select(&self, catalog: &[CatalogFile], merged: bool) -> Result<Vec<Wanted>> {
         if catalog.is_empty() {
             bail!("the listener serves no files");
         }
-        if self.patterns.is_empty() {
+        if self.patterns.is_empty() && !merged {
             return Ok(catalog
                 .iter()
                 .map(|f| Wanted {
@@ -203,7 +207,7 @@ async fn fetch_to_stdout(pool: &Pool, addr: &iroh::EndpointAddr, wanted: &[Wante
     let mut refs = Vec::new();
     for file in wanted {
         let Some(names) = &file.tensors else {
-            bail!("--stdout needs patterns or a served catalog; the catalog was empty");
+            bail!("a whole file cannot go into a safetensors stream");
         };
         for name in names {
             if let Some(first) = seen.insert(name, &file.file) {
