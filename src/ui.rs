@@ -181,6 +181,25 @@ impl Ui {
     }
 }
 
+/// `text` with control characters escaped (`\n`, `\u{1b}`), so a name from the
+/// network cannot break a line or drive the terminal.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    }
+}
+
 /// A line on stderr; a closed stderr must not take the process down with it.
 pub fn to_stderr(line: &str) {
     writeln!(std::io::stderr().lock(), "{line}").ok();

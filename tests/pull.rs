@@ -42,26 +42,48 @@ fn pull(ticket: &str, args: &[&str]) -> std::process::Output {
 fn lists_every_served_tensor_plain_and_json() {
     let dir = tempfile::tempdir().unwrap();
     let (serve, fortran) = served(dir.path());
+    python(
+        r#"
+import numpy as np
+from safetensors.numpy import save_file
+save_file({"two\nlines\x1b[31m": np.zeros(1, dtype=np.uint8)}, "odd.safetensors")
+"#,
+        dir.path(),
+    );
+    let odd = dir.path().join("odd.safetensors");
     let listener = Listener::start(&[
         "--serve",
         serve.to_str().unwrap(),
         "--serve",
         fortran.to_str().unwrap(),
+        "--serve",
+        odd.to_str().unwrap(),
     ]);
     let plain = pull(&listener.ticket, &["--list"]);
     assert!(plain.status.success(), "{}", text(&plain.stderr));
     let plain = text(&plain.stdout);
-    assert_eq!(plain.lines().count(), 10 + 12 + 1 + 1);
+    assert_eq!(plain.lines().count(), 10 + 12 + 1 + 1 + 1, "{plain}");
     assert!(
         plain
             .lines()
             .any(|l| l.starts_with("model.layers.3.weight\tF32\t[4, 4]\t64\tshard-1.safetensors")),
         "{plain}"
     );
+    assert!(
+        plain.contains("two\\nlines\\u{1b}[31m\tU8") && !plain.contains('\x1b'),
+        "a name from the network is printed escaped, on one line: {plain}"
+    );
+    let some = pull(&listener.ticket, &["--list", "model.layers.1?.*"]);
+    assert_eq!(
+        text(&some.stdout).lines().count(),
+        10,
+        "--list takes patterns"
+    );
+    assert_one_line_error(&pull(&listener.ticket, &["--list", "nothing*"]), "nothing*");
 
     let json = pull(&listener.ticket, &["--list", "--json"]);
     let lines = json_lines(&json);
-    assert_eq!(lines.len(), 24);
+    assert_eq!(lines.len(), 25);
     for line in &lines {
         assert_eq!(line["event"], "tensor");
         for key in ["name", "dtype", "shape", "bytes", "file"] {

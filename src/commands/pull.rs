@@ -20,7 +20,7 @@ use crate::protocol::transfer::{Progress, Received, Sink};
 use crate::protocol::wire::{CatalogFile, Message, Offer, TensorRef};
 use crate::service::StdoutSink;
 use crate::store::Store;
-use crate::ui::{Totals, Ui, human_bytes, mb_per_s};
+use crate::ui::{Totals, Ui, human_bytes, mb_per_s, printable};
 
 /// Files fetched at once, each on its own stream.
 const FILES_IN_FLIGHT: usize = 4;
@@ -38,7 +38,8 @@ pub struct PullArgs {
     /// Ticket printed by `tensor-iroh listen --serve`
     pub ticket: String,
     /// Globs over full tensor names (`*` also matches `.` and `/`); a pattern equal
-    /// to a tensor's name selects it exactly. None: every served file, whole
+    /// to a tensor's name selects it exactly; with --list they filter the list.
+    /// None: every served file, whole (every tensor with --stdout)
     pub patterns: Vec<String>,
     /// Directory to write to [default: the current directory]
     #[arg(long, value_name = "DIR")]
@@ -63,31 +64,25 @@ pub struct PullArgs {
 
 pub async fn run(args: PullArgs, ui: Ui) -> Result<()> {
     let addr = parse_tickets([&args.ticket])?.remove(0);
-    let selection = if args.list {
-        None
-    } else {
-        Some(Patterns::new(&args.patterns)?)
-    };
+    let patterns = Patterns::new(&args.patterns)?;
     let pool = Arc::new(args.net.pool(&args.timeout).await?);
     let result = async {
         let catalog = client::catalog(&pool, &addr).await?;
-        match selection {
-            None => {
-                list(&ui, &catalog);
-                Ok(())
-            }
-            Some(patterns) => {
-                let wanted = patterns.select(&catalog, args.stdout)?;
-                let started = Instant::now();
-                let outcomes = if args.stdout {
-                    vec![fetch_to_stdout(&pool, &addr, &wanted).await]
-                } else {
-                    let store =
-                        Store::open(&args.out.clone().unwrap_or_else(|| ".".into()), args.force)?;
-                    fetch_to_store(&pool, &addr, store, wanted, &ui).await
-                };
-                summarize(&ui, outcomes, started)
-            }
+        if args.list {
+            patterns.all_match(&catalog)?;
+            list(&ui, &catalog, &patterns);
+            Ok(())
+        } else {
+            let wanted = patterns.select(&catalog, args.stdout)?;
+            let started = Instant::now();
+            let outcomes = if args.stdout {
+                vec![fetch_to_stdout(&pool, &addr, &wanted).await]
+            } else {
+                let store =
+                    Store::open(&args.out.clone().unwrap_or_else(|| ".".into()), args.force)?;
+                fetch_to_store(&pool, &addr, store, wanted, &ui).await
+            };
+            summarize(&ui, outcomes, started)
         }
     }
     .await;
@@ -95,9 +90,9 @@ pub async fn run(args: PullArgs, ui: Ui) -> Result<()> {
     result
 }
 
-fn list(ui: &Ui, catalog: &[CatalogFile]) {
+fn list(ui: &Ui, catalog: &[CatalogFile], patterns: &Patterns) {
     for file in catalog {
-        for tensor in &file.tensors {
+        for tensor in file.tensors.iter().filter(|t| patterns.matches(&t.name)) {
             if ui.json_mode() {
                 ui.json(json!({
                     "event": "tensor",
@@ -109,13 +104,14 @@ fn list(ui: &Ui, catalog: &[CatalogFile]) {
                 }));
             } else {
                 let shape: Vec<String> = tensor.shape.iter().map(u64::to_string).collect();
+                // Names come from the network: one line each, whatever they hold.
                 ui.out(format!(
                     "{}\t{}\t[{}]\t{}\t{}",
-                    tensor.name,
-                    tensor.dtype,
+                    printable(&tensor.name),
+                    printable(&tensor.dtype),
                     shape.join(", "),
                     tensor.bytes,
-                    file.name
+                    printable(&file.name)
                 ));
             }
         }
@@ -156,6 +152,20 @@ impl Patterns {
                 .any(|(text, glob)| text == name || glob.is_match(name))
     }
 
+    /// Fails on the first pattern that matches no served tensor.
+    fn all_match(&self, catalog: &[CatalogFile]) -> Result<()> {
+        for (text, glob) in &self.patterns {
+            let found = catalog
+                .iter()
+                .flat_map(|f| &f.tensors)
+                .any(|t| *text == t.name || glob.is_match(&t.name));
+            if !found {
+                bail!("no served tensor matches {text:?}");
+            }
+        }
+        Ok(())
+    }
+
     /// Applies the patterns to the catalog; a pattern that matches nothing is an
     /// error before anything is fetched. Without patterns whole files are
     /// wanted, or, for one `merged` stream, every tensor of every file.
@@ -173,15 +183,7 @@ impl Patterns {
                 })
                 .collect());
         }
-        for (text, glob) in &self.patterns {
-            let found = catalog
-                .iter()
-                .flat_map(|f| &f.tensors)
-                .any(|t| *text == t.name || glob.is_match(&t.name));
-            if !found {
-                bail!("no served tensor matches {text:?}");
-            }
-        }
+        self.all_match(catalog)?;
         Ok(catalog
             .iter()
             .filter_map(|file| {
