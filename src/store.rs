@@ -43,8 +43,13 @@ pub fn safe_name(name: &str) -> Result<PathBuf> {
         !name.chars().any(|c| c.is_control()),
         "name {name:?} holds control characters"
     );
+    ensure!(!name.starts_with('/'), "name {name:?} is an absolute path");
+    ensure!(
+        !name.contains('\\'),
+        "name {name:?} holds a backslash; directories are separated by /"
+    );
     let parts: Vec<&str> = name
-        .split(['/', '\\'])
+        .split('/')
         .filter(|part| !part.is_empty() && *part != ".")
         .collect();
     ensure!(!parts.is_empty(), "name {name:?} is empty");
@@ -562,8 +567,11 @@ mod tests {
             safe_name("ckpt/model-1.safetensors").unwrap(),
             PathBuf::from("ckpt/model-1.safetensors")
         );
-        assert_eq!(safe_name("/etc/x.npy").unwrap(), PathBuf::from("etc/x.npy"));
+        assert_eq!(safe_name("./a//b.npy").unwrap(), PathBuf::from("a/b.npy"));
         for bad in [
+            "/etc/x.npy",
+            "a\\b.npy",
+            "..\\x.npy",
             "../x.npy",
             "a/../../x.npy",
             "a/b/c.npy",
