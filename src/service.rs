@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
@@ -28,12 +29,22 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 pub enum Event {
+    /// An upload was accepted; `progress` counts its bytes until it ends with
+    /// `Received` or `ReceiveFailed` of the same `upload`.
+    Receiving {
+        upload: u64,
+        name: String,
+        size: u64,
+        progress: Progress,
+    },
     Received {
+        upload: u64,
         peer: EndpointId,
         received: Received,
         elapsed: Duration,
     },
     ReceiveFailed {
+        upload: u64,
         peer: EndpointId,
         error: String,
     },
@@ -71,6 +82,8 @@ pub struct Service {
     pub events: mpsc::UnboundedSender<Event>,
     /// Bytes received, for a progress display.
     pub progress: Progress,
+    /// Numbers uploads, to tie an upload's events together.
+    uploads_seen: AtomicU64,
     /// One upload at a time writes to stdout.
     stdout_lock: Arc<tokio::sync::Mutex<()>>,
 }
@@ -86,6 +99,7 @@ impl Service {
             catalog,
             events,
             progress: Progress::default(),
+            uploads_seen: AtomicU64::new(0),
             stdout_lock: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
@@ -193,18 +207,33 @@ impl Service {
                 // Held until the file is reported, so `done` on this connection
                 // waits for it (see below).
                 let _reporting = uploads.read().await;
+                let upload = self.uploads_seen.fetch_add(1, Ordering::Relaxed);
+                let progress = self.progress.child();
                 let started = Instant::now();
-                let result = receive_file(writer, reader, &self.progress, async |offer: &Offer| {
-                    self.sink_for(offer, connection).await
+                let result = receive_file(writer, reader, &progress, async |offer: &Offer| {
+                    let sink = self.sink_for(offer, connection).await?;
+                    if !offer.discard {
+                        self.events
+                            .send(Event::Receiving {
+                                upload,
+                                name: offer.name.clone(),
+                                size: offer.size,
+                                progress: progress.clone(),
+                            })
+                            .ok();
+                    }
+                    Ok(sink)
                 })
                 .await;
                 let event = match result {
                     Ok(received) => Event::Received {
+                        upload,
                         peer,
                         received,
                         elapsed: started.elapsed(),
                     },
                     Err(err) => Event::ReceiveFailed {
+                        upload,
                         peer,
                         error: format!("{err:#}"),
                     },

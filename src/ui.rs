@@ -94,7 +94,8 @@ impl Ui {
     }
 
     /// A progress bar fed from `counter`, or nothing where bars are not shown.
-    /// `total` of `None` shows a byte counter and rate without an ETA.
+    /// `total` of `None` shows a plain byte counter (a listener's lifetime
+    /// total, where a rate would mostly average idle time).
     pub fn progress(&self, label: &str, total: Option<u64>, counter: &Progress) -> Option<Bar> {
         let bars = self.bars.as_ref()?;
         let bar = match total {
@@ -106,7 +107,7 @@ impl Ui {
                 .progress_chars("=> "),
             ),
             None => ProgressBar::no_length().with_style(
-                ProgressStyle::with_template("{prefix:.bold} {bytes} {binary_bytes_per_sec}")
+                ProgressStyle::with_template("{prefix:.bold} {bytes} so far")
                     .expect("valid template"),
             ),
         };
@@ -171,8 +172,8 @@ impl Ui {
             }));
         } else if totals.failed == 0 {
             self.say(format!(
-                "{verb} {} files, {} in {:.2} s ({:.1} MB/s)",
-                totals.files,
+                "{verb} {}, {} in {:.2} s ({:.1} MB/s)",
+                count(totals.files, "file"),
                 human_bytes(totals.bytes),
                 elapsed.as_secs_f64(),
                 mb_per_s(totals.bytes, elapsed)
@@ -212,6 +213,14 @@ pub fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
         0.0
     } else {
         bytes as f64 / 1e6 / seconds
+    }
+}
+
+/// "1 tensor", "3 tensors".
+pub fn count(n: impl Into<u64>, noun: &str) -> String {
+    match n.into() {
+        1 => format!("1 {noun}"),
+        n => format!("{n} {noun}s"),
     }
 }
 

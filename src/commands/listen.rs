@@ -1,5 +1,6 @@
 //! `tensor-iroh listen`: print a ticket, take files from senders, serve files to pullers.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use crate::catalog::Catalog;
 use crate::protocol::endpoint::{self, AllowList, EndpointOptions};
 use crate::service::{Event, Service, Uploads};
 use crate::store::Store;
-use crate::ui::{Ui, human_bytes, mb_per_s};
+use crate::ui::{Ui, count, human_bytes, mb_per_s};
 
 const EXAMPLES: &str = "Examples:
   tensor-iroh listen --out ./incoming
@@ -122,11 +123,23 @@ pub async fn run(args: ListenArgs, ui: Ui) -> Result<()> {
     let bar = ui.progress("receiving", None, &service.progress);
     let serving = tokio::spawn(service.run(endpoint, shutdown.clone()));
 
+    let mut file_bars = HashMap::new();
     loop {
         tokio::select! {
             event = events.recv() => {
                 let Some(event) = event else { break };
                 let complete = matches!(event, Event::SendComplete { .. });
+                match &event {
+                    Event::Receiving { upload, name, size, progress } => {
+                        if let Some(bar) = ui.progress(name, Some(*size), progress) {
+                            file_bars.insert(*upload, bar);
+                        }
+                    }
+                    Event::Received { upload, .. } | Event::ReceiveFailed { upload, .. } => {
+                        file_bars.remove(upload);
+                    }
+                    _ => {}
+                }
                 report(&ui, event);
                 if args.once && complete {
                     break;
@@ -138,6 +151,7 @@ pub async fn run(args: ListenArgs, ui: Ui) -> Result<()> {
             }
         }
     }
+    drop(file_bars);
     drop(bar);
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(10), serving)
@@ -162,8 +176,9 @@ fn describe(
     if let Some(catalog) = catalog {
         let tensors: usize = catalog.files().iter().map(|f| f.tensors.len()).sum();
         ui.say(format!(
-            "serving {} files, {tensors} tensors",
-            catalog.files().len()
+            "serving {}, {}",
+            count(catalog.files().len() as u64, "file"),
+            count(tensors as u64, "tensor")
         ));
     }
     if allow.is_empty() {
@@ -176,10 +191,12 @@ fn describe(
 
 fn report(ui: &Ui, event: Event) {
     match event {
+        Event::Receiving { .. } => {}
         Event::Received {
             peer,
             received,
             elapsed,
+            ..
         } => {
             let offer = &received.offer;
             if offer.discard {
@@ -206,17 +223,17 @@ fn report(ui: &Ui, event: Event) {
                         String::new()
                     };
                 ui.say(format!(
-                    "{} {}{renamed}: {} tensors, {} from {} at {:.1} MB/s",
+                    "{} {}{renamed}: {}, {} from {} at {:.1} MB/s",
                     ui.green("received"),
                     ui.bold(&offer.name),
-                    offer.tensors,
+                    count(offer.tensors, "tensor"),
                     human_bytes(offer.size),
                     peer.fmt_short(),
                     mb_per_s(received.received_bytes, elapsed),
                 ));
             }
         }
-        Event::ReceiveFailed { peer, error } => {
+        Event::ReceiveFailed { peer, error, .. } => {
             if ui.json_mode() {
                 ui.json(
                     json!({"event": "receive_failed", "peer": peer.to_string(), "error": error}),

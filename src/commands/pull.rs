@@ -20,7 +20,7 @@ use crate::protocol::transfer::{Progress, Received, Sink};
 use crate::protocol::wire::{CatalogFile, Message, Offer, TensorRef};
 use crate::service::StdoutSink;
 use crate::store::Store;
-use crate::ui::{Totals, Ui, human_bytes, mb_per_s, printable};
+use crate::ui::{Totals, Ui, count, human_bytes, mb_per_s, printable};
 
 /// Files fetched at once, each on its own stream.
 const FILES_IN_FLIGHT: usize = 4;
@@ -307,10 +307,10 @@ fn report_file(ui: &Ui, received: &Received, elapsed: std::time::Duration) {
         }));
     } else {
         ui.say(format!(
-            "{} {}: {} tensors, {}",
+            "{} {}: {}, {}",
             ui.green("pulled"),
             ui.bold(&received.stored_as),
-            offer.tensors,
+            count(offer.tensors, "tensor"),
             human_bytes(offer.size)
         ));
     }

@@ -17,7 +17,7 @@ use crate::formats::{TensorFile, files_in};
 use crate::protocol::client;
 use crate::protocol::pool::Pool;
 use crate::protocol::transfer::{Progress, Sent, Source};
-use crate::ui::{Totals, Ui, human_bytes, mb_per_s};
+use crate::ui::{Totals, Ui, count, human_bytes, mb_per_s};
 
 /// Files in flight at once to one listener, each on its own stream.
 const FILES_IN_FLIGHT: usize = 4;
@@ -224,11 +224,11 @@ async fn send_all(
                     String::new()
                 };
                 ui.say(format!(
-                    "{} {}{renamed} to {}: {} tensors, {}{resumed}",
+                    "{} {}{renamed} to {}: {}, {}{resumed}",
                     ui.green("sent"),
                     ui.bold(&offer.name),
                     addr.id.fmt_short(),
-                    offer.tensors,
+                    count(offer.tensors, "tensor"),
                     human_bytes(offer.size),
                 ));
             }

@@ -170,7 +170,7 @@ fn read_exact_at(file: &File, buf: &mut Vec<u8>, len: usize, offset: u64) -> std
 
 /// Counts bytes as they cross the network, for progress displays; a child
 /// counter (one file) also adds to its parent (all files).
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Progress {
     bytes: Arc<AtomicU64>,
     parent: Option<Arc<AtomicU64>>,
