@@ -186,7 +186,12 @@ fn describe(
     } else {
         ui.say(format!("admitting only {} endpoint(s)", allow.len()));
     }
-    ui.say("send with: tensor-iroh send <TICKET> <FILE>...");
+    if !matches!(uploads, Uploads::Refused) {
+        ui.say("send with: tensor-iroh send <TICKET> <FILE>...");
+    }
+    if catalog.is_some() {
+        ui.say("pull with: tensor-iroh pull <TICKET> [PATTERN]...");
+    }
 }
 
 fn report(ui: &Ui, event: Event) {

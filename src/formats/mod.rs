@@ -96,6 +96,7 @@ pub struct TensorFile {
 impl TensorFile {
     /// Opens and validates `path`; the error names the file and says what is wrong.
     pub fn open(path: &Path) -> Result<TensorFile> {
+        std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
         let name = path
             .file_name()
             .and_then(|n| n.to_str())

@@ -42,9 +42,14 @@ impl FromStr for Relay {
         match text {
             "default" => Ok(Relay::Default),
             "disabled" => Ok(Relay::Disabled),
-            url => RelayUrl::from_str(url)
-                .map(Relay::Custom)
-                .map_err(|err| anyhow!("not default, disabled or a relay URL: {err}")),
+            url => {
+                let url = RelayUrl::from_str(url)
+                    .map_err(|err| anyhow!("not default, disabled or a relay URL: {err}"))?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    bail!("a relay URL starts with https:// (or http:// for a local relay)");
+                }
+                Ok(Relay::Custom(url))
+            }
         }
     }
 }
