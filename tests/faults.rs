@@ -13,17 +13,6 @@ use tensor_iroh::protocol::endpoint::parse_ticket;
 
 const CHUNK: u64 = 8 << 20;
 
-/// A valid safetensors file of one U8 tensor holding `data_len` noisy bytes.
-fn safetensors_file(path: &Path, data_len: usize, seed: u64) -> PathBuf {
-    let data = noise(data_len, seed);
-    std::fs::write(
-        path,
-        safetensors_bytes(&[("w", "U8", &[data.len() as u64], &data)], None),
-    )
-    .unwrap();
-    path.to_path_buf()
-}
-
 /// A valid .npy file of bytes, exactly `total` bytes long on disk.
 fn npy_file_of_total_size(path: &Path, total: usize, seed: u64) -> PathBuf {
     let dict =

@@ -14,16 +14,6 @@ use common::*;
 const SENDERS: usize = 16;
 const MEMORY_LIMIT_MIB: u64 = 256;
 
-fn safetensors_file(path: &Path, data_len: usize, seed: u64) -> PathBuf {
-    let data = noise(data_len, seed);
-    std::fs::write(
-        path,
-        safetensors_bytes(&[("w", "U8", &[data.len() as u64], &data)], None),
-    )
-    .unwrap();
-    path.to_path_buf()
-}
-
 /// The process's anonymous resident memory in KiB, while it runs.
 fn rss_anon_kib(pid: i32) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -52,21 +52,10 @@ fn quoted(arg: &str) -> String {
     format!("'{}'", arg.replace('\'', r"'\''"))
 }
 
-fn big_file(dir: &Path) -> std::path::PathBuf {
-    let data = noise(48 << 20, 5);
-    let path = dir.join("big.safetensors");
-    std::fs::write(
-        &path,
-        safetensors_bytes(&[("w", "U8", &[data.len() as u64], &data)], None),
-    )
-    .unwrap();
-    path
-}
-
 #[test]
 fn progress_on_a_terminal_only_and_colour_follows_no_color() {
     let dir = tempfile::tempdir().unwrap();
-    let file = big_file(dir.path());
+    let file = safetensors_file(&dir.path().join("big.safetensors"), 48 << 20, 5);
     let file = file.to_str().unwrap();
     let out = dir.path().join("out");
     let listener = Listener::start(&["--out", out.to_str().unwrap(), "--force"]);
@@ -116,7 +105,7 @@ fn a_listener_on_a_terminal_shows_each_incoming_file() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let file = big_file(dir.path());
+    let file = safetensors_file(&dir.path().join("big.safetensors"), 48 << 20, 5);
     let out = dir.path().join("out");
     let ticket_file = dir.path().join("ticket");
     let partial = dir.path().join("ticket.partial");

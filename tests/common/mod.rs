@@ -281,6 +281,17 @@ pub fn npy_bytes(dict: &str, data: &[u8]) -> Vec<u8> {
     file
 }
 
+/// A valid safetensors file of one U8 tensor holding `data_len` noisy bytes.
+pub fn safetensors_file(path: &Path, data_len: usize, seed: u64) -> PathBuf {
+    let data = noise(data_len, seed);
+    std::fs::write(
+        path,
+        safetensors_bytes(&[("w", "U8", &[data.len() as u64], &data)], None),
+    )
+    .unwrap();
+    path.to_path_buf()
+}
+
 /// Deterministic pseudo-random bytes.
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
