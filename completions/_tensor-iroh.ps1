@@ -43,7 +43,7 @@ Register-ArgumentCompleter -Native -CommandName 'tensor-iroh' -ScriptBlock {
             [CompletionResult]::new('--out', '--out', [CompletionResultType]::ParameterName, 'Directory for received files [default: the current directory; with --serve, uploads are refused unless given]')
             [CompletionResult]::new('--serve', '--serve', [CompletionResultType]::ParameterName, 'Serve these .npy/.safetensors files, or the ones in these directories, to `pull`')
             [CompletionResult]::new('--allow', '--allow', [CompletionResultType]::ParameterName, 'Admit only this endpoint id (repeatable); anyone with the ticket otherwise')
-            [CompletionResult]::new('--bind', '--bind', [CompletionResultType]::ParameterName, 'Local UDP address to bind, e.g. 0.0.0.0:4433')
+            [CompletionResult]::new('--bind', '--bind', [CompletionResultType]::ParameterName, 'Local UDP address to bind, e.g. 0.0.0.0:4433 [default: any; with a lasting key (--key, IROH_SECRET) a port derived from it, so the ticket survives restarts]')
             [CompletionResult]::new('--relay', '--relay', [CompletionResultType]::ParameterName, 'Relay servers: `default` (iroh''s public relays), `disabled`, or a relay URL')
             [CompletionResult]::new('--key', '--key', [CompletionResultType]::ParameterName, 'Secret key file (64 hex characters), created with mode 0600 when missing; without it, IROH_SECRET or a fresh key')
             [CompletionResult]::new('--color', '--color', [CompletionResultType]::ParameterName, 'When to colour stderr (NO_COLOR turns `auto` off)')

@@ -39,7 +39,7 @@ set edit:completion:arg-completer[tensor-iroh] = {|@words|
             cand --out 'Directory for received files [default: the current directory; with --serve, uploads are refused unless given]'
             cand --serve 'Serve these .npy/.safetensors files, or the ones in these directories, to `pull`'
             cand --allow 'Admit only this endpoint id (repeatable); anyone with the ticket otherwise'
-            cand --bind 'Local UDP address to bind, e.g. 0.0.0.0:4433'
+            cand --bind 'Local UDP address to bind, e.g. 0.0.0.0:4433 [default: any; with a lasting key (--key, IROH_SECRET) a port derived from it, so the ticket survives restarts]'
             cand --relay 'Relay servers: `default` (iroh''s public relays), `disabled`, or a relay URL'
             cand --key 'Secret key file (64 hex characters), created with mode 0600 when missing; without it, IROH_SECRET or a fresh key'
             cand --color 'When to colour stderr (NO_COLOR turns `auto` off)'

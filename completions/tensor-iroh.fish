@@ -41,7 +41,7 @@ complete -c tensor-iroh -n "__fish_tensor_iroh_needs_command" -f -a "help" -d 'P
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand listen" -l out -d 'Directory for received files [default: the current directory; with --serve, uploads are refused unless given]' -r -F
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand listen" -l serve -d 'Serve these .npy/.safetensors files, or the ones in these directories, to `pull`' -r -F
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand listen" -l allow -d 'Admit only this endpoint id (repeatable); anyone with the ticket otherwise' -r
-complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand listen" -l bind -d 'Local UDP address to bind, e.g. 0.0.0.0:4433' -r
+complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand listen" -l bind -d 'Local UDP address to bind, e.g. 0.0.0.0:4433 [default: any; with a lasting key (--key, IROH_SECRET) a port derived from it, so the ticket survives restarts]' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand listen" -l relay -d 'Relay servers: `default` (iroh\'s public relays), `disabled`, or a relay URL' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand listen" -l key -d 'Secret key file (64 hex characters), created with mode 0600 when missing; without it, IROH_SECRET or a fresh key' -r -F
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand listen" -l color -d 'When to colour stderr (NO_COLOR turns `auto` off)' -r -f -a "auto\t''

@@ -47,7 +47,8 @@ pub struct ListenArgs {
     /// Admit only this endpoint id (repeatable); anyone with the ticket otherwise
     #[arg(long, value_name = "ENDPOINT_ID", value_parser = endpoint::parse_endpoint_id)]
     pub allow: Vec<EndpointId>,
-    /// Local UDP address to bind, e.g. 0.0.0.0:4433
+    /// Local UDP address to bind, e.g. 0.0.0.0:4433 [default: any; with a lasting key
+    /// (--key, IROH_SECRET) a port derived from it, so the ticket survives restarts]
     #[arg(long, value_name = "IP:PORT")]
     pub bind: Option<SocketAddr>,
     /// JSON lines on stdout: `listening` first, then one object per file
