@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
@@ -62,6 +62,9 @@ pub enum Event {
     Refused {
         peer: EndpointId,
     },
+    /// A file failed after part of it went to stdout, which now holds an
+    /// incomplete file; the listener must stop and say so.
+    StdoutSpoiled,
     /// A sender finished: every file it sent was stored.
     SendComplete {
         peer: EndpointId,
@@ -84,6 +87,8 @@ pub struct Service {
     pub progress: Progress,
     /// Numbers uploads, to tie an upload's events together.
     uploads_seen: AtomicU64,
+    /// Set once an upload to stdout failed after part of it was written there.
+    stdout_spoiled: Arc<AtomicBool>,
     /// One upload at a time writes to stdout.
     stdout_lock: Arc<tokio::sync::Mutex<()>>,
 }
@@ -100,6 +105,7 @@ impl Service {
             events,
             progress: Progress::default(),
             uploads_seen: AtomicU64::new(0),
+            stdout_spoiled: Arc::default(),
             stdout_lock: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
@@ -239,6 +245,9 @@ impl Service {
                     },
                 };
                 self.events.send(event).ok();
+                if self.stdout_spoiled.load(Ordering::Relaxed) {
+                    self.events.send(Event::StdoutSpoiled).ok();
+                }
             }
             Message::RawBench { size } => {
                 reader.discard(size).await?;
@@ -343,7 +352,10 @@ impl Service {
             }
             Uploads::Stdout => {
                 let guard = self.stdout_lock.clone().lock_owned().await;
-                Ok(Box::new(StdoutSink::new(guard)))
+                Ok(Box::new(StdoutSink::new(
+                    guard,
+                    self.stdout_spoiled.clone(),
+                )))
             }
             Uploads::Refused => bail!(
                 "this listener only serves files; it takes uploads when started with --out DIR"
@@ -380,16 +392,21 @@ impl Sink for DiscardSink {
 }
 
 /// Writes each chunk to stdout once its hash checked, so nothing unverified
-/// reaches the reader of the pipe.
+/// reaches the reader of the pipe. What reached stdout cannot be taken back:
+/// a file that fails after that sets `spoiled`.
 pub struct StdoutSink<G: Send> {
     pending: Vec<u8>,
+    wrote: bool,
+    spoiled: Arc<AtomicBool>,
     _guard: G,
 }
 
 impl<G: Send> StdoutSink<G> {
-    pub fn new(guard: G) -> Self {
+    pub fn new(guard: G, spoiled: Arc<AtomicBool>) -> Self {
         StdoutSink {
             pending: Vec::with_capacity(CHUNK_SIZE as usize),
+            wrote: false,
+            spoiled,
             _guard: guard,
         }
     }
@@ -405,6 +422,7 @@ impl<G: Send> Sink for StdoutSink<G> {
     }
     fn chunk_checked(&mut self, _index: u32, _hash: &Hash) -> Result<()> {
         let mut stdout = std::io::stdout().lock();
+        self.wrote = true;
         stdout.write_all(&self.pending)?;
         stdout.flush()?;
         self.pending.clear();
@@ -413,7 +431,11 @@ impl<G: Send> Sink for StdoutSink<G> {
     fn commit(self: Box<Self>, _hash: &Hash) -> Result<String> {
         Ok("<stdout>".into())
     }
-    fn abandon(self: Box<Self>, _keep: bool) {}
+    fn abandon(self: Box<Self>, _keep: bool) {
+        if self.wrote {
+            self.spoiled.store(true, Ordering::Relaxed);
+        }
+    }
     fn cancelled(&self) -> CancellationToken {
         CancellationToken::new()
     }

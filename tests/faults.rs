@@ -245,3 +245,80 @@ fn a_full_disk_reaches_the_sender_and_leaves_nothing_behind() {
     );
     assert!(same_bytes(&little, &small.join("little.npy")));
 }
+
+/// `--timeout` bounds a stall once, not once per wait: a listener that freezes
+/// mid-file fails the send after about the timeout, with the reason.
+#[test]
+fn a_frozen_listener_fails_the_send_within_its_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = safetensors_file(&dir.path().join("big.safetensors"), 400 << 20, 3);
+    let out = dir.path().join("out");
+    let listener = Listener::start(&["--out", out.to_str().unwrap()]);
+    let mut sender = Command::new(bin())
+        .args([
+            "send",
+            "--relay",
+            "disabled",
+            "--timeout",
+            "4",
+            &listener.ticket,
+        ])
+        .arg(&file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(30), "data arriving", || {
+        !hidden_files(&out, ".tensor-iroh-partial").is_empty()
+    });
+    signal(listener.pid(), libc::SIGSTOP);
+    let frozen = std::time::Instant::now();
+    let status = wait_with_deadline(&mut sender, Duration::from_secs(30));
+    let waited = frozen.elapsed();
+    signal(listener.pid(), libc::SIGCONT);
+    let status = status.expect("the send gives up on a frozen listener");
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut sender.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("for 4 s"), "{stderr}");
+    assert!(
+        waited < Duration::from_secs(7),
+        "one stall of 4 s, not two: the send took {waited:?} to give up"
+    );
+}
+
+/// Bytes that reached stdout cannot be taken back: a file that fails after
+/// that stops a --stdout listener with an error, never an exit 0 over an
+/// incomplete stream.
+#[test]
+fn a_file_that_fails_midway_on_stdout_fails_the_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = safetensors_file(&dir.path().join("big.safetensors"), 200 << 20, 4);
+    let captured = dir.path().join("captured");
+    let mut listener = Command::new(bin())
+        .args(["listen", "--relay", "disabled", "--once", "--stdout"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&captured).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(listener.stderr.take().unwrap());
+    let mut ticket = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut ticket).unwrap();
+    let mut sender = spawn_send(ticket.trim(), &file);
+    wait_until(Duration::from_secs(30), "a chunk on stdout", || {
+        std::fs::metadata(&captured).is_ok_and(|m| m.len() >= CHUNK)
+    });
+    sender.kill().unwrap();
+    sender.wait().unwrap();
+    let status = wait_with_deadline(&mut listener, Duration::from_secs(60))
+        .expect("the listener gives up on the vanished sender");
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut said).unwrap();
+    assert!(
+        !status.success(),
+        "exit 0 over an incomplete stdout: {said}"
+    );
+    assert!(said.contains("incomplete"), "{said}");
+}

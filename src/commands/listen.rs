@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
 use clap::Args;
 use iroh::EndpointId;
 use serde_json::json;
@@ -125,11 +125,18 @@ pub async fn run(args: ListenArgs, ui: Ui) -> Result<()> {
     let serving = tokio::spawn(service.run(endpoint, shutdown.clone()));
 
     let mut file_bars = HashMap::new();
+    let mut outcome = Ok(());
     loop {
         tokio::select! {
             event = events.recv() => {
                 let Some(event) = event else { break };
                 let complete = matches!(event, Event::SendComplete { .. });
+                if matches!(event, Event::StdoutSpoiled) {
+                    outcome = Err(anyhow!(
+                        "a file failed after part of it was written to stdout: what stdout holds is incomplete"
+                    ));
+                    break;
+                }
                 match &event {
                     Event::Receiving { upload, name, size, progress } => {
                         if let Some(bar) = ui.progress(name, Some(*size), progress) {
@@ -158,7 +165,7 @@ pub async fn run(args: ListenArgs, ui: Ui) -> Result<()> {
     tokio::time::timeout(Duration::from_secs(10), serving)
         .await
         .ok();
-    Ok(())
+    outcome
 }
 
 fn describe(
@@ -281,6 +288,7 @@ fn report(ui: &Ui, event: Event) {
             }
             ui.warn(format!("refused {peer}: not on the --allow list"));
         }
+        Event::StdoutSpoiled => {}
         Event::SendComplete { peer, files } => {
             if ui.json_mode() {
                 ui.json(

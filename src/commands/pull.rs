@@ -230,7 +230,7 @@ async fn fetch_to_stdout(pool: &Pool, addr: &iroh::EndpointAddr, wanted: &[Wante
         addr,
         &Message::FetchMerged { tensors: refs },
         &Progress::default(),
-        async |_: &Offer| Ok(Box::new(StdoutSink::new(())) as Box<dyn Sink>),
+        async |_: &Offer| Ok(Box::new(StdoutSink::new((), Arc::default())) as Box<dyn Sink>),
     )
     .await?;
     Ok((received, started.elapsed()))

@@ -16,7 +16,7 @@ use crate::catalog::whole_file;
 use crate::formats::{TensorFile, files_in};
 use crate::protocol::client;
 use crate::protocol::pool::Pool;
-use crate::protocol::transfer::{Progress, Sent, Source};
+use crate::protocol::transfer::{Progress, Source};
 use crate::ui::{Totals, Ui, count, human_bytes, mb_per_s};
 
 /// Files in flight at once to one listener, each on its own stream.
@@ -100,10 +100,9 @@ pub async fn run(args: SendArgs, ui: Ui) -> Result<()> {
     while let Some(run) = runs.join_next().await {
         for outcome in run.context("a send task failed")? {
             match outcome {
-                Ok((sent, size)) => {
+                Ok(size) => {
                     totals.files += 1;
                     totals.bytes += size;
-                    totals.sent_bytes += sent.sent_bytes;
                 }
                 Err(err) => failures.push(err),
             }
@@ -111,6 +110,8 @@ pub async fn run(args: SendArgs, ui: Ui) -> Result<()> {
     }
     drop(bar);
     pool.close().await;
+    // Counted as data goes out, so files that failed midway count too.
+    totals.sent_bytes = progress.get();
     totals.failed = failures.len();
     ui.summary("sent", &totals, started.elapsed());
     first_failure(failures)
@@ -155,14 +156,14 @@ fn dir_name(path: &Path) -> Result<String> {
 }
 
 /// Sends every source to one listener, a few files at a time; says `done` when
-/// all were stored. Returns one outcome per file.
+/// all were stored. Returns one outcome per file: its size once stored.
 async fn send_all(
     pool: Arc<Pool>,
     addr: EndpointAddr,
     sources: Arc<Vec<Source>>,
     progress: Progress,
     ui: Ui,
-) -> Vec<Result<(Sent, u64)>> {
+) -> Vec<Result<u64>> {
     let slots = Arc::new(Semaphore::new(FILES_IN_FLIGHT));
     let mut uploads = JoinSet::new();
     for index in 0..sources.len() {
@@ -233,7 +234,7 @@ async fn send_all(
                 ));
             }
         }
-        outcomes.push(sent.map(|sent| (sent, offer.size)));
+        outcomes.push(sent.map(|_| offer.size));
     }
     if outcomes.iter().all(Result::is_ok)
         && let Err(err) = client::done(&pool, &addr, outcomes.len() as u64).await

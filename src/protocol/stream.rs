@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 use bytes::{Buf, BufMut, Bytes};
 use iroh::endpoint::{RecvStream, SendStream};
 use tokio::io::AsyncReadExt;
@@ -15,6 +15,19 @@ use super::wire::{
 
 /// Largest piece handed out of a chunk at once.
 const MAX_READ: usize = 1 << 20;
+
+/// A peer that sent or took nothing for the whole stall timeout: it is gone or
+/// stuck, so waiting on it any further is pointless.
+#[derive(Debug)]
+pub struct Stalled(String);
+
+impl std::fmt::Display for Stalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Stalled {}
 
 pub enum Frame {
     Message(Message),
@@ -62,10 +75,11 @@ impl FrameReader {
     }
 
     fn silent(&self) -> anyhow::Error {
-        anyhow!(
+        Stalled(format!(
             "peer sent nothing for {} s",
             self.stall.as_secs_f32().round()
-        )
+        ))
+        .into()
     }
 
     async fn read_exact(&mut self, buf: &mut [u8]) -> Result<()> {
@@ -193,10 +207,10 @@ impl FrameWriter {
         tokio::time::timeout(self.stall, self.send.write_chunk(bytes))
             .await
             .map_err(|_| {
-                anyhow!(
+                Stalled(format!(
                     "peer took nothing for {} s",
                     self.stall.as_secs_f32().round()
-                )
+                ))
             })?
             .map_err(|err| explain(anyhow::Error::new(err).context("stream broke")))
     }
@@ -212,10 +226,13 @@ impl FrameWriter {
     /// Finishes the stream and waits until the peer has everything: closing the
     /// connection right after `finish` could drop the last message.
     pub async fn finish_and_flush(&mut self) {
+        self.finish_and_flush_within(self.stall).await;
+    }
+
+    /// [`Self::finish_and_flush`], waiting at most `limit`.
+    pub async fn finish_and_flush_within(&mut self, limit: Duration) {
         self.send.finish().ok();
-        tokio::time::timeout(self.stall, self.send.stopped())
-            .await
-            .ok();
+        tokio::time::timeout(limit, self.send.stopped()).await.ok();
     }
 
     pub fn reset(&mut self, code: u32) {

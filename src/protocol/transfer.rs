@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
@@ -18,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::checker::{BATCH, Batch, Checker};
 use super::hashing::{ChunkHasher, file_hash};
-use super::stream::{Frame, FrameReader, FrameWriter};
+use super::stream::{Frame, FrameReader, FrameWriter, Stalled};
 use super::wire::{
     CHUNK_SIZE, Hash, HeldChunk, Message, Offer, chunk_header, end_frame, hash_hex, kept_frame,
     parse_hash,
@@ -28,6 +29,8 @@ use super::wire::{
 const PIECE: usize = 1 << 20;
 /// Pieces read ahead of the network; bounds the sender's memory per stream.
 const READ_AHEAD: usize = 4;
+/// How long a failing side waits for the other's reason or acknowledgement.
+const REASON_WAIT: Duration = Duration::from_secs(2);
 /// Stream error code for a receiver that gave up on a file.
 pub const CODE_FAILED: u32 = 1;
 
@@ -270,8 +273,11 @@ pub async fn send_file(
         (reading.await.context("the reading task failed")?, written)
     };
     if let Err(err) = write_result {
-        // A receiver that gives up stops the stream and says why on its side.
-        if let Ok(Message::Failed { reason } | Message::Refused { reason }) = reader.message().await
+        // A receiver that gives up stops the stream and says why on its side;
+        // a stalled one will say nothing.
+        if !err.is::<Stalled>()
+            && let Ok(Ok(Message::Failed { reason } | Message::Refused { reason })) =
+                tokio::time::timeout(REASON_WAIT, reader.message()).await
         {
             bail!("{reason}");
         }
@@ -516,6 +522,7 @@ async fn fail(
     offer: &Offer,
     err: anyhow::Error,
 ) -> Result<Received> {
+    let err_stalled = err.is::<Stalled>();
     let reason = format!("{}: {err:#}", offer.name);
     writer
         .message(&Message::Failed {
@@ -524,7 +531,13 @@ async fn fail(
         .await
         .ok();
     reader.stop(CODE_FAILED);
-    writer.finish_and_flush().await;
+    // The peer may be gone (that may be the failure): do not wait a stall for it.
+    let wait = if err_stalled {
+        Duration::ZERO
+    } else {
+        REASON_WAIT
+    };
+    writer.finish_and_flush_within(wait).await;
     Err(anyhow!(reason))
 }
 
