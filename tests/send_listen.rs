@@ -513,6 +513,25 @@ fn bad_tickets_and_unreachable_peers_fail_with_one_line() {
     drop(listener);
     let output = send(&ticket, &[&file], &["--timeout", "3"]);
     assert_one_line_error(&output, "could not reach");
+
+    // Many files share one failed dial instead of each waiting out its own.
+    let many: Vec<_> = (0..6)
+        .map(|i| {
+            let sub = dir.path().join(format!("m{i}"));
+            std::fs::create_dir(&sub).unwrap();
+            std::fs::copy(&file, sub.join("a.npy")).unwrap();
+            sub.join("a.npy")
+        })
+        .collect();
+    let refs: Vec<&Path> = many.iter().map(|p| p.as_path()).collect();
+    let started = std::time::Instant::now();
+    let output = send(&ticket, &refs, &["--timeout", "3"]);
+    let waited = started.elapsed();
+    assert_one_line_error(&output, "could not reach");
+    assert!(
+        waited < Duration::from_secs(6),
+        "six files to an unreachable peer waited {waited:?}, more than one --timeout 3"
+    );
 }
 
 #[test]

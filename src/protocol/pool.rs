@@ -25,6 +25,10 @@ pub const CODE_DONE: u32 = 0;
 pub struct Pool {
     endpoint: Endpoint,
     connections: Mutex<HashMap<EndpointId, Pooled>>,
+    /// The last failed dial per peer, with when it ended: requests that waited
+    /// for that dial, or come soon after it, share its failure instead of each
+    /// waiting out a dial of their own.
+    failed_dials: std::sync::Mutex<HashMap<EndpointId, (Instant, String)>>,
     /// Bounds connecting and every wait on a stream.
     pub timeout: Duration,
 }
@@ -39,6 +43,7 @@ impl Pool {
         Pool {
             endpoint,
             connections: Mutex::new(HashMap::new()),
+            failed_dials: std::sync::Mutex::default(),
             timeout,
         }
     }
@@ -49,7 +54,13 @@ impl Pool {
 
     /// A live connection to `addr`, reused when one is pooled.
     pub async fn connection(&self, addr: &EndpointAddr) -> Result<Connection> {
+        let asked = Instant::now();
         let mut connections = self.connections.lock().await;
+        if let Some((ended, error)) = self.failed_dials.lock().expect("pool lock").get(&addr.id)
+            && (*ended >= asked || ended.elapsed() < self.timeout)
+        {
+            bail!("{error}");
+        }
         connections.retain(|_, pooled| {
             pooled.connection.close_reason().is_none() && pooled.last_used.elapsed() < IDLE_TIMEOUT
         });
@@ -66,7 +77,16 @@ impl Pool {
         {
             evicted.connection.close(CODE_DONE.into(), b"pool full");
         }
-        let connection = self.dial(addr).await?;
+        let connection = match self.dial(addr).await {
+            Ok(connection) => connection,
+            Err(err) => {
+                self.failed_dials
+                    .lock()
+                    .expect("pool lock")
+                    .insert(addr.id, (Instant::now(), format!("{err:#}")));
+                return Err(err);
+            }
+        };
         tokio::spawn(answer_pings(connection.clone()));
         connections.insert(
             addr.id,
