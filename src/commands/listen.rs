@@ -131,12 +131,6 @@ pub async fn run(args: ListenArgs, ui: Ui) -> Result<()> {
             event = events.recv() => {
                 let Some(event) = event else { break };
                 let complete = matches!(event, Event::SendComplete { .. });
-                if matches!(event, Event::StdoutSpoiled) {
-                    outcome = Err(anyhow!(
-                        "a file failed after part of it was written to stdout: what stdout holds is incomplete"
-                    ));
-                    break;
-                }
                 match &event {
                     Event::Receiving { upload, name, size, progress } => {
                         if let Some(bar) = ui.progress(name, Some(*size), progress) {
@@ -145,6 +139,12 @@ pub async fn run(args: ListenArgs, ui: Ui) -> Result<()> {
                     }
                     Event::Received { upload, .. } | Event::ReceiveFailed { upload, .. } => {
                         file_bars.remove(upload);
+                    }
+                    Event::StdoutSpoiled => {
+                        outcome = Err(anyhow!(
+                            "a file failed after part of it was written to stdout: what stdout holds is incomplete"
+                        ));
+                        break;
                     }
                     _ => {}
                 }

@@ -84,6 +84,11 @@ impl Work {
     }
 }
 
+/// The blocking thread panicked, and the sink went with it.
+fn lost() -> Failure {
+    Failure::kept(anyhow!("writing the file failed unexpectedly"))
+}
+
 impl Checker {
     /// A checker for a file of `size` bytes in `chunks` chunks, written to `sink`.
     pub fn new(sink: Box<dyn Sink>, size: u64, chunks: u64) -> Checker {
@@ -134,12 +139,12 @@ impl Checker {
         failure.map_or(Ok(()), Err)
     }
 
-    /// Waits for the last batch and gives the sink back (none if it was lost).
-    pub async fn into_sink(mut self) -> Option<Box<dyn Sink>> {
+    /// Waits for the last batch and gives the sink back.
+    pub async fn into_sink(mut self) -> Result<Box<dyn Sink>, Failure> {
         self.wait().await;
         match self.state {
-            State::Idle(work) => Some(work.sink),
-            _ => None,
+            State::Idle(work) => Ok(work.sink),
+            _ => Err(lost()),
         }
     }
 
@@ -154,9 +159,7 @@ impl Checker {
                 }
                 Ok(work)
             }
-            _ => Err(Failure::kept(anyhow!(
-                "writing the file failed unexpectedly"
-            ))),
+            _ => Err(lost()),
         }
     }
 

@@ -29,6 +29,17 @@ impl std::fmt::Display for Stalled {
 
 impl std::error::Error for Stalled {}
 
+impl Stalled {
+    /// The peer `did` nothing (sent, took) for the whole `stall`.
+    fn after(did: &str, stall: Duration) -> anyhow::Error {
+        Stalled(format!(
+            "peer {did} nothing for {} s",
+            stall.as_secs_f32().round()
+        ))
+        .into()
+    }
+}
+
 pub enum Frame {
     Message(Message),
     /// A chunk's data follows: read it with [`FrameReader::data`], then its hash.
@@ -63,7 +74,7 @@ impl FrameReader {
     async fn fill(&mut self) -> Result<bool> {
         let read = tokio::time::timeout(self.stall, self.recv.read_chunk(MAX_READ))
             .await
-            .map_err(|_| self.silent())?
+            .map_err(|_| Stalled::after("sent", self.stall))?
             .map_err(|err| explain(anyhow::Error::new(err).context("stream broke")))?;
         match read {
             Some(bytes) => {
@@ -72,14 +83,6 @@ impl FrameReader {
             }
             None => Ok(false),
         }
-    }
-
-    fn silent(&self) -> anyhow::Error {
-        Stalled(format!(
-            "peer sent nothing for {} s",
-            self.stall.as_secs_f32().round()
-        ))
-        .into()
     }
 
     async fn read_exact(&mut self, buf: &mut [u8]) -> Result<()> {
@@ -174,7 +177,7 @@ impl FrameReader {
         let mut room = (&mut *buf).limit(max);
         let read = tokio::time::timeout(self.stall, self.recv.read_buf(&mut room))
             .await
-            .map_err(|_| self.silent())?
+            .map_err(|_| Stalled::after("sent", self.stall))?
             .map_err(|err| explain(anyhow::Error::new(err).context("stream broke")))?;
         if read == 0 {
             bail!("stream ended in the middle of a chunk");
@@ -206,12 +209,7 @@ impl FrameWriter {
     pub async fn write(&mut self, bytes: Bytes) -> Result<()> {
         tokio::time::timeout(self.stall, self.send.write_chunk(bytes))
             .await
-            .map_err(|_| {
-                Stalled(format!(
-                    "peer took nothing for {} s",
-                    self.stall.as_secs_f32().round()
-                ))
-            })?
+            .map_err(|_| Stalled::after("took", self.stall))?
             .map_err(|err| explain(anyhow::Error::new(err).context("stream broke")))
     }
 

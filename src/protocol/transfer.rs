@@ -122,12 +122,14 @@ impl Source {
             offset = 0;
         }
         if buf.len() < len {
-            return Err(std::io::Error::other(
-                "the file is shorter than when it was opened",
-            ));
+            return Err(shrunk());
         }
         Ok(Bytes::from(buf))
     }
+}
+
+fn shrunk() -> std::io::Error {
+    std::io::Error::other("the file is shorter than when it was opened")
 }
 
 /// Appends `len` bytes of `file` from `offset` to `buf`, reading straight into
@@ -151,9 +153,7 @@ fn read_exact_at(file: &File, buf: &mut Vec<u8>, len: usize, offset: u64) -> std
         };
         match read {
             0 => {
-                return Err(std::io::Error::other(
-                    "the file is shorter than when it was opened",
-                ));
+                return Err(shrunk());
             }
             read if read < 0 => {
                 let err = std::io::Error::last_os_error();
@@ -469,14 +469,9 @@ where
         outcome = receive_chunks(reader, &mut checker, &offer, &held, progress) => outcome,
         _ = cancelled.cancelled() => Err(Failure::kept(anyhow!("a newer transfer of the same file took over"))),
     };
-    let Some(sink) = checker.into_sink().await else {
-        return fail(
-            writer,
-            reader,
-            &offer,
-            anyhow!("writing the file failed unexpectedly"),
-        )
-        .await;
+    let sink = match checker.into_sink().await {
+        Ok(sink) => sink,
+        Err(failure) => return fail(writer, reader, &offer, failure.error).await,
     };
     match outcome {
         Ok((hash, received_bytes)) => match sink.commit(&hash) {
