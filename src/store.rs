@@ -15,6 +15,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -85,9 +86,13 @@ pub struct Store {
     /// Transfers of this process, by partial file, so a rerun can take over from
     /// one whose sender is gone.
     active: Mutex<HashMap<PathBuf, Active>>,
+    /// Numbers claims, so a transfer releases only its own entry in `active`:
+    /// after a commit the same path may already belong to a newer transfer.
+    claims: AtomicU64,
 }
 
 struct Active {
+    claim: u64,
     cancel: CancellationToken,
     alive: Liveness,
 }
@@ -103,6 +108,7 @@ impl Store {
             dir,
             force,
             active: Mutex::new(HashMap::new()),
+            claims: AtomicU64::new(0),
         }))
     }
 
@@ -170,7 +176,7 @@ impl Store {
         };
         let file_name = target.file_name().expect("safe names end in a file name");
         let base = format!(".{}.{}", file_name.to_string_lossy(), offer.identity);
-        let (file, partial_path, cancel) = self.claim(&dir, &base, alive).await?;
+        let (file, partial_path, claim, cancel) = self.claim(&dir, &base, alive).await?;
         let record_path = record_path_for(&partial_path);
         let opened = tokio::task::spawn_blocking({
             let (offer, partial_path) = (offer.clone(), partial_path.clone());
@@ -182,7 +188,7 @@ impl Store {
         let partial = match opened {
             Ok(partial) => partial,
             Err(err) => {
-                self.release(&partial_path);
+                self.release(&partial_path, claim);
                 return Err(err);
             }
         };
@@ -191,6 +197,7 @@ impl Store {
             dir,
             target,
             partial,
+            claim,
             cancel,
         }))
     }
@@ -203,7 +210,7 @@ impl Store {
         dir: &Path,
         base: &str,
         alive: Liveness,
-    ) -> Result<(File, PathBuf, CancellationToken)> {
+    ) -> Result<(File, PathBuf, u64, CancellationToken)> {
         let mut attempt = 0;
         let mut vanished = 0;
         while attempt < MAX_SIBLINGS {
@@ -229,20 +236,27 @@ impl Store {
             // The holder may have committed (and unlinked) the file between our
             // open and our lock: a lock on a file no longer at `path` is worth
             // nothing, so open the path afresh.
-            if locked && !still_at(&file, &path) && vanished < MAX_SIBLINGS {
+            if locked && !still_at(&file, &path) {
                 vanished += 1;
+                ensure!(
+                    vanished <= MAX_SIBLINGS,
+                    "{} keeps being replaced while it is opened",
+                    path.display()
+                );
                 continue;
             }
             if locked {
+                let claim = self.claims.fetch_add(1, Ordering::Relaxed);
                 let cancel = CancellationToken::new();
                 self.active.lock().expect("store lock").insert(
                     path.clone(),
                     Active {
+                        claim,
                         cancel: cancel.clone(),
                         alive: alive.clone(),
                     },
                 );
-                return Ok((file, path, cancel));
+                return Ok((file, path, claim, cancel));
             }
             attempt += 1;
         }
@@ -276,8 +290,11 @@ impl Store {
         false
     }
 
-    fn release(&self, partial: &Path) {
-        self.active.lock().expect("store lock").remove(partial);
+    fn release(&self, partial: &Path, claim: u64) {
+        let mut active = self.active.lock().expect("store lock");
+        if active.get(partial).is_some_and(|a| a.claim == claim) {
+            active.remove(partial);
+        }
     }
 
     /// Links `partial` under `target` or the first free `stem.N.ext` beside it
@@ -490,12 +507,13 @@ struct DiskSink {
     dir: PathBuf,
     target: PathBuf,
     partial: Partial,
+    claim: u64,
     cancel: CancellationToken,
 }
 
 impl Drop for DiskSink {
     fn drop(&mut self) {
-        self.store.release(&self.partial.path);
+        self.store.release(&self.partial.path, self.claim);
     }
 }
 
