@@ -16,9 +16,49 @@ use super::wire::Hash;
 /// and few syscalls, small enough to bound memory per stream (two batches).
 pub const BATCH: usize = 1 << 20;
 
+/// Where a batch's data starts: a page boundary, which lets a sink hand it to
+/// the disk without copying it into the page cache (`O_DIRECT`).
+const PAGE: usize = 4096;
+
+/// A buffer for one batch whose data starts on a page boundary. The bytes
+/// before `start` only pad the allocation up to the boundary.
+pub struct BatchBuf {
+    bytes: Vec<u8>,
+    start: usize,
+}
+
+impl BatchBuf {
+    fn with_capacity(capacity: usize) -> BatchBuf {
+        let bytes = Vec::<u8>::with_capacity(capacity + PAGE);
+        let start = bytes.as_ptr().align_offset(PAGE).min(PAGE);
+        let mut buf = BatchBuf { bytes, start };
+        buf.clear();
+        buf
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.bytes.resize(self.start, 0);
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len() - self.start
+    }
+
+    pub fn data(&self) -> &[u8] {
+        &self.bytes[self.start..]
+    }
+
+    /// The buffer to append data to; it never grows past its capacity, so the
+    /// data stays where it starts.
+    pub fn appender(&mut self) -> &mut Vec<u8> {
+        &mut self.bytes
+    }
+}
+
 /// One batch of a chunk's data, and the sender's hash when it ends the chunk.
 pub struct Batch {
-    pub data: Vec<u8>,
+    pub data: BatchBuf,
     pub chunk: u64,
     pub offset: u64,
     pub claimed: Option<Hash>,
@@ -28,7 +68,7 @@ pub struct Checker {
     state: State,
     in_place: bool,
     batch_capacity: usize,
-    spare: Vec<Vec<u8>>,
+    spare: Vec<BatchBuf>,
 }
 
 enum State {
@@ -43,7 +83,7 @@ struct Work {
     chunks: u64,
     hasher: Option<(u64, ChunkHasher)>,
     failure: Option<Failure>,
-    done_with: Option<Vec<u8>>,
+    done_with: Option<BatchBuf>,
 }
 
 impl Work {
@@ -64,9 +104,9 @@ impl Work {
                     .1
             }
         };
-        hasher.update(&batch.data);
+        hasher.update(batch.data.data());
         self.sink
-            .write(batch.offset, &batch.data)
+            .write(batch.offset, batch.data.data())
             .map_err(Failure::dropped)?;
         if let Some(claimed) = batch.claimed {
             let (_, hasher) = self.hasher.take().expect("a hasher for the chunk");
@@ -107,10 +147,10 @@ impl Checker {
     }
 
     /// An empty buffer for the next batch, reused from an earlier one.
-    pub fn buffer(&mut self) -> Vec<u8> {
+    pub fn buffer(&mut self) -> BatchBuf {
         self.spare
             .pop()
-            .unwrap_or_else(|| Vec::with_capacity(self.batch_capacity))
+            .unwrap_or_else(|| BatchBuf::with_capacity(self.batch_capacity))
     }
 
     /// Hands `batch` over once the previous one is done; fails with the first

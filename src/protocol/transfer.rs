@@ -588,7 +588,7 @@ async fn receive_chunks(
                     // batches so BLAKE3 can use its wide SIMD path and writes are few.
                     let room = (BATCH - batch.len()).min((expected_len - read) as usize);
                     let got = reader
-                        .data_into(&mut batch, room)
+                        .data_into(batch.appender(), room)
                         .await
                         .map_err(Failure::kept)? as u64;
                     read += got;

@@ -8,6 +8,8 @@
 //! commit the partial is fsynced and linked under the first free name (or renamed
 //! over the old file with `--force`), so a file under its final name is always whole.
 
+mod direct;
+
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::future::Future;
@@ -21,6 +23,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure};
 use tokio_util::sync::CancellationToken;
+
+use direct::DirectFile;
 
 use crate::formats::Format;
 use crate::protocol::hashing::ChunkHasher;
@@ -364,7 +368,7 @@ fn still_at(file: &File, path: &Path) -> bool {
 
 /// A partial file and its record, opened for one transfer.
 struct Partial {
-    file: File,
+    file: DirectFile,
     path: PathBuf,
     record: File,
     record_path: PathBuf,
@@ -405,7 +409,7 @@ fn open_partial(offer: &Offer, file: File, path: &Path, record_path: &Path) -> R
         writeln!(record, "{index} {}", hash_hex(hash))?;
     }
     Ok(Partial {
-        file,
+        file: DirectFile::new(file),
         path: path.to_path_buf(),
         record,
         record_path: record_path.to_path_buf(),
@@ -540,7 +544,7 @@ impl Sink for DiskSink {
 
     fn chunk_checked(&mut self, index: u32, hash: &Hash) -> Result<()> {
         start_writeback(
-            &self.partial.file,
+            self.partial.file.file(),
             u64::from(index) * CHUNK_SIZE,
             CHUNK_SIZE,
         );
@@ -549,7 +553,7 @@ impl Sink for DiskSink {
     }
 
     fn commit(self: Box<Self>, _hash: &Hash) -> Result<String> {
-        if let Err(err) = self.partial.file.sync_all() {
+        if let Err(err) = self.partial.file.file().sync_all() {
             self.remove_partial();
             return Err(err)
                 .with_context(|| format!("cannot flush the file to {}", self.dir.display()));
