@@ -8,8 +8,8 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -29,6 +29,9 @@ use super::wire::{
 const PIECE: usize = 1 << 20;
 /// Pieces read ahead of the network; bounds the sender's memory per stream.
 const READ_AHEAD: usize = 4;
+/// Piece buffers kept for reuse once the network is done with them: about what
+/// one stream has in flight, so steady sending allocates nothing.
+const POOLED_PIECES: usize = 16;
 /// How long a failing side waits for the other's reason or acknowledgement.
 const REASON_WAIT: Duration = Duration::from_secs(2);
 /// Stream error code for a receiver that gave up on a file.
@@ -90,9 +93,10 @@ impl Source {
     }
 
     /// The file's `len` bytes from `offset`: a slice where they lie in one
-    /// in-memory segment, else a fresh buffer filled from the segments.
-    fn piece(&self, mut offset: u64, len: usize) -> std::io::Result<Bytes> {
-        let mut buf = Vec::new();
+    /// in-memory segment, else a buffer from `pool` filled from the segments.
+    fn piece(&self, mut offset: u64, len: usize, pool: &PiecePool) -> std::io::Result<Bytes> {
+        let mut pooled = pool.take();
+        let buf = &mut pooled.buf;
         for segment in &self.segments {
             if buf.len() == len {
                 break;
@@ -116,7 +120,7 @@ impl Source {
                     ..
                 } => {
                     buf.reserve_exact(len - buf.len());
-                    read_exact_at(file, &mut buf, take, start + offset)?;
+                    read_exact_at(file, buf, take, start + offset)?;
                 }
             }
             offset = 0;
@@ -124,7 +128,47 @@ impl Source {
         if buf.len() < len {
             return Err(shrunk());
         }
-        Ok(Bytes::from(buf))
+        // The buffer comes back to the pool when the network drops its last copy.
+        Ok(Bytes::from_owner(pooled))
+    }
+}
+
+/// Buffers for pieces read from files, reused once the network has sent them:
+/// a fresh megabyte costs page faults on every read into it.
+#[derive(Clone, Default)]
+struct PiecePool(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl PiecePool {
+    fn take(&self) -> Pooled {
+        let buf = self.0.lock().expect("pool lock").pop().unwrap_or_default();
+        Pooled {
+            buf,
+            pool: self.clone(),
+        }
+    }
+}
+
+/// A buffer that goes back to its pool when dropped.
+struct Pooled {
+    buf: Vec<u8>,
+    pool: PiecePool,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        if let Ok(mut spare) = self.pool.0.lock()
+            && spare.len() < POOLED_PIECES
+        {
+            spare.push(buf);
+        }
     }
 }
 
@@ -338,11 +382,12 @@ fn read_chunks(
     let size = source.offer.size;
     let chunks = source.offer.chunks();
     let mut hashes = Vec::with_capacity(chunks as usize);
+    let pool = PiecePool::default();
     for index in 0..chunks {
         let start = index * CHUNK_SIZE;
         let len = CHUNK_SIZE.min(size - start);
         if let Some(theirs) = held.get(&(index as u32)) {
-            let ours = hash_chunk(source, index, chunks, start, len, &mut |_| Ok(()))?;
+            let ours = hash_chunk(source, &pool, index, chunks, start, len, &mut |_| Ok(()))?;
             if ours == *theirs {
                 hashes.push(ours);
                 emit(Piece::Kept(index as u32))?;
@@ -353,7 +398,7 @@ fn read_chunks(
             index as u32,
             len as u32,
         ))))?;
-        let hash = hash_chunk(source, index, chunks, start, len, emit)?;
+        let hash = hash_chunk(source, &pool, index, chunks, start, len, emit)?;
         emit(Piece::Hash(hash))?;
         hashes.push(hash);
     }
@@ -365,6 +410,7 @@ fn read_chunks(
 /// Hashes one chunk, handing its data to `emit` piece by piece.
 fn hash_chunk(
     source: &Source,
+    pool: &PiecePool,
     index: u64,
     chunks: u64,
     start: u64,
@@ -375,7 +421,7 @@ fn hash_chunk(
     let mut done = 0;
     while done < len {
         let take = (len - done).min(PIECE as u64) as usize;
-        let piece = source.piece(start + done, take)?;
+        let piece = source.piece(start + done, take, pool)?;
         hasher.update(&piece);
         done += take as u64;
         emit(Piece::Data(piece))?;
