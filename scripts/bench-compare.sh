@@ -116,18 +116,28 @@ kill "$LISTENER_PID"; LISTENER_PID=
 
 # --- the predecessor -------------------------------------------------------------
 predecessor() { # FILE COUNT -> seconds from its first send_tensor to its last returning
-    local file=$1 count=$2
-    RUST_LOG=off python3 "$OLDPWD/scripts/predecessor.py" receive "$count" > receive.out 2> receive.err &
-    local receiver=$!
-    sync
-    while ! grep -q '^node' receive.out; do sleep 0.05; done
-    local addr; addr=$(grep '^node' receive.out | head -1)
-    local seconds
-    seconds=$(RUST_LOG=off python3 "$OLDPWD/scripts/predecessor.py" send "$addr" "$file" 2> send.err \
-        | python3 -c "import json,sys; print(json.loads(sys.stdin.readlines()[-1])['seconds'])")
-    # Its node can exit non-zero at shutdown; what counts is what it received.
-    wait "$receiver" || true
-    echo "$seconds $(grep '^{"received"' receive.out | python3 -c "import json,sys; print(json.load(sys.stdin)['received'])")"
+    local file=$1 count=$2 attempt
+    # Its sender fails now and then (an error from its node); such a run is
+    # retried, and said on stderr, rather than counted.
+    for attempt in 1 2 3; do
+        RUST_LOG=off python3 "$OLDPWD/scripts/predecessor.py" receive "$count" > receive.out 2> receive.err &
+        local receiver=$!
+        sync
+        while ! grep -q '^node' receive.out; do sleep 0.05; done
+        local addr; addr=$(grep '^node' receive.out | head -1)
+        if RUST_LOG=off python3 "$OLDPWD/scripts/predecessor.py" send "$addr" "$file" > send.out 2> send.err \
+            && grep -q '^{"seconds"' send.out; then
+            # Its node can exit non-zero at shutdown; what counts is what it received.
+            wait "$receiver" || true
+            echo "$(python3 -c "import json,sys; print(json.loads(sys.stdin.readlines()[-1])['seconds'])" < send.out)" \
+                "$(grep '^{"received"' receive.out | python3 -c "import json,sys; print(json.load(sys.stdin)['received'])")"
+            return
+        fi
+        echo "predecessor run $attempt failed: $(tail -1 send.err)" >&2
+        kill "$receiver" 2>/dev/null; wait "$receiver" 2>/dev/null || true
+    done
+    echo "the predecessor failed three times in a row" >&2
+    exit 1
 }
 old_big_times=(); old_small_times=(); old_big_received=256; old_small_received=2000
 for _ in $(seq "$RUNS"); do
