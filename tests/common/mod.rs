@@ -2,6 +2,8 @@
 //! tickets, commands with a deadline, and tensor files written by hand.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
