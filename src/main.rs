@@ -27,13 +27,11 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tensor_iroh::ui::to_stderr(&format!("error: {}", one_line(&format!("{err:#}"))));
+            tensor_iroh::ui::to_stderr(&format!(
+                "error: {}",
+                tensor_iroh::ui::one_line(&format!("{err:#}"))
+            ));
             ExitCode::FAILURE
         }
     }
-}
-
-/// Keeps an error and its context chain on one line.
-fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }

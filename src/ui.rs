@@ -159,7 +159,15 @@ pub struct Totals {
 impl Ui {
     /// The closing line of a send or pull: a JSON summary, or a human line when
     /// everything went through (failures are reported as the error instead).
-    pub fn summary(&self, verb: &str, totals: &Totals, elapsed: Duration) {
+    /// `error` is why the command fails, if it does: JSON scripts get it in the
+    /// summary, people get it from the error line on stderr.
+    pub fn summary(
+        &self,
+        verb: &str,
+        totals: &Totals,
+        elapsed: Duration,
+        error: Option<&anyhow::Error>,
+    ) {
         if self.json {
             self.json(serde_json::json!({
                 "event": "summary",
@@ -169,6 +177,7 @@ impl Ui {
                 "sent_bytes": totals.sent_bytes,
                 "seconds": elapsed.as_secs_f64(),
                 "mb_per_s": mb_per_s(totals.bytes, elapsed),
+                "error": error.map(|err| one_line(&format!("{err:#}"))),
             }));
         } else if totals.failed == 0 {
             self.say(format!(
@@ -180,6 +189,11 @@ impl Ui {
             ));
         }
     }
+}
+
+/// An error and its context chain on one line.
+pub fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// `text` with control characters escaped (`\n`, `\u{1b}`), so a name from the

@@ -396,10 +396,18 @@ fn fan_out_reaches_every_listener_and_json_is_clean() {
     assert!(files.iter().all(|f| f["blake3"] == b3sum.as_str()));
     let summary = lines.last().unwrap();
     assert_eq!(summary["event"], "summary");
-    for key in ["files", "bytes", "seconds", "mb_per_s", "sent_bytes"] {
+    for key in [
+        "files",
+        "bytes",
+        "seconds",
+        "mb_per_s",
+        "sent_bytes",
+        "error",
+    ] {
         assert!(summary.get(key).is_some(), "summary lacks {key}");
     }
     assert_eq!(summary["files"], 2);
+    assert!(summary["error"].is_null(), "{summary}");
     let received = one
         .lines
         .recv_timeout(std::time::Duration::from_secs(10))
@@ -698,4 +706,62 @@ fn a_once_listener_reports_every_file_and_lets_the_sender_finish() {
             "round {round}"
         );
     }
+}
+
+#[test]
+fn json_runs_that_fail_before_sending_still_end_with_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let listener = Listener::start(&["--out", out.to_str().unwrap()]);
+    let good = write(
+        dir.path(),
+        "good.npy",
+        &npy_bytes(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }",
+            &[0u8; 8],
+        ),
+    );
+    let corrupt = write(dir.path(), "corrupt.npy", b"\x93NUMPY garbage");
+    let bad_ticket = "endpointnotaticket";
+    for (args, failed, reason) in [
+        (
+            vec!["send", "--relay", "disabled", "--json", &listener.ticket],
+            2,
+            "corrupt.npy",
+        ),
+        (
+            vec!["send", "--relay", "disabled", "--json", bad_ticket],
+            2,
+            "invalid ticket",
+        ),
+        (
+            vec!["pull", "--relay", "disabled", "--json", bad_ticket, "w*"],
+            1,
+            "invalid ticket",
+        ),
+    ] {
+        let mut args = args;
+        if args[0] == "send" {
+            args.extend([good.to_str().unwrap(), corrupt.to_str().unwrap()]);
+        }
+        let output = run(&args);
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        let lines = json_lines(&output);
+        assert_eq!(lines.len(), 1, "only the summary on stdout: {lines:?}");
+        let summary = &lines[0];
+        assert_eq!(summary["event"], "summary");
+        assert_eq!(summary["files"], 0);
+        assert_eq!(summary["failed"], failed, "{summary}");
+        let error = summary["error"].as_str().unwrap_or_default();
+        assert!(error.contains(reason), "{args:?}: {summary}");
+        assert_eq!(
+            text(&output.stderr).trim_end(),
+            format!("error: {error}"),
+            "the summary's error is the one stderr gives"
+        );
+    }
+    assert!(
+        files_below(&out).is_empty(),
+        "nothing was sent, so nothing arrived"
+    );
 }

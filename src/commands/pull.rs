@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use globset::{Glob, GlobMatcher};
+use iroh::EndpointAddr;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -63,27 +64,60 @@ pub struct PullArgs {
 }
 
 pub async fn run(args: PullArgs, ui: Ui) -> Result<()> {
+    if args.list {
+        return list_served(&args, &ui).await;
+    }
+    let started = Instant::now();
+    let (totals, result) = match pull_all(&args, &ui).await {
+        Ok(done) => done,
+        // It failed before it could count files: the pull as a whole failed.
+        Err(err) => (
+            Totals {
+                failed: 1,
+                ..Totals::default()
+            },
+            Err(err),
+        ),
+    };
+    ui.summary("pulled", &totals, started.elapsed(), result.as_ref().err());
+    result
+}
+
+/// The listener's address, the patterns, and a pool to reach it.
+async fn prepare(args: &PullArgs) -> Result<(EndpointAddr, Patterns, Arc<Pool>)> {
     let addr = parse_tickets([&args.ticket])?.remove(0);
     let patterns = Patterns::new(&args.patterns)?;
     let pool = Arc::new(args.net.pool(&args.timeout).await?);
+    Ok((addr, patterns, pool))
+}
+
+async fn list_served(args: &PullArgs, ui: &Ui) -> Result<()> {
+    let (addr, patterns, pool) = prepare(args).await?;
     let result = async {
         let catalog = client::catalog(&pool, &addr).await?;
-        if args.list {
-            patterns.all_match(&catalog)?;
-            list(&ui, &catalog, &patterns);
-            Ok(())
+        patterns.all_match(&catalog)?;
+        list(ui, &catalog, &patterns);
+        Ok(())
+    }
+    .await;
+    pool.close().await;
+    result
+}
+
+/// Fetches what the patterns select; fails as a whole before any file is
+/// fetched, or else gives each file's outcome in the totals.
+async fn pull_all(args: &PullArgs, ui: &Ui) -> Result<(Totals, Result<()>)> {
+    let (addr, patterns, pool) = prepare(args).await?;
+    let result = async {
+        let catalog = client::catalog(&pool, &addr).await?;
+        let wanted = patterns.select(&catalog, args.stdout)?;
+        let outcomes = if args.stdout {
+            vec![fetch_to_stdout(&pool, &addr, &wanted).await]
         } else {
-            let wanted = patterns.select(&catalog, args.stdout)?;
-            let started = Instant::now();
-            let outcomes = if args.stdout {
-                vec![fetch_to_stdout(&pool, &addr, &wanted).await]
-            } else {
-                let store =
-                    Store::open(&args.out.clone().unwrap_or_else(|| ".".into()), args.force)?;
-                fetch_to_store(&pool, &addr, store, wanted, &ui).await
-            };
-            summarize(&ui, outcomes, started)
-        }
+            let store = Store::open(&args.out.clone().unwrap_or_else(|| ".".into()), args.force)?;
+            fetch_to_store(&pool, &addr, store, wanted, ui).await
+        };
+        Ok(tally(outcomes))
     }
     .await;
     pool.close().await;
@@ -316,7 +350,7 @@ fn report_file(ui: &Ui, received: &Received, elapsed: std::time::Duration) {
     }
 }
 
-fn summarize(ui: &Ui, outcomes: Vec<Outcome>, started: Instant) -> Result<()> {
+fn tally(outcomes: Vec<Outcome>) -> (Totals, Result<()>) {
     let mut failures = Vec::new();
     let mut totals = Totals::default();
     for outcome in outcomes {
@@ -330,6 +364,5 @@ fn summarize(ui: &Ui, outcomes: Vec<Outcome>, started: Instant) -> Result<()> {
         }
     }
     totals.failed = failures.len();
-    ui.summary("pulled", &totals, started.elapsed());
-    first_failure(failures)
+    (totals, first_failure(failures))
 }

@@ -72,16 +72,40 @@ impl SendArgs {
 }
 
 pub async fn run(args: SendArgs, ui: Ui) -> Result<()> {
+    let started = Instant::now();
+    let (totals, result) = match prepare(&args).await {
+        Ok((targets, sources, pool)) => send_everywhere(targets, sources, pool, &ui).await,
+        // Nothing was sent: every file named is one that failed.
+        Err(err) => (
+            Totals {
+                failed: args.files.len(),
+                ..Totals::default()
+            },
+            Err(err),
+        ),
+    };
+    ui.summary("sent", &totals, started.elapsed(), result.as_ref().err());
+    result
+}
+
+/// Everything that can fail before a byte is sent: tickets, files, the endpoint.
+async fn prepare(args: &SendArgs) -> Result<(Vec<EndpointAddr>, Arc<Vec<Source>>, Arc<Pool>)> {
     let targets = parse_tickets(std::iter::once(&args.ticket).chain(&args.to))?;
     let outgoing = collect(&args.files, args.name.as_deref())?;
     let sources: Vec<Source> = outgoing
         .iter()
         .map(|o| whole_file(&o.file, o.name.clone()))
         .collect::<Result<_>>()?;
-    let sources = Arc::new(sources);
     let pool = Arc::new(args.net.pool(&args.timeout).await?);
+    Ok((targets, Arc::new(sources), pool))
+}
 
-    let started = Instant::now();
+async fn send_everywhere(
+    targets: Vec<EndpointAddr>,
+    sources: Arc<Vec<Source>>,
+    pool: Arc<Pool>,
+    ui: &Ui,
+) -> (Totals, Result<()>) {
     let total: u64 = sources.iter().map(|s| s.offer.size).sum::<u64>() * targets.len() as u64;
     let progress = Progress::default();
     let bar = ui.progress("sending", Some(total), &progress);
@@ -98,14 +122,19 @@ pub async fn run(args: SendArgs, ui: Ui) -> Result<()> {
     let mut failures = Vec::new();
     let mut totals = Totals::default();
     while let Some(run) = runs.join_next().await {
-        for outcome in run.context("a send task failed")? {
-            match outcome {
-                Ok(size) => {
-                    totals.files += 1;
-                    totals.bytes += size;
+        match run {
+            Ok(outcomes) => {
+                for outcome in outcomes {
+                    match outcome {
+                        Ok(size) => {
+                            totals.files += 1;
+                            totals.bytes += size;
+                        }
+                        Err(err) => failures.push(err),
+                    }
                 }
-                Err(err) => failures.push(err),
             }
+            Err(err) => failures.push(anyhow::Error::new(err).context("a send task failed")),
         }
     }
     drop(bar);
@@ -113,8 +142,7 @@ pub async fn run(args: SendArgs, ui: Ui) -> Result<()> {
     // Counted as data goes out, so files that failed midway count too.
     totals.sent_bytes = progress.get();
     totals.failed = failures.len();
-    ui.summary("sent", &totals, started.elapsed());
-    first_failure(failures)
+    (totals, first_failure(failures))
 }
 
 /// Expands directories, applies `--name`, and validates every file before
