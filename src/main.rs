@@ -11,10 +11,11 @@ fn main() -> ExitCode {
             .exit();
     }
     commands::init_logging(cli.global.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = cli.worker_threads() {
+        builder.worker_threads(workers);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             tensor_iroh::ui::to_stderr(&format!("error: cannot start the async runtime: {err}"));
