@@ -765,3 +765,72 @@ fn json_runs_that_fail_before_sending_still_end_with_a_summary() {
         "nothing was sent, so nothing arrived"
     );
 }
+
+#[test]
+fn each_failed_file_is_named_and_the_rest_still_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let live = Listener::start(&["--out", out.to_str().unwrap()]);
+    let gone = Listener::start(&["--out", dir.path().join("gone").to_str().unwrap()]);
+    let gone_ticket = gone.ticket.clone();
+    drop(gone);
+    let dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }";
+    let a = write(dir.path(), "a.npy", &npy_bytes(dict, &[1u8; 8]));
+    let b = write(dir.path(), "b.npy", &npy_bytes(dict, &[2u8; 8]));
+    let output = send(
+        &live.ticket,
+        &[&a, &b],
+        &["--to", &gone_ticket, "--timeout", "2", "--json"],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert_same(&a, &out.join("a.npy"));
+    assert_same(&b, &out.join("b.npy"));
+    let lines = json_lines(&output);
+    let mut failed: Vec<_> = lines
+        .iter()
+        .filter(|l| l["event"] == "file_failed")
+        .map(|l| l["name"].as_str().unwrap().to_string())
+        .collect();
+    failed.sort();
+    assert_eq!(failed, ["a.npy", "b.npy"], "{lines:?}");
+    for line in lines.iter().filter(|l| l["event"] == "file_failed") {
+        assert!(
+            line["peer"].as_str().is_some_and(|p| p.len() == 64),
+            "{line}"
+        );
+        assert!(
+            !line["error"].as_str().unwrap_or_default().is_empty(),
+            "{line}"
+        );
+    }
+    let summary = lines.last().unwrap();
+    assert_eq!(
+        (summary["files"].as_u64(), summary["failed"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert!(summary["error"].is_string(), "{summary}");
+}
+
+#[test]
+fn a_name_must_keep_the_format_and_out_must_be_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let listener = Listener::start(&["--out", out.to_str().unwrap()]);
+    let dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }";
+    let file = write(dir.path(), "w.npy", &npy_bytes(dict, &[1u8; 8]));
+    for wrong in ["w.safetensors", "w.safetensors.index.json"] {
+        let output = send(&listener.ticket, &[&file], &["--name", wrong]);
+        assert_one_line_error(&output, "does not fit");
+    }
+    assert!(files_below(&out).is_empty(), "nothing was stored");
+
+    let not_a_dir = write(dir.path(), "plain.txt", b"text");
+    let output = run(&[
+        "listen",
+        "--relay",
+        "disabled",
+        "--out",
+        not_a_dir.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&output, "is not a directory");
+}

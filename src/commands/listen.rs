@@ -75,7 +75,8 @@ pub async fn run(args: ListenArgs, ui: Ui) -> Result<()> {
         let removed = store.remove_stale_partials();
         if removed > 0 {
             ui.say(format!(
-                "removed {removed} stale partial files from {}",
+                "removed {} from {}",
+                count(removed as u64, "stale partial file"),
                 store.dir().display()
             ));
         }

@@ -13,11 +13,11 @@ use tokio::task::JoinSet;
 
 use super::{NetArgs, TimeoutArgs, first_failure, parse_tickets};
 use crate::catalog::whole_file;
-use crate::formats::{TensorFile, files_in};
+use crate::formats::{Format, TensorFile, files_in};
 use crate::protocol::client;
 use crate::protocol::pool::Pool;
 use crate::protocol::transfer::{Progress, Source};
-use crate::ui::{Totals, Ui, count, human_bytes, mb_per_s};
+use crate::ui::{Totals, Ui, count, human_bytes, mb_per_s, one_line};
 
 /// Files in flight at once to one listener, each on its own stream.
 const FILES_IN_FLIGHT: usize = 4;
@@ -167,6 +167,15 @@ fn collect(paths: &[PathBuf], rename: Option<&str>) -> Result<Vec<Outgoing>> {
         if outgoing.len() != 1 {
             bail!("--name needs exactly one file, not {}", outgoing.len());
         }
+        let format = outgoing[0].file.format;
+        if Format::from_name(rename) != Some(format) {
+            bail!(
+                "--name {rename:?} does not fit {}: a {} file needs a name ending in .{}",
+                outgoing[0].file.path.display(),
+                format.as_str(),
+                format.extension()
+            );
+        }
         outgoing[0].name = rename.to_string();
     }
     Ok(outgoing)
@@ -260,6 +269,19 @@ async fn send_all(
                     count(offer.tensors, "tensor"),
                     human_bytes(offer.size),
                 ));
+            }
+        } else if let Err(err) = &sent {
+            if ui.json_mode() {
+                ui.json(json!({
+                    "event": "file_failed",
+                    "name": offer.name,
+                    "peer": addr.id.to_string(),
+                    "error": one_line(&format!("{err:#}")),
+                }));
+            } else if sources.len() > 1 {
+                // The closing error names only the first failure; even with
+                // --quiet, every failed file must be named somewhere.
+                ui.warn(one_line(&format!("{err:#}")));
             }
         }
         outcomes.push(sent.map(|_| offer.size));

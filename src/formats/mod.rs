@@ -38,6 +38,15 @@ impl Format {
         }
     }
 
+    /// What a file name of this format ends in, after its dot.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Npy => "npy",
+            Format::Safetensors => "safetensors",
+            Format::Index => "safetensors.index.json",
+        }
+    }
+
     pub fn from_name(name: &str) -> Option<Format> {
         if name.ends_with(".safetensors.index.json") {
             Some(Format::Index)

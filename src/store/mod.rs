@@ -103,6 +103,9 @@ struct Active {
 
 impl Store {
     pub fn open(dir: &Path, force: bool) -> Result<Arc<Store>> {
+        if dir.exists() && !dir.is_dir() {
+            bail!("output directory {} is not a directory", dir.display());
+        }
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create output directory {}", dir.display()))?;
         let dir = dir
@@ -159,6 +162,13 @@ impl Store {
     /// kept from an interrupted run.
     pub async fn accept(self: &Arc<Self>, offer: &Offer, alive: Liveness) -> Result<Box<dyn Sink>> {
         let target = safe_name(&offer.name)?;
+        let named = Format::from_name(&offer.name).map(Format::as_str);
+        ensure!(
+            named == Some(offer.format.as_str()),
+            "name {:?} does not fit its {} content",
+            offer.name,
+            offer.format
+        );
         ensure!(
             offer.identity.len() <= 64 && offer.identity.chars().all(|c| c.is_ascii_hexdigit()),
             "malformed file identity"
@@ -311,12 +321,7 @@ impl Store {
             .to_string_lossy()
             .into_owned();
         let format = Format::from_name(&file_name).expect("safe names have a format");
-        let ext = match format {
-            Format::Index => ".safetensors.index.json",
-            Format::Safetensors => ".safetensors",
-            Format::Npy => ".npy",
-        };
-        let stem = &file_name[..file_name.len() - ext.len()];
+        let stem = &file_name[..file_name.len() - format.extension().len() - 1];
         let relative_dir = target.parent().unwrap_or(Path::new(""));
         let chosen = if self.force {
             if let Err(err) = std::fs::rename(partial, dir.join(&file_name)) {
@@ -331,7 +336,7 @@ impl Store {
                 let candidate = if n == 0 {
                     file_name.clone()
                 } else {
-                    format!("{stem}.{n}{ext}")
+                    format!("{stem}.{n}.{}", format.extension())
                 };
                 match std::fs::hard_link(partial, dir.join(&candidate)) {
                     Ok(()) => {
