@@ -293,13 +293,18 @@ fn eight_pullers_at_once_and_collisions() {
         &["embed", "--out", again.to_str().unwrap(), "--json"],
     );
     assert!(output.status.success());
-    assert_eq!(json_lines(&output)[0]["stored_as"], "embed.1.npy");
+    assert_eq!(
+        json_lines(&output)[0]["stored_as"],
+        "embed.npy",
+        "an identical file already there is kept, not stored twice"
+    );
+    assert!(!again.join("embed.1.npy").exists());
     let forced = pull(
         &listener.ticket,
         &["embed", "--out", again.to_str().unwrap(), "--force"],
     );
     assert!(forced.status.success());
-    assert!(!again.join("embed.2.npy").exists());
+    assert!(!again.join("embed.1.npy").exists());
 }
 
 #[test]

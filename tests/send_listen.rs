@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
@@ -833,4 +833,56 @@ fn a_name_must_keep_the_format_and_out_must_be_a_directory() {
         not_a_dir.to_str().unwrap(),
     ]);
     assert_one_line_error(&output, "is not a directory");
+}
+
+#[test]
+fn sending_again_keeps_identical_files_and_moves_only_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let listener = Listener::start(&["--out", out.to_str().unwrap()]);
+    let big = safetensors_file(&dir.path().join("big.safetensors"), 20 << 20, 3);
+    let dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }";
+    let small = write(dir.path(), "small.npy", &npy_bytes(dict, &[7u8; 8]));
+    let first = send(&listener.ticket, &[&big, &small], &[]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+
+    let again = send(&listener.ticket, &[&big, &small], &["--json"]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    let lines = json_lines(&again);
+    for line in lines.iter().filter(|l| l["event"] == "file") {
+        assert_eq!(line["stored_as"], line["name"], "{line}");
+    }
+    let big_line = lines
+        .iter()
+        .find(|l| l["name"] == "big.safetensors")
+        .unwrap();
+    assert_eq!(
+        big_line["sent_bytes"], 0,
+        "an identical large file is not sent again"
+    );
+    assert_eq!(
+        files_below(&out),
+        [PathBuf::from("big.safetensors"), PathBuf::from("small.npy")],
+        "no second copies"
+    );
+
+    // One chunk of the large file changes: only that chunk crosses, and the
+    // changed file is stored beside the old one, whole.
+    let mut changed = std::fs::read(&big).unwrap();
+    let last = changed.len() - 100;
+    changed[last] ^= 0xff;
+    let changed_dir = dir.path().join("changed");
+    std::fs::create_dir(&changed_dir).unwrap();
+    let changed_path = write(&changed_dir, "big.safetensors", &changed);
+    let third = send(&listener.ticket, &[&changed_path], &["--json"]);
+    assert!(third.status.success(), "{}", text(&third.stderr));
+    let line = &json_lines(&third)[0];
+    assert_eq!(line["stored_as"], "big.1.safetensors");
+    let sent = line["sent_bytes"].as_u64().unwrap();
+    assert!(
+        sent <= 8 << 20,
+        "only the changed chunk crossed: {sent} bytes"
+    );
+    assert_same(&changed_path, &out.join("big.1.safetensors"));
+    assert_same(&big, &out.join("big.safetensors"));
 }

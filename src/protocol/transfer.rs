@@ -430,9 +430,10 @@ fn hash_chunk(
 }
 
 /// Where a receiver puts a file: a partial file on disk, stdout, or nowhere.
-/// Its methods block (disk I/O); they are called from the receiving task.
+/// Its methods block (disk I/O): writes and the commit run on blocking threads.
 pub trait Sink: Send {
-    /// Chunks already held and re-checked, from an interrupted transfer.
+    /// Chunks already held and checked: from an interrupted transfer, or from
+    /// an identical file stored before.
     fn held(&mut self) -> Vec<(u32, Hash)>;
     fn write(&mut self, offset: u64, data: &[u8]) -> Result<()>;
     /// The chunk's data was written and its hash matched.
@@ -520,7 +521,11 @@ where
         Err(failure) => return fail(writer, reader, &offer, failure.error).await,
     };
     match outcome {
-        Ok((hash, received_bytes)) => match sink.commit(&hash) {
+        // Committing syncs the file and may compare it with one stored before.
+        Ok((hash, received_bytes)) => match tokio::task::spawn_blocking(move || sink.commit(&hash))
+            .await
+            .unwrap_or_else(|_| Err(anyhow!("storing the file failed unexpectedly")))
+        {
             Ok(stored_as) => {
                 let hash = hash_hex(&hash);
                 writer

@@ -10,7 +10,7 @@
 
 mod direct;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use direct::DirectFile;
 
 use crate::formats::Format;
-use crate::protocol::hashing::ChunkHasher;
+use crate::protocol::hashing::{ChunkHasher, file_hash};
 use crate::protocol::transfer::Sink;
 use crate::protocol::wire::{CHUNK_SIZE, Hash, Offer, hash_hex, parse_hash};
 
@@ -206,11 +206,21 @@ impl Store {
                 return Err(err);
             }
         };
+        let existing = tokio::task::spawn_blocking({
+            let (path, name, offer) = (self.dir.join(&target), target.clone(), offer.clone());
+            move || Existing::open(&path, &name, &offer)
+        })
+        .await
+        .ok()
+        .flatten();
         Ok(Box::new(DiskSink {
             store: self.clone(),
             dir,
             target,
             partial,
+            offer: offer.clone(),
+            existing,
+            received: HashSet::new(),
             claim,
             cancel,
         }))
@@ -480,20 +490,80 @@ fn recheck(file: &File, record_path: &Path, offer: &Offer) -> Result<Vec<(u32, H
         }
     }
     let mut held = Vec::new();
-    let mut buf = vec![0u8; CHUNK_SIZE as usize];
+    let mut buf = Vec::new();
     let mut indexes: Vec<_> = listed.keys().copied().collect();
     indexes.sort_unstable();
     for index in indexes {
-        let start = u64::from(index) * CHUNK_SIZE;
-        let len = CHUNK_SIZE.min(offer.size - start) as usize;
-        file.read_exact_at(&mut buf[..len], start)?;
-        let mut hasher = ChunkHasher::new(index.into(), chunks);
-        hasher.update(&buf[..len]);
-        if hasher.finalize() == listed[&index] {
+        if hash_chunk_at(file, offer, index, &mut buf)? == listed[&index] {
             held.push((index, listed[&index]));
         }
     }
     Ok(held)
+}
+
+/// The hash of chunk `index` of `file`, a file of the offer's size; leaves the
+/// chunk's bytes in `buf`.
+fn hash_chunk_at(
+    file: &File,
+    offer: &Offer,
+    index: u32,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Hash> {
+    let start = u64::from(index) * CHUNK_SIZE;
+    let len = CHUNK_SIZE.min(offer.size - start) as usize;
+    buf.resize(len, 0);
+    file.read_exact_at(buf, start)?;
+    let mut hasher = ChunkHasher::new(index.into(), offer.chunks());
+    hasher.update(buf);
+    Ok(hasher.finalize())
+}
+
+/// How long a listener may spend hashing a file already stored under an offered
+/// name before it answers the offer: a few GB. The sender waits with its stall
+/// timeout (20 s unless told otherwise) running; a larger file is sent as if
+/// the stored one were different.
+const EXISTING_HASH_BUDGET: Duration = Duration::from_secs(2);
+
+/// A file already stored under the offered name with the offered size: a rerun
+/// after an interrupted send, most likely. Its chunks are offered as held, so an
+/// identical file crosses the network as nothing and is not stored twice.
+struct Existing {
+    file: File,
+    /// Its name under the output directory, as reported to the sender.
+    name: String,
+    modified: Option<SystemTime>,
+    chunk_hashes: Vec<Hash>,
+}
+
+impl Existing {
+    /// `path` when it is a plain file of the offer's size, with its chunk hashes.
+    fn open(path: &Path, name: &Path, offer: &Offer) -> Option<Existing> {
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        if !meta.is_file() || meta.len() != offer.size || offer.size == 0 {
+            return None;
+        }
+        let file = File::open(path).ok()?;
+        let mut buf = Vec::new();
+        let started = std::time::Instant::now();
+        let mut chunk_hashes = Vec::new();
+        for index in 0..offer.chunks() as u32 {
+            // The sender waits for our answer with its stall timeout running.
+            if started.elapsed() > EXISTING_HASH_BUDGET {
+                return None;
+            }
+            chunk_hashes.push(hash_chunk_at(&file, offer, index, &mut buf).ok()?);
+        }
+        Some(Existing {
+            file,
+            name: name.to_string_lossy().into_owned(),
+            modified: meta.modified().ok(),
+            chunk_hashes,
+        })
+    }
+
+    fn unchanged(&self) -> bool {
+        self.file.metadata().ok().and_then(|m| m.modified().ok()) == self.modified
+    }
 }
 
 /// Starts writing a checked chunk back to disk now, so the fsync before commit
@@ -516,6 +586,10 @@ struct DiskSink {
     dir: PathBuf,
     target: PathBuf,
     partial: Partial,
+    offer: Offer,
+    existing: Option<Existing>,
+    /// Chunks written in this transfer.
+    received: HashSet<u32>,
     claim: u64,
     cancel: CancellationToken,
 }
@@ -527,6 +601,30 @@ impl Drop for DiskSink {
 }
 
 impl DiskSink {
+    /// Copies into the partial the chunks the sender kept because `existing`
+    /// held them, checking each against the hash it was offered with.
+    fn fill_from(&mut self, existing: &Existing) -> Result<()> {
+        let in_partial: HashSet<u32> = self.partial.held.iter().map(|(index, _)| *index).collect();
+        let mut buf = Vec::new();
+        for (index, offered) in (0..).zip(&existing.chunk_hashes) {
+            if in_partial.contains(&index) || self.received.contains(&index) {
+                continue;
+            }
+            let hash = hash_chunk_at(&existing.file, &self.offer, index, &mut buf)
+                .with_context(|| format!("cannot read {}", existing.name))?;
+            ensure!(
+                hash == *offered,
+                "{} changed during the transfer; send again",
+                existing.name
+            );
+            self.partial
+                .file
+                .write_all_at(&buf, u64::from(index) * CHUNK_SIZE)
+                .with_context(|| format!("cannot write to {}", self.dir.display()))?;
+        }
+        Ok(())
+    }
+
     /// Removes the record before the partial: once the partial's name is free a
     /// new transfer may claim it and create a record of its own.
     fn remove_partial(&self) {
@@ -537,7 +635,17 @@ impl DiskSink {
 
 impl Sink for DiskSink {
     fn held(&mut self) -> Vec<(u32, Hash)> {
-        self.partial.held.clone()
+        let mut held = self.partial.held.clone();
+        if let Some(existing) = &self.existing {
+            let in_partial: HashSet<u32> = held.iter().map(|(index, _)| *index).collect();
+            held.extend(
+                (0..)
+                    .zip(existing.chunk_hashes.iter().copied())
+                    .filter(|(index, _)| !in_partial.contains(index)),
+            );
+            held.sort_unstable_by_key(|(index, _)| *index);
+        }
+        held
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
@@ -548,6 +656,7 @@ impl Sink for DiskSink {
     }
 
     fn chunk_checked(&mut self, index: u32, hash: &Hash) -> Result<()> {
+        self.received.insert(index);
         start_writeback(
             self.partial.file.file(),
             u64::from(index) * CHUNK_SIZE,
@@ -557,7 +666,26 @@ impl Sink for DiskSink {
             .with_context(|| format!("cannot write to {}", self.dir.display()))
     }
 
-    fn commit(self: Box<Self>, _hash: &Hash) -> Result<String> {
+    fn commit(mut self: Box<Self>, hash: &Hash) -> Result<String> {
+        let existing = self.existing.take().or_else(|| {
+            // Another transfer may have stored the same file while this one ran.
+            Existing::open(
+                &self.store.dir.join(&self.target),
+                &self.target,
+                &self.offer,
+            )
+        });
+        if let Some(existing) = existing {
+            if file_hash(self.offer.size, &existing.chunk_hashes) == *hash && existing.unchanged() {
+                // Already stored under its name: no second copy.
+                self.remove_partial();
+                return Ok(existing.name);
+            }
+            if let Err(err) = self.fill_from(&existing) {
+                self.remove_partial();
+                return Err(err);
+            }
+        }
         if let Err(err) = self.partial.file.file().sync_all() {
             self.remove_partial();
             return Err(err)
