@@ -280,6 +280,8 @@ fn offer(name: &str, size: u64, eager: bool) -> Offer {
         identity: IDENTITY.into(),
         eager,
         discard: false,
+        first_chunk: None,
+        patience_secs: 20,
     }
 }
 

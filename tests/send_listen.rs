@@ -873,4 +873,19 @@ fn sending_again_keeps_identical_files_and_moves_only_what_changed() {
     );
     assert_same(&changed_path, &out.join("big.1.safetensors"));
     assert_same(&big, &out.join("big.safetensors"));
+
+    // A file that differs from its first chunk on is sent whole.
+    let mut other = std::fs::read(&big).unwrap();
+    other[1000] ^= 0xff;
+    let other_path = write(&changed_dir, "other.safetensors", &other);
+    let fourth = send(
+        &listener.ticket,
+        &[&other_path],
+        &["--json", "--name", "big.safetensors"],
+    );
+    assert!(fourth.status.success(), "{}", text(&fourth.stderr));
+    let line = &json_lines(&fourth)[0];
+    assert_eq!(line["stored_as"], "big.2.safetensors");
+    assert_eq!(line["sent_bytes"].as_u64(), Some(other.len() as u64));
+    assert_same(&other_path, &out.join("big.2.safetensors"));
 }

@@ -206,6 +206,11 @@ impl FrameWriter {
         FrameWriter { send, stall }
     }
 
+    /// How long this side waits on its peer before giving up.
+    pub fn stall(&self) -> Duration {
+        self.stall
+    }
+
     pub async fn write(&mut self, bytes: Bytes) -> Result<()> {
         tokio::time::timeout(self.stall, self.send.write_chunk(bytes))
             .await

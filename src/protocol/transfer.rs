@@ -87,6 +87,8 @@ impl Source {
                 identity: identity.finalize().to_hex()[..32].to_string(),
                 eager: size <= CHUNK_SIZE,
                 discard: false,
+                first_chunk: None,
+                patience_secs: 0,
             },
             segments,
         }
@@ -268,7 +270,11 @@ pub async fn send_file(
     progress: &Progress,
 ) -> Result<Sent> {
     let offer = &source.offer;
-    writer.message(&Message::Offer(offer.clone())).await?;
+    writer
+        .message(&Message::Offer(
+            offer_to_send(source, writer.stall()).await?,
+        ))
+        .await?;
     let held = if offer.eager {
         HashMap::new()
     } else {
@@ -345,6 +351,34 @@ pub async fn send_file(
     }
 }
 
+/// The offer as sent: with the sender's patience, and the first chunk's hash
+/// for a file of several.
+async fn offer_to_send(source: &Source, patience: Duration) -> Result<Offer> {
+    let mut offer = source.offer.clone();
+    offer.patience_secs = patience.as_secs().max(1);
+    if !offer.eager {
+        let source = source.clone();
+        let first = tokio::task::spawn_blocking(move || {
+            let chunks = source.offer.chunks();
+            let len = CHUNK_SIZE.min(source.offer.size);
+            hash_chunk(
+                &source,
+                &PiecePool::default(),
+                0,
+                chunks,
+                0,
+                len,
+                &mut |_| Ok(()),
+            )
+        })
+        .await
+        .context("the reading task failed")?
+        .with_context(|| format!("cannot read {}", offer.name))?;
+        offer.first_chunk = Some(hash_hex(&first));
+    }
+    Ok(offer)
+}
+
 async fn write_piece(
     writer: &mut FrameWriter,
     piece: Piece,
@@ -386,19 +420,29 @@ fn read_chunks(
     for index in 0..chunks {
         let start = index * CHUNK_SIZE;
         let len = CHUNK_SIZE.min(size - start);
-        if let Some(theirs) = held.get(&(index as u32)) {
-            let ours = hash_chunk(source, &pool, index, chunks, start, len, &mut |_| Ok(()))?;
+        let header = Piece::Header(Bytes::copy_from_slice(&chunk_header(
+            index as u32,
+            len as u32,
+        )));
+        let hash = if let Some(theirs) = held.get(&(index as u32)) {
+            // Kept until compared, so a chunk that differs is not read twice.
+            let mut pieces = Vec::new();
+            let ours = hash_chunk(source, &pool, index, chunks, start, len, &mut |piece| {
+                pieces.push(piece);
+                Ok(())
+            })?;
             if ours == *theirs {
                 hashes.push(ours);
                 emit(Piece::Kept(index as u32))?;
                 continue;
             }
-        }
-        emit(Piece::Header(Bytes::copy_from_slice(&chunk_header(
-            index as u32,
-            len as u32,
-        ))))?;
-        let hash = hash_chunk(source, &pool, index, chunks, start, len, emit)?;
+            emit(header)?;
+            pieces.into_iter().try_for_each(&mut *emit)?;
+            ours
+        } else {
+            emit(header)?;
+            hash_chunk(source, &pool, index, chunks, start, len, emit)?
+        };
         emit(Piece::Hash(hash))?;
         hashes.push(hash);
     }

@@ -42,6 +42,18 @@ pub struct Offer {
     pub eager: bool,
     /// Bench traffic: the receiver checks the data and discards it.
     pub discard: bool,
+    /// The hash of the first chunk of a file of several: a receiver that already
+    /// stores a file of this name and size rules it out after reading one chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_chunk: Option<String>,
+    /// How long the sender waits for an answer: bounds how long a receiver may
+    /// spend comparing a stored file before it answers.
+    #[serde(default = "default_patience_secs")]
+    pub patience_secs: u64,
+}
+
+fn default_patience_secs() -> u64 {
+    20
 }
 
 impl Offer {
@@ -255,6 +267,8 @@ mod tests {
             identity: "ab".into(),
             eager: true,
             discard: false,
+            first_chunk: None,
+            patience_secs: 20,
         });
         let frame = offer.encode();
         assert_eq!(frame[0], TAG_MESSAGE);
@@ -271,6 +285,8 @@ mod tests {
             identity: String::new(),
             eager: false,
             discard: false,
+            first_chunk: Some("00".repeat(32)),
+            patience_secs: 3,
         });
         assert!(offer.validate().is_err());
     }

@@ -206,13 +206,21 @@ impl Store {
                 return Err(err);
             }
         };
-        let existing = tokio::task::spawn_blocking({
-            let (path, name, offer) = (self.dir.join(&target), target.clone(), offer.clone());
-            move || Existing::open(&path, &name, &offer)
-        })
-        .await
-        .ok()
-        .flatten();
+        let target_path = self.dir.join(&target);
+        let stored_before = target_path.exists();
+        // A file of one chunk is streamed at once, whatever we hold: it is
+        // compared at commit instead.
+        let existing = if stored_before && !offer.eager {
+            tokio::task::spawn_blocking({
+                let (name, offer) = (target.clone(), offer.clone());
+                move || Existing::open(&target_path, &name, &offer)
+            })
+            .await
+            .ok()
+            .flatten()
+        } else {
+            None
+        };
         Ok(Box::new(DiskSink {
             store: self.clone(),
             dir,
@@ -220,6 +228,7 @@ impl Store {
             partial,
             offer: offer.clone(),
             existing,
+            stored_before,
             received: HashSet::new(),
             claim,
             cancel,
@@ -518,11 +527,12 @@ fn hash_chunk_at(
     Ok(hasher.finalize())
 }
 
-/// How long a listener may spend hashing a file already stored under an offered
-/// name before it answers the offer: a few GB. The sender waits with its stall
-/// timeout (20 s unless told otherwise) running; a larger file is sent as if
-/// the stored one were different.
-const EXISTING_HASH_BUDGET: Duration = Duration::from_secs(2);
+/// The share of the sender's patience a listener may spend hashing a file
+/// already stored under an offered name before it answers; a larger file is
+/// sent as if the stored one were different.
+const EXISTING_HASH_SHARE: u32 = 2;
+/// And never longer than this.
+const EXISTING_HASH_MAX: Duration = Duration::from_secs(30);
 
 /// A file already stored under the offered name with the offered size: a rerun
 /// after an interrupted send, most likely. Its chunks are offered as held, so an
@@ -536,7 +546,8 @@ struct Existing {
 }
 
 impl Existing {
-    /// `path` when it is a plain file of the offer's size, with its chunk hashes.
+    /// `path` with its chunk hashes, when it is a plain file of the offer's
+    /// size whose first chunk is the offer's.
     fn open(path: &Path, name: &Path, offer: &Offer) -> Option<Existing> {
         let meta = std::fs::symlink_metadata(path).ok()?;
         if !meta.is_file() || meta.len() != offer.size || offer.size == 0 {
@@ -544,11 +555,20 @@ impl Existing {
         }
         let file = File::open(path).ok()?;
         let mut buf = Vec::new();
+        let mut chunk_hashes = vec![hash_chunk_at(&file, offer, 0, &mut buf).ok()?];
+        // A changed file of the same size (new weights, same shapes) almost
+        // always differs in its first chunk: rule it out before reading on.
+        if let Some(first) = &offer.first_chunk
+            && parse_hash(first).ok()? != chunk_hashes[0]
+        {
+            return None;
+        }
+        // The sender waits for our answer with its stall timeout running.
+        let budget =
+            (Duration::from_secs(offer.patience_secs) / EXISTING_HASH_SHARE).min(EXISTING_HASH_MAX);
         let started = std::time::Instant::now();
-        let mut chunk_hashes = Vec::new();
-        for index in 0..offer.chunks() as u32 {
-            // The sender waits for our answer with its stall timeout running.
-            if started.elapsed() > EXISTING_HASH_BUDGET {
+        for index in 1..offer.chunks() as u32 {
+            if started.elapsed() > budget {
                 return None;
             }
             chunk_hashes.push(hash_chunk_at(&file, offer, index, &mut buf).ok()?);
@@ -588,6 +608,9 @@ struct DiskSink {
     partial: Partial,
     offer: Offer,
     existing: Option<Existing>,
+    /// Whether a file was already stored under the name when the offer came:
+    /// if so, it was compared then (or was too large to compare).
+    stored_before: bool,
     /// Chunks written in this transfer.
     received: HashSet<u32>,
     claim: u64,
@@ -667,16 +690,23 @@ impl Sink for DiskSink {
     }
 
     fn commit(mut self: Box<Self>, hash: &Hash) -> Result<String> {
-        let existing = self.existing.take().or_else(|| {
-            // Another transfer may have stored the same file while this one ran.
-            Existing::open(
+        let existing = match self.existing.take() {
+            Some(existing) => Some(existing),
+            // Another transfer may have stored the same file while this one
+            // ran, or it is a one-chunk file that was not compared up front.
+            None if !self.stored_before || self.offer.eager => Existing::open(
                 &self.store.dir.join(&self.target),
                 &self.target,
                 &self.offer,
-            )
-        });
+            ),
+            None => None,
+        };
         if let Some(existing) = existing {
-            if file_hash(self.offer.size, &existing.chunk_hashes) == *hash && existing.unchanged() {
+            // Identical, untouched, and still the file under the name.
+            if file_hash(self.offer.size, &existing.chunk_hashes) == *hash
+                && existing.unchanged()
+                && still_at(&existing.file, &self.store.dir.join(&self.target))
+            {
                 // Already stored under its name: no second copy.
                 self.remove_partial();
                 return Ok(existing.name);
