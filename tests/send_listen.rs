@@ -889,3 +889,39 @@ fn sending_again_keeps_identical_files_and_moves_only_what_changed() {
     assert_eq!(line["sent_bytes"].as_u64(), Some(other.len() as u64));
     assert_same(&other_path, &out.join("big.2.safetensors"));
 }
+
+#[test]
+fn a_checkpoint_index_arrives_after_its_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let listener = Listener::start(&["--out", out.to_str().unwrap(), "--json"]);
+    let ckpt = dir.path().join("ckpt");
+    std::fs::create_dir(&ckpt).unwrap();
+    // The shards sort after the index by name, and the first is large enough to
+    // still be on its way when the small ones are done.
+    safetensors_file(&ckpt.join("model-00001.safetensors"), 24 << 20, 1);
+    safetensors_file(&ckpt.join("model-00002.safetensors"), 1 << 10, 2);
+    write(
+        &ckpt,
+        "model.safetensors.index.json",
+        br#"{"metadata":{},"weight_map":{"a":"model-00001.safetensors","b":"model-00002.safetensors"}}"#,
+    );
+    let sent = send(&listener.ticket, &[&ckpt], &[]);
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    let received: Vec<String> = (0..3)
+        .map(|_| {
+            let line = listener
+                .lines
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap();
+            let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(event["event"], "received", "{event}");
+            event["name"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(
+        received.last().map(String::as_str),
+        Some("ckpt/model.safetensors.index.json"),
+        "the index comes last: {received:?}"
+    );
+}

@@ -2,13 +2,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use iroh::EndpointAddr;
 use serde_json::json;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::{NetArgs, TimeoutArgs, first_failure, parse_tickets};
@@ -181,6 +181,10 @@ fn collect(paths: &[PathBuf], rename: Option<&str>) -> Result<Vec<Outgoing>> {
     Ok(outgoing)
 }
 
+fn is_index(source: &Source) -> bool {
+    source.offer.format == Format::Index.as_str()
+}
+
 fn dir_name(path: &Path) -> Result<String> {
     let absolute = path
         .canonicalize()
@@ -202,19 +206,42 @@ async fn send_all(
     ui: Ui,
 ) -> Vec<Result<u64>> {
     let slots = Arc::new(Semaphore::new(FILES_IN_FLIGHT));
+    // A checkpoint's index names its shards, so it goes after them, and not at
+    // all if one of them failed: an index in place means the shards are too.
+    let shards = sources.iter().filter(|s| !is_index(s)).count();
+    let (shards_done, shards_failed) = watch::channel(if shards == 0 { Some(0) } else { None });
     let mut uploads = JoinSet::new();
     for index in 0..sources.len() {
-        let (pool, addr, sources, progress, slots, ui) = (
+        let (pool, addr, sources, progress, slots, ui, mut shards_failed) = (
             pool.clone(),
             addr.clone(),
             sources.clone(),
             progress.clone(),
             slots.clone(),
             ui.clone(),
+            shards_failed.clone(),
         );
         uploads.spawn(async move {
-            let _slot = slots.acquire().await.expect("never closed");
             let source = &sources[index];
+            if is_index(source) {
+                let failed = shards_failed
+                    .wait_for(Option::is_some)
+                    .await
+                    .map_or(1, |failed| failed.unwrap_or(1));
+                if failed > 0 {
+                    let withheld = anyhow::anyhow!(
+                        "not sent: {} of this send failed, and the index would name missing shards",
+                        count(failed as u64, "other file")
+                    )
+                    .context(format!(
+                        "sending {} to {}",
+                        source.offer.name,
+                        addr.id.fmt_short()
+                    ));
+                    return (index, Err(withheld), Duration::ZERO);
+                }
+            }
+            let _slot = slots.acquire().await.expect("never closed");
             let file_progress = progress.child();
             let _bar = ui.progress(&source.offer.name, Some(source.offer.size), &file_progress);
             let started = Instant::now();
@@ -227,14 +254,27 @@ async fn send_all(
         });
     }
     let mut outcomes = Vec::new();
+    let (mut shards_left, mut shards_lost) = (shards, 0);
+    let mut shard_finished = |lost: bool| {
+        shards_left = shards_left.saturating_sub(1);
+        shards_lost += usize::from(lost);
+        if shards_left == 0 {
+            shards_done.send_replace(Some(shards_lost));
+        }
+    };
     while let Some(joined) = uploads.join_next().await {
         let (index, sent, elapsed) = match joined {
             Ok(result) => result,
             Err(err) => {
                 outcomes.push(Err(anyhow::anyhow!("an upload task failed: {err}")));
+                // Counted as a lost shard, so no index waits for it forever.
+                shard_finished(true);
                 continue;
             }
         };
+        if !is_index(&sources[index]) {
+            shard_finished(sent.is_err());
+        }
         let offer = &sources[index].offer;
         if let Ok(sent) = &sent {
             if ui.json_mode() {
