@@ -848,6 +848,12 @@ fn sending_again_keeps_identical_files_and_moves_only_what_changed() {
         big_line["sent_bytes"], 0,
         "an identical large file is not sent again"
     );
+    let said = send(&listener.ticket, &[&big], &[]);
+    assert!(
+        text(&said.stderr).contains("already there: nothing sent"),
+        "{}",
+        text(&said.stderr)
+    );
     assert_eq!(
         files_below(&out),
         [PathBuf::from("big.safetensors"), PathBuf::from("small.npy")],

@@ -296,7 +296,9 @@ async fn send_all(
                 } else {
                     String::new()
                 };
-                let resumed = if sent.sent_bytes < offer.size {
+                let resumed = if sent.sent_bytes == 0 && offer.size > 0 {
+                    String::from(", already there: nothing sent")
+                } else if sent.sent_bytes < offer.size {
                     format!(", resumed: {} sent", human_bytes(sent.sent_bytes))
                 } else {
                     String::new()
