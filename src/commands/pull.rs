@@ -183,7 +183,7 @@ impl Patterns {
             || self
                 .patterns
                 .iter()
-                .any(|(text, glob)| text == name || glob.is_match(name))
+                .any(|(text, glob)| selects(text, glob, name))
     }
 
     /// Fails on the first pattern that matches no served tensor.
@@ -192,7 +192,7 @@ impl Patterns {
             let found = catalog
                 .iter()
                 .flat_map(|f| &f.tensors)
-                .any(|t| *text == t.name || glob.is_match(&t.name));
+                .any(|t| selects(text, glob, &t.name));
             if !found {
                 bail!("no served tensor matches {text:?}");
             }
@@ -234,6 +234,11 @@ impl Patterns {
             })
             .collect())
     }
+}
+
+/// A pattern selects a tensor by its exact name, or as a glob.
+fn selects(text: &str, glob: &GlobMatcher, name: &str) -> bool {
+    text == name || glob.is_match(name)
 }
 
 type Outcome = Result<(Received, std::time::Duration)>;

@@ -399,6 +399,13 @@ struct Partial {
     held: Vec<(u32, Hash)>,
 }
 
+impl Partial {
+    /// The chunks this partial file holds from an interrupted transfer.
+    fn chunks(&self) -> HashSet<u32> {
+        self.held.iter().map(|(index, _)| *index).collect()
+    }
+}
+
 fn record_path_for(partial: &Path) -> PathBuf {
     let name = partial.file_name().unwrap_or_default().to_string_lossy();
     let base = name.strip_suffix(PARTIAL_SUFFIX).unwrap_or(&name);
@@ -627,7 +634,7 @@ impl DiskSink {
     /// Copies into the partial the chunks the sender kept because `existing`
     /// held them, checking each against the hash it was offered with.
     fn fill_from(&mut self, existing: &Existing) -> Result<()> {
-        let in_partial: HashSet<u32> = self.partial.held.iter().map(|(index, _)| *index).collect();
+        let in_partial = self.partial.chunks();
         let mut buf = Vec::new();
         for (index, offered) in (0..).zip(&existing.chunk_hashes) {
             if in_partial.contains(&index) || self.received.contains(&index) {
@@ -660,7 +667,7 @@ impl Sink for DiskSink {
     fn held(&mut self) -> Vec<(u32, Hash)> {
         let mut held = self.partial.held.clone();
         if let Some(existing) = &self.existing {
-            let in_partial: HashSet<u32> = held.iter().map(|(index, _)| *index).collect();
+            let in_partial = self.partial.chunks();
             held.extend(
                 (0..)
                     .zip(existing.chunk_hashes.iter().copied())
