@@ -1,11 +1,15 @@
-//! Checking and writing a received file's data one batch behind the network.
+//! Checking and writing a received file's data behind the network.
 //!
-//! Hashing and disk writes run on a blocking thread while the receiving task
-//! reads the next batch, so the stream keeps flowing while the disk works. A
-//! file of one batch is checked in place, where a thread hand-off would cost
-//! more than the work.
+//! Hashing and disk writes run on a blocking thread fed through a short queue,
+//! so the stream keeps flowing while the disk works or the thread waits for a
+//! core. A file of one batch is checked in place, where a thread hand-off would
+//! cost more than the work.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::anyhow;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::hashing::ChunkHasher;
@@ -19,6 +23,10 @@ pub const BATCH: usize = 1 << 20;
 /// Where a batch's data starts: a page boundary, which lets a sink hand it to
 /// the disk without copying it into the page cache (`O_DIRECT`).
 const PAGE: usize = 4096;
+
+/// Batches queued for the blocking thread: enough to ride out its waits for a
+/// core (a few milliseconds on a busy machine) without stopping the stream.
+const QUEUED: usize = 4;
 
 /// A buffer for one batch whose data starts on a page boundary. The bytes
 /// before `start` only pad the allocation up to the boundary.
@@ -65,17 +73,20 @@ pub struct Batch {
 }
 
 pub struct Checker {
-    state: State,
+    /// The work, while no thread holds it.
+    work: Option<Box<Work>>,
+    worker: Option<Worker>,
     in_place: bool,
     batch_capacity: usize,
     spare: Vec<BatchBuf>,
 }
 
-enum State {
-    Idle(Box<Work>),
-    Busy(JoinHandle<Box<Work>>),
-    /// The blocking thread panicked and took the sink with it.
-    Lost,
+/// The blocking thread that checks and writes queued batches.
+struct Worker {
+    batches: mpsc::Sender<Batch>,
+    done_with: std::sync::mpsc::Receiver<BatchBuf>,
+    failed: Arc<AtomicBool>,
+    thread: JoinHandle<Box<Work>>,
 }
 
 struct Work {
@@ -83,16 +94,16 @@ struct Work {
     chunks: u64,
     hasher: Option<(u64, ChunkHasher)>,
     failure: Option<Failure>,
-    done_with: Option<BatchBuf>,
 }
 
 impl Work {
-    fn run(&mut self, mut batch: Batch) {
+    /// Checks and writes `batch` unless an earlier one failed; gives its buffer back.
+    fn run(&mut self, mut batch: Batch) -> BatchBuf {
         if self.failure.is_none() {
             self.failure = self.check_and_write(&batch).err();
         }
         batch.data.clear();
-        self.done_with = Some(batch.data);
+        batch.data
     }
 
     fn check_and_write(&mut self, batch: &Batch) -> Result<(), Failure> {
@@ -133,13 +144,13 @@ impl Checker {
     /// A checker for a file of `size` bytes in `chunks` chunks, written to `sink`.
     pub fn new(sink: Box<dyn Sink>, size: u64, chunks: u64) -> Checker {
         Checker {
-            state: State::Idle(Box::new(Work {
+            work: Some(Box::new(Work {
                 sink,
                 chunks,
                 hasher: None,
                 failure: None,
-                done_with: None,
             })),
+            worker: None,
             in_place: size <= BATCH as u64,
             batch_capacity: size.min(BATCH as u64) as usize,
             spare: Vec::new(),
@@ -148,73 +159,76 @@ impl Checker {
 
     /// An empty buffer for the next batch, reused from an earlier one.
     pub fn buffer(&mut self) -> BatchBuf {
+        if let Some(worker) = &self.worker {
+            self.spare.extend(worker.done_with.try_iter());
+        }
         self.spare
             .pop()
             .unwrap_or_else(|| BatchBuf::with_capacity(self.batch_capacity))
     }
 
-    /// Hands `batch` over once the previous one is done; fails with the first
-    /// failure of an earlier batch.
+    /// Queues `batch`, waiting while [`QUEUED`] batches are ahead of it; fails
+    /// with the first failure of an earlier batch.
     pub async fn submit(&mut self, batch: Batch) -> Result<(), Failure> {
-        let mut work = self.finished().await?;
         if self.in_place {
-            work.run(batch);
-            self.recycle(&mut work);
-            let failure = work.failure.take();
-            self.state = State::Idle(work);
-            return failure.map_or(Ok(()), Err);
+            let Some(work) = &mut self.work else {
+                return Err(lost());
+            };
+            self.spare.push(work.run(batch));
+            return work.failure.take().map_or(Ok(()), Err);
         }
-        self.state = State::Busy(tokio::task::spawn_blocking(move || {
-            work.run(batch);
-            work
-        }));
+        let worker = match &mut self.worker {
+            Some(worker) => worker,
+            None => {
+                let work = self.work.take().ok_or_else(lost)?;
+                self.worker.insert(Worker::start(work))
+            }
+        };
+        if worker.failed.load(Ordering::Acquire) || worker.batches.send(batch).await.is_err() {
+            return self.drain().await;
+        }
         Ok(())
     }
 
     /// Waits until every batch is checked and written.
     pub async fn drain(&mut self) -> Result<(), Failure> {
-        let mut work = self.finished().await?;
-        let failure = work.failure.take();
-        self.state = State::Idle(work);
-        failure.map_or(Ok(()), Err)
+        if let Some(worker) = self.worker.take() {
+            drop(worker.batches);
+            self.work = worker.thread.await.ok();
+        }
+        let work = self.work.as_mut().ok_or_else(lost)?;
+        work.failure.take().map_or(Ok(()), Err)
     }
 
     /// Waits for the last batch and gives the sink back.
     pub async fn into_sink(mut self) -> Result<Box<dyn Sink>, Failure> {
-        self.wait().await;
-        match self.state {
-            State::Idle(work) => Ok(work.sink),
-            _ => Err(lost()),
-        }
+        self.drain().await?;
+        self.work.map(|work| work.sink).ok_or_else(lost)
     }
+}
 
-    async fn finished(&mut self) -> Result<Box<Work>, Failure> {
-        self.wait().await;
-        match std::mem::replace(&mut self.state, State::Lost) {
-            State::Idle(mut work) => {
-                self.recycle(&mut work);
-                if let Some(failure) = work.failure.take() {
-                    self.state = State::Idle(work);
-                    return Err(failure);
+impl Worker {
+    fn start(mut work: Box<Work>) -> Worker {
+        let (batches, mut queued) = mpsc::channel::<Batch>(QUEUED);
+        let (give_back, done_with) = std::sync::mpsc::channel();
+        let failed = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let failed = failed.clone();
+            tokio::task::spawn_blocking(move || {
+                while let Some(batch) = queued.blocking_recv() {
+                    give_back.send(work.run(batch)).ok();
+                    if work.failure.is_some() {
+                        failed.store(true, Ordering::Release);
+                    }
                 }
-                Ok(work)
-            }
-            _ => Err(lost()),
-        }
-    }
-
-    async fn wait(&mut self) {
-        if let State::Busy(job) = &mut self.state {
-            self.state = match job.await {
-                Ok(work) => State::Idle(work),
-                Err(_) => State::Lost,
-            };
-        }
-    }
-
-    fn recycle(&mut self, work: &mut Work) {
-        if let Some(buffer) = work.done_with.take() {
-            self.spare.push(buffer);
+                work
+            })
+        };
+        Worker {
+            batches,
+            done_with,
+            failed,
+            thread,
         }
     }
 }
