@@ -825,6 +825,15 @@ fn a_name_must_keep_the_format_and_out_must_be_a_directory() {
 }
 
 #[test]
+fn a_bind_address_that_is_taken_fails_instead_of_printing_a_dead_ticket() {
+    let taken = std::net::UdpSocket::bind("[::1]:0").expect("IPv6 loopback");
+    let addr = taken.local_addr().unwrap().to_string();
+    let output = run(&["listen", "--relay", "disabled", "--bind", &addr]);
+    assert_one_line_error(&output, &addr);
+    assert!(output.stdout.is_empty(), "no ticket was printed");
+}
+
+#[test]
 fn sending_again_keeps_identical_files_and_moves_only_what_changed() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");

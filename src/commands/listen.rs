@@ -106,7 +106,7 @@ pub async fn run(args: ListenArgs, ui: Ui) -> Result<()> {
         allow,
     })
     .await?;
-    let ticket = endpoint::ticket(&endpoint, &args.net.relay).await;
+    let ticket = endpoint::ticket(&endpoint, &args.net.relay).await?;
     if args.json {
         ui.json(json!({
             "event": "listening",

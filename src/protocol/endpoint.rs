@@ -164,14 +164,16 @@ pub struct EndpointOptions {
 /// through the addresses in tickets, so nothing waits on the internet.
 pub async fn bind(options: EndpointOptions) -> Result<Endpoint> {
     let port = port_for(&options.secret_key.public());
+    let explicit = options.bind.is_some();
     let builder = |addrs: &[SocketAddr]| -> Result<iroh::endpoint::Builder> {
         let mut builder = base_builder(&options);
         if !addrs.is_empty() {
             builder = builder.clear_ip_transports();
         }
         for addr in addrs {
-            // IPv6 may be missing on a host; only IPv4 is required.
-            let opts = BindOpts::default().set_is_required(addr.is_ipv4());
+            // IPv6 may be missing on a host; only IPv4, or the address the
+            // user asked for, is required.
+            let opts = BindOpts::default().set_is_required(explicit || addr.is_ipv4());
             builder = builder
                 .bind_addr_with_opts(*addr, opts)
                 .with_context(|| format!("cannot bind to {addr}"))?;
@@ -181,7 +183,10 @@ pub async fn bind(options: EndpointOptions) -> Result<Endpoint> {
     let failed =
         |err: iroh::endpoint::BindError| anyhow!("cannot start the iroh endpoint: {err:#}");
     match options.bind {
-        Some(addr) => builder(&[addr])?.bind().await.map_err(failed),
+        Some(addr) => builder(&[addr])?
+            .bind()
+            .await
+            .map_err(|err| anyhow!("cannot bind to {addr}: {err:#}")),
         None if options.port_from_key => {
             let stable = [
                 SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
@@ -239,13 +244,20 @@ fn transport_config() -> QuicTransportConfig {
 
 /// The endpoint's ticket: its direct addresses at once, and its home relay when
 /// one is configured and answers within [`RELAY_WAIT`].
-pub async fn ticket(endpoint: &Endpoint, relay: &Relay) -> EndpointTicket {
+pub async fn ticket(endpoint: &Endpoint, relay: &Relay) -> Result<EndpointTicket> {
     if *relay != Relay::Disabled {
         tokio::time::timeout(RELAY_WAIT, endpoint.online())
             .await
             .ok();
     }
-    EndpointTicket::new(endpoint.addr())
+    let addr = endpoint.addr();
+    // A ticket without addresses would only fail later, on every sender.
+    if addr.is_empty() {
+        bail!(
+            "no address to put in the ticket: the endpoint found no reachable address where it is bound, and has no relay"
+        );
+    }
+    Ok(EndpointTicket::new(addr))
 }
 
 pub fn parse_ticket(text: &str) -> Result<EndpointAddr> {
