@@ -111,6 +111,32 @@ fn a_key_file_keeps_the_endpoint_id_and_wins_over_iroh_secret() {
     assert!(sent.status.success(), "{}", text(&sent.stderr));
     assert!(out.join("t.npy").exists());
 
+    // A second listener with the key finds its port taken: it says so in a
+    // plain warning and still serves, under another ticket.
+    let second_out = dir.path().join("second");
+    let second = Listener::start(&[
+        "--key",
+        key.to_str().unwrap(),
+        "--out",
+        second_out.to_str().unwrap(),
+    ]);
+    assert_ne!(second.ticket, tickets[0]);
+    wait_until(Duration::from_secs(10), "the port warning", || {
+        second.stderr().contains("listening as")
+    });
+    let warning = second.stderr();
+    assert!(
+        warning
+            .lines()
+            .any(|line| line.starts_with("warning: UDP port ")
+                && line
+                    .ends_with("(from this key) is taken; the ticket differs from earlier runs")),
+        "{warning}"
+    );
+    let sent = send(&second.ticket, &[&file], &[]);
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    assert!(second_out.join("t.npy").exists());
+
     let from_env = run_with(&["id"], &[(endpoint::SECRET_ENV, &secret)]);
     assert_eq!(
         text(&from_env.stdout).trim(),

@@ -106,6 +106,12 @@ pub async fn run(args: ListenArgs, ui: Ui) -> Result<()> {
         allow,
     })
     .await?;
+    if port_from_key && args.bind.is_none() && !endpoint::holds_key_port(&endpoint) {
+        ui.warn(format!(
+            "UDP port {} (from this key) is taken; the ticket differs from earlier runs",
+            endpoint::port_for(&endpoint.id())
+        ));
+    }
     let ticket = endpoint::ticket(&endpoint, &args.net.relay).await?;
     if args.json {
         ui.json(json!({

@@ -192,14 +192,10 @@ pub async fn bind(options: EndpointOptions) -> Result<Endpoint> {
                 SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
                 SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
             ];
+            // A taken port falls back to any: see [`holds_key_port`].
             match builder(&stable)?.bind().await {
                 Ok(endpoint) => Ok(endpoint),
-                Err(err) => {
-                    tracing::warn!(
-                        "UDP port {port} (from this key) is taken ({err:#}); the ticket will differ from earlier runs"
-                    );
-                    builder(&[])?.bind().await.map_err(failed)
-                }
+                Err(_) => builder(&[])?.bind().await.map_err(failed),
             }
         }
         None => builder(&[])?.bind().await.map_err(failed),
@@ -207,9 +203,19 @@ pub async fn bind(options: EndpointOptions) -> Result<Endpoint> {
 }
 
 /// A UDP port in the dynamic range, fixed by the endpoint id.
-fn port_for(id: &EndpointId) -> u16 {
+pub fn port_for(id: &EndpointId) -> u16 {
     let bytes = id.as_bytes();
     49152 + u16::from_le_bytes([bytes[0], bytes[1]]) % 16384
+}
+
+/// Whether `endpoint` got the port its key gives, so its ticket is the one of
+/// earlier runs with the same key.
+pub fn holds_key_port(endpoint: &Endpoint) -> bool {
+    let port = port_for(&endpoint.id());
+    endpoint
+        .bound_sockets()
+        .iter()
+        .any(|addr| addr.port() == port)
 }
 
 fn base_builder(options: &EndpointOptions) -> iroh::endpoint::Builder {
