@@ -321,7 +321,7 @@ impl Service {
             }
         };
         let progress = Progress::default();
-        let event = match send_file(writer, reader, &source, &progress).await {
+        let event = match send_file(writer, reader, None, &source, &progress).await {
             Ok(_) => Event::Served {
                 peer,
                 name: source.offer.name.clone(),
@@ -384,6 +384,9 @@ impl Sink for DiscardSink {
     }
     fn commit(self: Box<Self>, _hash: &Hash) -> Result<String> {
         Ok(String::new())
+    }
+    fn commit_blocks(&self) -> bool {
+        false
     }
     fn abandon(self: Box<Self>, _keep: bool) {}
     fn cancelled(&self) -> CancellationToken {

@@ -17,10 +17,15 @@ pub async fn upload(
     progress: &Progress,
 ) -> Result<Sent> {
     let (mut writer, mut reader) = pool.open(addr).await?;
-    writer.message(&Message::Upload).await.map_err(explain)?;
-    send_file(&mut writer, &mut reader, source, progress)
-        .await
-        .map_err(explain)
+    send_file(
+        &mut writer,
+        &mut reader,
+        Some(&Message::Upload),
+        source,
+        progress,
+    )
+    .await
+    .map_err(explain)
 }
 
 /// Writes `pieces` on a bare stream and waits for the listener to have read

@@ -218,6 +218,14 @@ impl FrameWriter {
             .map_err(|err| explain(anyhow::Error::new(err).context("stream broke")))
     }
 
+    /// Writes `pieces` in one go: the peer gets them in as few packets as they fit.
+    pub async fn write_all(&mut self, pieces: &mut [Bytes]) -> Result<()> {
+        tokio::time::timeout(self.stall, self.send.write_all_chunks(pieces))
+            .await
+            .map_err(|_| Stalled::after("took", self.stall))?
+            .map_err(|err| explain(anyhow::Error::new(err).context("stream broke")))
+    }
+
     pub async fn message(&mut self, message: &Message) -> Result<()> {
         self.write(Bytes::from(message.encode())).await
     }

@@ -262,22 +262,29 @@ enum Piece {
     End(Hash),
 }
 
-/// Sends `source` and waits for the receiver's verdict.
+/// Sends `source`, after `request` where the stream starts with one, and waits
+/// for the receiver's verdict.
 pub async fn send_file(
     writer: &mut FrameWriter,
     reader: &mut FrameReader,
+    request: Option<&Message>,
     source: &Source,
     progress: &Progress,
 ) -> Result<Sent> {
     let offer = &source.offer;
-    writer
-        .message(&Message::Offer(
-            offer_to_send(source, writer.stall()).await?,
-        ))
-        .await?;
+    // Written together with the data where no answer is awaited in between:
+    // a small file then costs the receiver one wake-up, not one per frame.
+    let mut opening: Vec<Bytes> = request
+        .map(|request| Bytes::from(request.encode()))
+        .into_iter()
+        .collect();
+    opening.push(Bytes::from(
+        Message::Offer(offer_to_send(source, writer.stall()).await?).encode(),
+    ));
     let held = if offer.eager {
         HashMap::new()
     } else {
+        writer.write_all(&mut std::mem::take(&mut opening)).await?;
         match reader.message().await? {
             Message::Ready { held } => held_map(&held)?,
             Message::Refused { reason } => bail!("{reason}"),
@@ -288,20 +295,16 @@ pub async fn send_file(
     let mut sent_bytes = 0;
     let (read_result, write_result) = if offer.size <= PIECE as u64 {
         // A small file is read inline: a thread hand-off would cost more than the read.
-        let mut pieces = Vec::new();
         let read = read_chunks(source, &held, &mut |piece| {
-            pieces.push(piece);
+            opening.push(piece_bytes(piece, &mut sent_bytes, progress));
             Ok(())
         });
-        let mut written = Ok(());
-        for piece in pieces {
-            written = write_piece(writer, piece, &mut sent_bytes, progress).await;
-            if written.is_err() {
-                break;
-            }
-        }
+        let written = writer.write_all(&mut opening).await;
         (read, written)
     } else {
+        if !opening.is_empty() {
+            writer.write_all(&mut opening).await?;
+        }
         let (tx, mut rx) = mpsc::channel(READ_AHEAD);
         let reading = {
             let source = source.clone();
@@ -314,7 +317,9 @@ pub async fn send_file(
         };
         let mut written = Ok(());
         while let Some(piece) = rx.recv().await {
-            written = write_piece(writer, piece, &mut sent_bytes, progress).await;
+            written = writer
+                .write(piece_bytes(piece, &mut sent_bytes, progress))
+                .await;
             if written.is_err() {
                 break;
             }
@@ -379,13 +384,9 @@ async fn offer_to_send(source: &Source, patience: Duration) -> Result<Offer> {
     Ok(offer)
 }
 
-async fn write_piece(
-    writer: &mut FrameWriter,
-    piece: Piece,
-    sent_bytes: &mut u64,
-    progress: &Progress,
-) -> Result<()> {
-    let bytes = match piece {
+/// The bytes `piece` puts on the stream; its data is counted as sent.
+fn piece_bytes(piece: Piece, sent_bytes: &mut u64, progress: &Progress) -> Bytes {
+    match piece {
         Piece::Header(bytes) => bytes,
         Piece::Data(bytes) => {
             *sent_bytes += bytes.len() as u64;
@@ -395,8 +396,7 @@ async fn write_piece(
         Piece::Hash(hash) => Bytes::copy_from_slice(&hash),
         Piece::Kept(index) => Bytes::copy_from_slice(&kept_frame(index)),
         Piece::End(hash) => Bytes::copy_from_slice(&end_frame(&hash)),
-    };
-    writer.write(bytes).await
+    }
 }
 
 fn held_map(held: &[HeldChunk]) -> Result<HashMap<u32, Hash>> {
@@ -484,6 +484,11 @@ pub trait Sink: Send {
     fn chunk_checked(&mut self, index: u32, hash: &Hash) -> Result<()>;
     /// Makes the whole, checked file visible; returns the name it got.
     fn commit(self: Box<Self>, hash: &Hash) -> Result<String>;
+    /// Whether `commit` touches the disk, and so needs a blocking thread; a
+    /// thread hand-off is most of a small file's round trip otherwise.
+    fn commit_blocks(&self) -> bool {
+        true
+    }
     /// Gives up, keeping checked chunks for a rerun when `keep` holds.
     fn abandon(self: Box<Self>, keep: bool);
     /// Fires when the sink must let go of its file (a rerun took it over).
@@ -565,11 +570,7 @@ where
         Err(failure) => return fail(writer, reader, &offer, failure.error).await,
     };
     match outcome {
-        // Committing syncs the file and may compare it with one stored before.
-        Ok((hash, received_bytes)) => match tokio::task::spawn_blocking(move || sink.commit(&hash))
-            .await
-            .unwrap_or_else(|_| Err(anyhow!("storing the file failed unexpectedly")))
-        {
+        Ok((hash, received_bytes)) => match commit(sink, hash).await {
             Ok(stored_as) => {
                 let hash = hash_hex(&hash);
                 writer
@@ -593,6 +594,17 @@ where
             fail(writer, reader, &offer, failure.error).await
         }
     }
+}
+
+/// Commits `sink`; on a blocking thread where that syncs the file and may
+/// compare it with one stored before.
+async fn commit(sink: Box<dyn Sink>, hash: Hash) -> Result<String> {
+    if !sink.commit_blocks() {
+        return sink.commit(&hash);
+    }
+    tokio::task::spawn_blocking(move || sink.commit(&hash))
+        .await
+        .unwrap_or_else(|_| Err(anyhow!("storing the file failed unexpectedly")))
 }
 
 async fn refuse(writer: &mut FrameWriter, reader: &mut FrameReader, reason: &str) {
