@@ -208,11 +208,20 @@ fn only_peers_on_the_allow_list_get_in() {
         "a refused sender wrote {:?}",
         files_below(&out)
     );
-    let reported = std::iter::from_fn(|| listener.lines.recv_timeout(Duration::from_secs(20)).ok())
-        .map(|line| serde_json::from_str::<serde_json::Value>(&line).unwrap())
-        .find(|event| event["event"] == "refused")
-        .expect("the listener reports the refused peer");
-    assert_eq!(reported["peer"], stranger_id.as_str());
+    // Each refused command is one `refused` event: the refusal is final, so
+    // a command does not dial again to be refused twice.
+    let refusals = || {
+        let first = listener.lines.recv_timeout(Duration::from_secs(20));
+        let rest = std::iter::from_fn(|| listener.lines.recv_timeout(Duration::from_secs(2)).ok());
+        first
+            .into_iter()
+            .chain(rest)
+            .map(|line| serde_json::from_str::<serde_json::Value>(&line).unwrap())
+            .filter(|event| event["event"] == "refused")
+            .map(|event| event["peer"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(refusals(), std::slice::from_ref(&stranger_id));
     let pulled = run(&[
         "pull",
         "--relay",
@@ -223,6 +232,19 @@ fn only_peers_on_the_allow_list_get_in() {
         stranger.to_str().unwrap(),
     ]);
     assert_one_line_error(&pulled, "refused");
+    assert_eq!(refusals(), std::slice::from_ref(&stranger_id));
+    let benched = run(&[
+        "bench",
+        "--relay",
+        "disabled",
+        &listener.ticket,
+        "--sizes",
+        "4K",
+        "--key",
+        stranger.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&benched, "refused");
+    assert_eq!(refusals(), std::slice::from_ref(&stranger_id));
 
     let admitted = send(
         &listener.ticket,

@@ -8,13 +8,13 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use iroh::endpoint::{ConnectOptions, Connection};
+use iroh::endpoint::{ConnectOptions, Connection, ConnectionError, VarInt};
 use iroh::{Endpoint, EndpointAddr, EndpointId};
 use tokio::sync::Mutex;
 
 use super::stream::{FrameReader, FrameWriter};
 use super::wire::{Message, PROTOCOL_VERSION};
-use super::{ALPN, HELLO_ALPN, explain};
+use super::{ALPN, CODE_REFUSED, CODE_SHUTDOWN, HELLO_ALPN, explain};
 
 /// The predecessor's defaults, which suit a CLI as well as a library.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -59,6 +59,20 @@ impl Pool {
         if let Some((ended, error)) = self.failed_dials.lock().expect("pool lock").get(&addr.id)
             && (*ended >= asked || ended.elapsed() < self.timeout)
         {
+            bail!("{error}");
+        }
+        if let Some(pooled) = connections.get(&addr.id)
+            && let Some(reason) = pooled.connection.close_reason()
+            && closed_on_purpose(&reason)
+        {
+            // Shared like a failed dial, so concurrent requests do not each
+            // dial again to be refused again.
+            let error = format!("{:#}", explain(reason.into()));
+            self.failed_dials
+                .lock()
+                .expect("pool lock")
+                .insert(addr.id, (Instant::now(), error.clone()));
+            connections.remove(&addr.id);
             bail!("{error}");
         }
         connections.retain(|_, pooled| {
@@ -147,7 +161,7 @@ impl Pool {
                         FrameReader::new(recv, self.timeout),
                     ));
                 }
-                Ok(Err(err)) if !retried => {
+                Ok(Err(err)) if !retried && !closed_on_purpose(&err) => {
                     tracing::debug!("pooled connection failed ({err}), redialing");
                     self.forget(addr.id, &connection).await;
                     retried = true;
@@ -185,6 +199,13 @@ impl Pool {
             .await
             .ok();
     }
+}
+
+/// The listener refused this endpoint or shut down: a redial would only be
+/// refused again (and counted again in the listener's log).
+fn closed_on_purpose(err: &ConnectionError) -> bool {
+    matches!(err, ConnectionError::ApplicationClosed(close)
+        if [CODE_REFUSED, CODE_SHUTDOWN].map(VarInt::from_u32).contains(&close.error_code))
 }
 
 /// Sends our version on a connection that negotiated the neutral ALPN and
