@@ -98,23 +98,13 @@ median() { printf '%s\n' "$@" | sort -g | sed -n "$((($# + 1) / 2))p"; }
 # The first big run warms the listener up (a listener normally runs for long;
 # the predecessor's timing excludes its start-up too) and gives the memory
 # peaks. Timed runs are not sampled: on two cores the sampler's processes
-# would slow the transfer. Each size is timed RUNS times; the median counts.
+# would slow the transfer. Each size is timed RUNS times, ours, the bare stream
+# and the predecessor's in turn, so a machine that slows down or speeds up
+# during the script weighs on all of them alike; the median counts.
 RUNS=${RUNS:-3}
 read -r _ send_rss listen_rss < <(send_once big.safetensors 1)
-big_times=(); small_times=()
-for _ in $(seq "$RUNS"); do
-    read -r t _ _ < <(send_once big.safetensors 0); big_times+=("$t")
-    read -r t _ _ < <(send_once small.safetensors 0); small_times+=("$t")
-done
-ours_big=$(median "${big_times[@]}")
-ours_small=$(median "${small_times[@]}")
 python3 -c "import numpy as np; np.save('tiny.npy', np.zeros(1024, dtype=np.float32))"
 read -r ours_tiny _ _ < <(send_once tiny.npy 0)
-# The bare stream moves as many bytes as the big file, so both see the same
-# connection warm-up and the same length of run.
-raw_json=$("$BIN" bench "$TICKET" --raw --sizes "$BIG_BYTES" --iters "$RUNS" --json --relay disabled)
-file_json=$("$BIN" bench "$TICKET" --sizes 4K --iters 500 --json --relay disabled)
-kill "$LISTENER_PID"; LISTENER_PID=
 
 # --- the predecessor -------------------------------------------------------------
 predecessor() { # FILE COUNT -> seconds from its first send_tensor to its last returning
@@ -145,27 +135,42 @@ predecessor() { # FILE COUNT -> seconds from its first send_tensor to its last r
     echo "the predecessor failed three times in a row" >&2
     exit 1
 }
+
+# The bare stream moves as many bytes as the big file, so both see the same
+# connection warm-up and the same length of run.
+raw_once() { # -> MB/s of one bare-stream transfer of the big file's size
+    "$BIN" bench "$TICKET" --raw --sizes "$BIG_BYTES" --iters 1 --json --relay disabled \
+        | python3 -c "import json, sys; r = json.loads(sys.stdin.readlines()[-1]); print(r['size_bytes'] / r['p50_us'])"
+}
+big_times=(); small_times=(); raw_rates=()
 old_big_times=(); old_small_times=(); old_big_received=256; old_small_received=2000
 for _ in $(seq "$RUNS"); do
+    read -r t _ _ < <(send_once big.safetensors 0); big_times+=("$t")
+    read -r t _ _ < <(send_once small.safetensors 0); small_times+=("$t")
+    raw_rates+=("$(raw_once)")
     read -r t got < <(predecessor big.safetensors 256)
     old_big_times+=("$t"); [ "$got" -lt "$old_big_received" ] && old_big_received=$got
     read -r t got < <(predecessor small.safetensors 2000)
     old_small_times+=("$t"); [ "$got" -lt "$old_small_received" ] && old_small_received=$got
 done
+ours_big=$(median "${big_times[@]}")
+ours_small=$(median "${small_times[@]}")
+raw=$(median "${raw_rates[@]}")
+file_json=$("$BIN" bench "$TICKET" --sizes 4K --iters 500 --json --relay disabled)
+kill "$LISTENER_PID"; LISTENER_PID=
 old_big=$(median "${old_big_times[@]}")
 old_small=$(median "${old_small_times[@]}")
-echo "runs (s): ours big ${big_times[*]}, small ${small_times[*]}; predecessor big ${old_big_times[*]}, small ${old_small_times[*]}" >&2
+echo "runs (s): ours big ${big_times[*]}, small ${small_times[*]}; raw MB/s ${raw_rates[*]}; predecessor big ${old_big_times[*]}, small ${old_small_times[*]}" >&2
 
 python3 - "$BIG_BYTES" "$SMALL_BYTES" "$ours_big" "$old_big" "$ours_small" "$old_small" \
-    "$send_rss" "$listen_rss" "$ticket_s" "$ours_tiny" "$raw_json" "$file_json" \
+    "$send_rss" "$listen_rss" "$ticket_s" "$ours_tiny" "$raw" "$file_json" \
     "$old_big_received" "$old_small_received" <<'EOF'
 import json, sys
 (big, small, ours_big, old_big, ours_small, old_small, send_rss, listen_rss,
- ticket_s, ours_tiny, raw_json, file_json, old_big_received, old_small_received) = sys.argv[1:]
+ ticket_s, ours_tiny, raw, file_json, old_big_received, old_small_received) = sys.argv[1:]
 big, small = int(big), int(small)
 ours_big, old_big, ours_small, old_small = map(float, (ours_big, old_big, ours_small, old_small))
-raw_row = json.loads(raw_json.splitlines()[-1])
-raw = raw_row["size_bytes"] / 1e6 / (raw_row["p50_us"] / 1e6)
+raw = float(raw)
 warm = json.loads(file_json.splitlines()[-1])["p50_us"]
 mbs = lambda b, s: b / 1e6 / s
 print(f"| measurement | tensor-iroh | predecessor | ratio |")
