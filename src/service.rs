@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::catalog::Catalog;
 use crate::protocol::pool::peer_answers;
 use crate::protocol::stream::{FrameReader, FrameWriter};
-use crate::protocol::transfer::{Progress, Received, Sink, receive_file, send_file};
+use crate::protocol::transfer::{Committed, Progress, Received, Sink, receive_file, send_file};
 use crate::protocol::wire::{CHUNK_SIZE, Hash, Message, Offer, PROTOCOL_VERSION};
 use crate::protocol::{CODE_SHUTDOWN, HELLO_ALPN};
 use crate::store::{Liveness, Store};
@@ -382,8 +382,8 @@ impl Sink for DiscardSink {
     fn chunk_checked(&mut self, _index: u32, _hash: &Hash) -> Result<()> {
         Ok(())
     }
-    fn commit(self: Box<Self>, _hash: &Hash) -> Result<String> {
-        Ok(String::new())
+    fn commit(self: Box<Self>, _hash: &Hash) -> Result<Committed> {
+        Ok(Committed::new(""))
     }
     fn commit_blocks(&self) -> bool {
         false
@@ -431,8 +431,8 @@ impl<G: Send> Sink for StdoutSink<G> {
         self.pending.clear();
         Ok(())
     }
-    fn commit(self: Box<Self>, _hash: &Hash) -> Result<String> {
-        Ok("<stdout>".into())
+    fn commit(self: Box<Self>, _hash: &Hash) -> Result<Committed> {
+        Ok(Committed::new("<stdout>"))
     }
     fn abandon(self: Box<Self>, _keep: bool) {
         if self.wrote {

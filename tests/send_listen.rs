@@ -242,11 +242,23 @@ fn taken_names_get_new_ones_and_force_overwrites() {
     assert_same(&second, &out.join("x.1.safetensors"));
 
     let forced_dir = dir.path().join("forced");
-    let forcing = Listener::start(&["--out", forced_dir.to_str().unwrap(), "--force"]);
+    let forcing = Listener::start(&["--out", forced_dir.to_str().unwrap(), "--force", "--json"]);
     assert!(send(&forcing.ticket, &[&first], &[]).status.success());
     assert!(send(&forcing.ticket, &[&second], &[]).status.success());
     assert_same(&second, &forced_dir.join("x.safetensors"));
     assert_eq!(files_below(&forced_dir).len(), 1);
+    let replaced: Vec<_> =
+        std::iter::from_fn(|| forcing.lines.recv_timeout(Duration::from_secs(20)).ok())
+            .map(|line| serde_json::from_str::<serde_json::Value>(&line).unwrap())
+            .filter(|event| event["event"] == "received")
+            .map(|event| event["replaced"].clone())
+            .take(2)
+            .collect();
+    assert_eq!(
+        replaced,
+        [false, true],
+        "the listener says what it overwrote"
+    );
 }
 
 #[test]

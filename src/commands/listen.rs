@@ -231,17 +231,19 @@ fn report(ui: &Ui, event: Event) {
                     "bytes": offer.size,
                     "received_bytes": received.received_bytes,
                     "blake3": received.hash,
+                    "replaced": received.replaced,
                     "peer": peer.to_string(),
                     "seconds": elapsed.as_secs_f64(),
                     "mb_per_s": mb_per_s(received.received_bytes, elapsed),
                 }));
             } else {
-                let renamed =
-                    if received.stored_as != offer.name && received.stored_as != "<stdout>" {
-                        format!(" (as {}, the name was taken)", ui.bold(&received.stored_as))
-                    } else {
-                        String::new()
-                    };
+                let renamed = if received.replaced {
+                    " (replacing the file stored under that name)".to_string()
+                } else if received.stored_as != offer.name && received.stored_as != "<stdout>" {
+                    format!(" (as {}, the name was taken)", ui.bold(&received.stored_as))
+                } else {
+                    String::new()
+                };
                 ui.say(format!(
                     "{} {}{renamed}: {}, {} from {} at {:.1} MB/s",
                     ui.green("received"),

@@ -341,16 +341,22 @@ fn report_file(ui: &Ui, received: &Received, elapsed: std::time::Duration) {
             "bytes": offer.size,
             "sent_bytes": received.received_bytes,
             "blake3": received.hash,
+            "replaced": received.replaced,
             "seconds": elapsed.as_secs_f64(),
             "mb_per_s": mb_per_s(offer.size, elapsed),
         }));
     } else {
         ui.say(format!(
-            "{} {}: {}, {}",
+            "{} {}: {}, {}{}",
             ui.green("pulled"),
             ui.bold(&received.stored_as),
             count(offer.tensors, "tensor"),
-            human_bytes(offer.size)
+            human_bytes(offer.size),
+            if received.replaced {
+                " (replacing the file that was there)"
+            } else {
+                ""
+            }
         ));
     }
 }

@@ -482,8 +482,8 @@ pub trait Sink: Send {
     fn write(&mut self, offset: u64, data: &[u8]) -> Result<()>;
     /// The chunk's data was written and its hash matched.
     fn chunk_checked(&mut self, index: u32, hash: &Hash) -> Result<()>;
-    /// Makes the whole, checked file visible; returns the name it got.
-    fn commit(self: Box<Self>, hash: &Hash) -> Result<String>;
+    /// Makes the whole, checked file visible.
+    fn commit(self: Box<Self>, hash: &Hash) -> Result<Committed>;
     /// Whether `commit` touches the disk, and so needs a blocking thread; a
     /// thread hand-off is most of a small file's round trip otherwise.
     fn commit_blocks(&self) -> bool {
@@ -495,11 +495,29 @@ pub trait Sink: Send {
     fn cancelled(&self) -> CancellationToken;
 }
 
+/// Where a sink put a committed file.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub name: String,
+    /// It took the place of a file stored under that name before (`--force`).
+    pub replaced: bool,
+}
+
+impl Committed {
+    pub fn new(name: impl Into<String>) -> Committed {
+        Committed {
+            name: name.into(),
+            replaced: false,
+        }
+    }
+}
+
 /// What a receiver reports about a stored file.
 #[derive(Debug, Clone)]
 pub struct Received {
     pub offer: Offer,
     pub stored_as: String,
+    pub replaced: bool,
     pub hash: String,
     pub received_bytes: u64,
 }
@@ -571,18 +589,19 @@ where
     };
     match outcome {
         Ok((hash, received_bytes)) => match commit(sink, hash).await {
-            Ok(stored_as) => {
+            Ok(committed) => {
                 let hash = hash_hex(&hash);
                 writer
                     .message(&Message::Stored {
-                        name: stored_as.clone(),
+                        name: committed.name.clone(),
                         hash: hash.clone(),
                     })
                     .await?;
                 writer.finish_and_flush().await;
                 Ok(Received {
                     offer,
-                    stored_as,
+                    stored_as: committed.name,
+                    replaced: committed.replaced,
                     hash,
                     received_bytes,
                 })
@@ -598,7 +617,7 @@ where
 
 /// Commits `sink`; on a blocking thread where that syncs the file and may
 /// compare it with one stored before.
-async fn commit(sink: Box<dyn Sink>, hash: Hash) -> Result<String> {
+async fn commit(sink: Box<dyn Sink>, hash: Hash) -> Result<Committed> {
     if !sink.commit_blocks() {
         return sink.commit(&hash);
     }

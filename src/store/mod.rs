@@ -28,7 +28,7 @@ use direct::DirectFile;
 
 use crate::formats::Format;
 use crate::protocol::hashing::{ChunkHasher, file_hash};
-use crate::protocol::transfer::Sink;
+use crate::protocol::transfer::{Committed, Sink};
 use crate::protocol::wire::{CHUNK_SIZE, Hash, Offer, hash_hex, parse_hash};
 
 const PARTIAL_SUFFIX: &str = ".tensor-iroh-partial";
@@ -333,7 +333,7 @@ impl Store {
     /// Links `partial` under `target` or the first free `stem.N.ext` beside it
     /// (renames over `target` with force) and removes it, also when that fails;
     /// returns the name relative to the store.
-    fn commit(&self, dir: &Path, target: &Path, partial: &Path) -> Result<PathBuf> {
+    fn commit(&self, dir: &Path, target: &Path, partial: &Path) -> Result<Committed> {
         let file_name = target
             .file_name()
             .expect("safe names end in a file name")
@@ -342,7 +342,9 @@ impl Store {
         let format = Format::from_name(&file_name).expect("safe names have a format");
         let stem = &file_name[..file_name.len() - format.extension().len() - 1];
         let relative_dir = target.parent().unwrap_or(Path::new(""));
+        let mut replaced = false;
         let chosen = if self.force {
+            replaced = std::fs::symlink_metadata(dir.join(&file_name)).is_ok();
             if let Err(err) = std::fs::rename(partial, dir.join(&file_name)) {
                 std::fs::remove_file(partial).ok();
                 return Err(err)
@@ -377,7 +379,10 @@ impl Store {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .with_context(|| format!("cannot sync directory {}", dir.display()))?;
-        Ok(relative_dir.join(chosen))
+        Ok(Committed {
+            name: relative_dir.join(chosen).to_string_lossy().into_owned(),
+            replaced,
+        })
     }
 }
 
@@ -696,7 +701,7 @@ impl Sink for DiskSink {
             .with_context(|| format!("cannot write to {}", self.dir.display()))
     }
 
-    fn commit(mut self: Box<Self>, hash: &Hash) -> Result<String> {
+    fn commit(mut self: Box<Self>, hash: &Hash) -> Result<Committed> {
         let existing = match self.existing.take() {
             Some(existing) => Some(existing),
             // Another transfer may have stored the same file while this one
@@ -716,7 +721,7 @@ impl Sink for DiskSink {
             {
                 // Already stored under its name: no second copy.
                 self.remove_partial();
-                return Ok(existing.name);
+                return Ok(Committed::new(existing.name));
             }
             if let Err(err) = self.fill_from(&existing) {
                 self.remove_partial();
@@ -731,10 +736,8 @@ impl Sink for DiskSink {
         std::fs::remove_file(&self.partial.record_path).ok();
         // From here the partial's name may be claimed by a new transfer as soon
         // as it is linked away, so only the store's commit touches it.
-        let stored = self
-            .store
-            .commit(&self.dir, &self.target, &self.partial.path)?;
-        Ok(stored.to_string_lossy().into_owned())
+        self.store
+            .commit(&self.dir, &self.target, &self.partial.path)
     }
 
     fn abandon(self: Box<Self>, keep: bool) {
