@@ -422,7 +422,7 @@ fn record_path_for(partial: &Path) -> PathBuf {
 fn open_partial(offer: &Offer, file: File, path: &Path, record_path: &Path) -> Result<Partial> {
     let existing = file.metadata().map(|m| m.len()).unwrap_or(0);
     let held = if existing == offer.size {
-        recheck(&file, record_path, offer).unwrap_or_default()
+        recheck(&file, record_path, offer, hash_budget(offer)).unwrap_or_default()
     } else {
         Vec::new()
     };
@@ -494,8 +494,14 @@ fn free_space(dir: &Path) -> Option<u64> {
     (rc == 0).then(|| stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
-/// The chunks listed in the record whose data on disk still has the listed hash.
-fn recheck(file: &File, record_path: &Path, offer: &Offer) -> Result<Vec<(u32, Hash)>> {
+/// The chunks listed in the record whose data on disk still has the listed
+/// hash, as many as can be hashed within `budget`.
+fn recheck(
+    file: &File,
+    record_path: &Path,
+    offer: &Offer,
+    budget: Duration,
+) -> Result<Vec<(u32, Hash)>> {
     let record = BufReader::new(File::open(record_path)?);
     let chunks = offer.chunks();
     let mut listed = HashMap::new();
@@ -514,7 +520,11 @@ fn recheck(file: &File, record_path: &Path, offer: &Offer) -> Result<Vec<(u32, H
     let mut buf = Vec::new();
     let mut indexes: Vec<_> = listed.keys().copied().collect();
     indexes.sort_unstable();
+    let started = std::time::Instant::now();
     for index in indexes {
+        if started.elapsed() >= budget {
+            break;
+        }
         if hash_chunk_at(file, offer, index, &mut buf)? == listed[&index] {
             held.push((index, listed[&index]));
         }
@@ -539,12 +549,21 @@ fn hash_chunk_at(
     Ok(hasher.finalize())
 }
 
-/// The share of the sender's patience a listener may spend hashing a file
-/// already stored under an offered name before it answers; a larger file is
-/// sent as if the stored one were different.
-const EXISTING_HASH_SHARE: u32 = 2;
+/// The share of the sender's patience a listener may spend hashing what it
+/// holds (a partial file, a file stored under the offered name) before it
+/// answers an offer: the sender waits for that answer with its stall timeout
+/// running. What is not hashed in time is sent again.
+const HASH_BUDGET_SHARE: u32 = 2;
 /// And never longer than this.
-const EXISTING_HASH_MAX: Duration = Duration::from_secs(30);
+const HASH_BUDGET_MAX: Duration = Duration::from_secs(30);
+
+fn hash_budget(offer: &Offer) -> Duration {
+    match offer.patience_secs {
+        // A sender that does not say its patience.
+        0 => HASH_BUDGET_MAX,
+        secs => (Duration::from_secs(secs) / HASH_BUDGET_SHARE).min(HASH_BUDGET_MAX),
+    }
+}
 
 /// A file already stored under the offered name with the offered size: a rerun
 /// after an interrupted send, most likely. Its chunks are offered as held, so an
@@ -575,9 +594,7 @@ impl Existing {
         {
             return None;
         }
-        // The sender waits for our answer with its stall timeout running.
-        let budget =
-            (Duration::from_secs(offer.patience_secs) / EXISTING_HASH_SHARE).min(EXISTING_HASH_MAX);
+        let budget = hash_budget(offer);
         let started = std::time::Instant::now();
         for index in 1..offer.chunks() as u32 {
             if started.elapsed() > budget {
@@ -754,6 +771,43 @@ impl Sink for DiskSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resume_keeps_the_chunks_that_still_match_and_hashes_within_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let chunk = CHUNK_SIZE as usize;
+        let mut data: Vec<u8> = (0..3 * chunk).map(|i| (i % 251) as u8).collect();
+        let offer = Offer {
+            name: "w.safetensors".into(),
+            format: "safetensors".into(),
+            size: data.len() as u64,
+            tensors: 1,
+            identity: String::new(),
+            eager: false,
+            discard: false,
+            first_chunk: None,
+            patience_secs: 30,
+        };
+        let record_path = dir.path().join("record");
+        let mut record = String::new();
+        let mut buf = Vec::new();
+        let path = dir.path().join("partial");
+        std::fs::write(&path, &data).unwrap();
+        for index in 0..3 {
+            let hash = hash_chunk_at(&File::open(&path).unwrap(), &offer, index, &mut buf).unwrap();
+            record.push_str(&format!("{index} {}\n", hash_hex(&hash)));
+        }
+        std::fs::write(&record_path, record).unwrap();
+        data[chunk + 5] ^= 1;
+        std::fs::write(&path, &data).unwrap();
+        let file = File::open(&path).unwrap();
+
+        let held = recheck(&file, &record_path, &offer, Duration::from_secs(60)).unwrap();
+        let indexes: Vec<u32> = held.iter().map(|(index, _)| *index).collect();
+        assert_eq!(indexes, [0, 2], "the changed chunk is not held");
+        let held = recheck(&file, &record_path, &offer, Duration::ZERO).unwrap();
+        assert!(held.is_empty(), "no time to hash: nothing is held");
+    }
 
     #[test]
     fn names_cannot_escape() {
