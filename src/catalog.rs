@@ -11,8 +11,8 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 
 use crate::formats::{Format, SafetensorsBuilder, TensorFile, files_in};
-use crate::protocol::transfer::{Segment, Source};
-use crate::protocol::wire::{CatalogFile, TensorEntry, TensorRef};
+use crate::protocol::transfer::{Segment, Source, file_offer};
+use crate::protocol::wire::{CatalogFile, Offer, TensorEntry, TensorRef};
 
 pub struct Catalog {
     files: Vec<TensorFile>,
@@ -188,6 +188,17 @@ impl Catalog {
     }
 }
 
+/// The offer [`whole_file`] makes, without opening the file.
+pub fn whole_file_offer(file: &TensorFile, name: String) -> Offer {
+    file_offer(
+        name,
+        file.format.as_str(),
+        file.tensors.len() as u64,
+        &file.header,
+        file.size,
+    )
+}
+
 /// The source for a whole file, sent under `name`.
 pub fn whole_file(file: &TensorFile, name: String) -> Result<Source> {
     let handle = Arc::new(open(file)?);
@@ -205,7 +216,7 @@ pub fn whole_file(file: &TensorFile, name: String) -> Result<Source> {
 }
 
 fn open(file: &TensorFile) -> Result<File> {
-    File::open(&file.path).with_context(|| format!("{} is gone", file.file_name()))
+    File::open(&file.path).with_context(|| format!("cannot open {}", file.file_name()))
 }
 
 /// Appends a file range, extending the previous one when they touch.

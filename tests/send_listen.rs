@@ -837,6 +837,32 @@ fn a_name_must_keep_the_format_and_out_must_be_a_directory() {
 }
 
 #[test]
+fn a_send_of_more_files_than_open_descriptors_allowed_still_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let many = dir.path().join("many");
+    std::fs::create_dir(&many).unwrap();
+    for i in 0..200u8 {
+        small_npy(&many, &format!("t{i:03}.npy"), i);
+    }
+    let listener = Listener::start(&["--out", out.to_str().unwrap()]);
+    // 64 descriptors: far fewer than files, as 1024 is for a large checkpoint.
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 64 && exec {} send --relay disabled {} {}",
+            bin(),
+            listener.ticket,
+            many.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(files_below(&out.join("many")).len(), 200);
+    assert_same(&many.join("t123.npy"), &out.join("many/t123.npy"));
+}
+
+#[test]
 fn a_bind_address_that_is_taken_fails_instead_of_printing_a_dead_ticket() {
     let taken = std::net::UdpSocket::bind("[::1]:0").expect("IPv6 loopback");
     let addr = taken.local_addr().unwrap().to_string();

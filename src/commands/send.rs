@@ -12,11 +12,12 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::{NetArgs, TimeoutArgs, first_failure, parse_tickets};
-use crate::catalog::whole_file;
+use crate::catalog::{whole_file, whole_file_offer};
 use crate::formats::{Format, TensorFile, files_in};
 use crate::protocol::client;
 use crate::protocol::pool::Pool;
-use crate::protocol::transfer::{Progress, Source};
+use crate::protocol::transfer::Progress;
+use crate::protocol::wire::Offer;
 use crate::ui::{Totals, Ui, count, human_bytes, mb_per_s, one_line};
 
 /// Files in flight at once to one listener, each on its own stream.
@@ -88,21 +89,31 @@ pub async fn run(args: SendArgs, ui: Ui) -> Result<()> {
     result
 }
 
+/// A validated file and the offer it goes out with. It is opened only when its
+/// upload starts, so a send of thousands of files holds a few descriptors, not
+/// thousands.
+struct Planned {
+    file: TensorFile,
+    offer: Offer,
+}
+
 /// Everything that can fail before a byte is sent: tickets, files, the endpoint.
-async fn prepare(args: &SendArgs) -> Result<(Vec<EndpointAddr>, Arc<Vec<Source>>, Arc<Pool>)> {
+async fn prepare(args: &SendArgs) -> Result<(Vec<EndpointAddr>, Arc<Vec<Planned>>, Arc<Pool>)> {
     let targets = parse_tickets(std::iter::once(&args.ticket).chain(&args.to))?;
-    let outgoing = collect(&args.files, args.name.as_deref())?;
-    let sources: Vec<Source> = outgoing
-        .iter()
-        .map(|o| whole_file(&o.file, o.name.clone()))
-        .collect::<Result<_>>()?;
+    let planned = collect(&args.files, args.name.as_deref())?
+        .into_iter()
+        .map(|o| Planned {
+            offer: whole_file_offer(&o.file, o.name),
+            file: o.file,
+        })
+        .collect();
     let pool = Arc::new(args.net.pool(&args.timeout).await?);
-    Ok((targets, Arc::new(sources), pool))
+    Ok((targets, Arc::new(planned), pool))
 }
 
 async fn send_everywhere(
     targets: Vec<EndpointAddr>,
-    sources: Arc<Vec<Source>>,
+    sources: Arc<Vec<Planned>>,
     pool: Arc<Pool>,
     ui: &Ui,
 ) -> (Totals, Result<()>) {
@@ -181,7 +192,7 @@ fn collect(paths: &[PathBuf], rename: Option<&str>) -> Result<Vec<Outgoing>> {
     Ok(outgoing)
 }
 
-fn is_index(source: &Source) -> bool {
+fn is_index(source: &Planned) -> bool {
     source.offer.format == Format::Index.as_str()
 }
 
@@ -201,7 +212,7 @@ fn dir_name(path: &Path) -> Result<String> {
 async fn send_all(
     pool: Arc<Pool>,
     addr: EndpointAddr,
-    sources: Arc<Vec<Source>>,
+    sources: Arc<Vec<Planned>>,
     progress: Progress,
     ui: Ui,
 ) -> Vec<Result<u64>> {
@@ -245,11 +256,14 @@ async fn send_all(
             let file_progress = progress.child();
             let _bar = ui.progress(&source.offer.name, Some(source.offer.size), &file_progress);
             let started = Instant::now();
-            let sent = client::upload(&pool, &addr, source, &file_progress)
-                .await
-                .with_context(|| {
-                    format!("sending {} to {}", source.offer.name, addr.id.fmt_short())
-                });
+            let sent = async {
+                // The file must still be the one validated when the send began.
+                source.file.check_unchanged()?;
+                let opened = whole_file(&source.file, source.offer.name.clone())?;
+                client::upload(&pool, &addr, &opened, &file_progress).await
+            }
+            .await
+            .with_context(|| format!("sending {} to {}", source.offer.name, addr.id.fmt_short()));
             (index, sent, started.elapsed())
         });
     }

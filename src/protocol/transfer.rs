@@ -65,8 +65,7 @@ pub struct Source {
 }
 
 impl Source {
-    /// `identity_header` is hashed with the size into the offer's identity, which
-    /// a rerun must reproduce to resume a partial file.
+    /// See [`file_offer`] for `identity_header`.
     pub fn new(
         name: String,
         format: &str,
@@ -75,21 +74,8 @@ impl Source {
         segments: Vec<Segment>,
     ) -> Source {
         let size = segments.iter().map(Segment::len).sum::<u64>();
-        let mut identity = blake3::Hasher::new();
-        identity.update(&size.to_le_bytes());
-        identity.update(identity_header);
         Source {
-            offer: Offer {
-                name,
-                format: format.to_string(),
-                size,
-                tensors,
-                identity: identity.finalize().to_hex()[..32].to_string(),
-                eager: size <= CHUNK_SIZE,
-                discard: false,
-                first_chunk: None,
-                patience_secs: 0,
-            },
+            offer: file_offer(name, format, tensors, identity_header, size),
             segments,
         }
     }
@@ -132,6 +118,32 @@ impl Source {
         }
         // The buffer comes back to the pool when the network drops its last copy.
         Ok(Bytes::from_owner(pooled))
+    }
+}
+
+/// The offer for a file of `size` bytes. `identity_header` is hashed with the
+/// size into the offer's identity, which a rerun must reproduce to resume a
+/// partial file.
+pub fn file_offer(
+    name: String,
+    format: &str,
+    tensors: u64,
+    identity_header: &[u8],
+    size: u64,
+) -> Offer {
+    let mut identity = blake3::Hasher::new();
+    identity.update(&size.to_le_bytes());
+    identity.update(identity_header);
+    Offer {
+        name,
+        format: format.to_string(),
+        size,
+        tensors,
+        identity: identity.finalize().to_hex()[..32].to_string(),
+        eager: size <= CHUNK_SIZE,
+        discard: false,
+        first_chunk: None,
+        patience_secs: 0,
     }
 }
 
