@@ -351,6 +351,13 @@ impl Service {
                 store.accept(offer, alive).await
             }
             Uploads::Stdout => {
+                // Files joined on one stream would read as the first alone.
+                if offer.files_in_send > 1 {
+                    bail!(
+                        "this listener writes to stdout and takes a send of one file; this send has {} (send them one by one, or listen with --out DIR)",
+                        offer.files_in_send
+                    );
+                }
                 let guard = self.stdout_lock.clone().lock_owned().await;
                 Ok(Box::new(StdoutSink::new(
                     guard,

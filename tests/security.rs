@@ -330,6 +330,7 @@ fn offer(name: &str, size: u64, eager: bool) -> Offer {
         discard: false,
         first_chunk: None,
         patience_secs: 20,
+        files_in_send: 1,
     }
 }
 

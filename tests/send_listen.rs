@@ -344,7 +344,7 @@ fn rename_and_directory_sends() {
 }
 
 #[test]
-fn once_stdout_writes_the_bytes_and_exits() {
+fn once_stdout_writes_one_file_and_exits() {
     let dir = tempfile::tempdir().unwrap();
     let file = write(
         dir.path(),
@@ -373,6 +373,15 @@ fn once_stdout_writes_the_bytes_and_exits() {
         std::io::Read::read_to_end(&mut stdout, &mut bytes).unwrap();
         bytes
     });
+    // Two files would be joined into one stream: refused, nothing written.
+    let other = small_npy(dir.path(), "v.npy", 7);
+    let joined = send(&ticket, &[&file, &other], &[]);
+    assert!(!joined.status.success());
+    assert!(
+        text(&joined.stderr).contains("takes a send of one file; this send has 2"),
+        "{}",
+        text(&joined.stderr)
+    );
     let sent = send(&ticket, &[&file], &[]);
     assert!(sent.status.success(), "{}", text(&sent.stderr));
     let status = wait_with_deadline(&mut listener, std::time::Duration::from_secs(20));

@@ -100,10 +100,15 @@ struct Planned {
 /// Everything that can fail before a byte is sent: tickets, files, the endpoint.
 async fn prepare(args: &SendArgs) -> Result<(Vec<EndpointAddr>, Arc<Vec<Planned>>, Arc<Pool>)> {
     let targets = parse_tickets(std::iter::once(&args.ticket).chain(&args.to))?;
-    let planned = collect(&args.files, args.name.as_deref())?
+    let outgoing = collect(&args.files, args.name.as_deref())?;
+    let files_in_send = outgoing.len() as u64;
+    let planned = outgoing
         .into_iter()
         .map(|o| Planned {
-            offer: whole_file_offer(&o.file, o.name),
+            offer: Offer {
+                files_in_send,
+                ..whole_file_offer(&o.file, o.name)
+            },
             file: o.file,
         })
         .collect();
@@ -259,7 +264,8 @@ async fn send_all(
             let sent = async {
                 // The file must still be the one validated when the send began.
                 source.file.check_unchanged()?;
-                let opened = whole_file(&source.file, source.offer.name.clone())?;
+                let mut opened = whole_file(&source.file, source.offer.name.clone())?;
+                opened.offer = source.offer.clone();
                 client::upload(&pool, &addr, &opened, &file_progress).await
             }
             .await

@@ -144,6 +144,7 @@ pub fn file_offer(
         discard: false,
         first_chunk: None,
         patience_secs: 0,
+        files_in_send: 0,
     }
 }
 

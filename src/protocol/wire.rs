@@ -50,6 +50,10 @@ pub struct Offer {
     /// spend comparing a stored file before it answers.
     #[serde(default = "default_patience_secs")]
     pub patience_secs: u64,
+    /// How many files the send this one belongs to has (0: not said): a
+    /// listener writing to stdout takes a send of one file only.
+    #[serde(default)]
+    pub files_in_send: u64,
 }
 
 fn default_patience_secs() -> u64 {
@@ -269,6 +273,7 @@ mod tests {
             discard: false,
             first_chunk: None,
             patience_secs: 20,
+            files_in_send: 1,
         });
         let frame = offer.encode();
         assert_eq!(frame[0], TAG_MESSAGE);
@@ -287,6 +292,7 @@ mod tests {
             discard: false,
             first_chunk: Some("00".repeat(32)),
             patience_secs: 3,
+            files_in_send: 0,
         });
         assert!(offer.validate().is_err());
     }

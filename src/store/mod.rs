@@ -787,6 +787,7 @@ mod tests {
             discard: false,
             first_chunk: None,
             patience_secs: 30,
+            files_in_send: 1,
         };
         let record_path = dir.path().join("record");
         let mut record = String::new();
