@@ -843,6 +843,11 @@ fn a_name_must_keep_the_format_and_out_must_be_a_directory() {
         not_a_dir.to_str().unwrap(),
     ]);
     assert_one_line_error(&output, "is not a directory");
+
+    // Not writable even for root: fails before a ticket goes out.
+    let output = run(&["listen", "--relay", "disabled", "--out", "/sys/kernel"]);
+    assert_one_line_error(&output, "cannot write to output directory /sys/kernel");
+    assert!(output.stdout.is_empty(), "no ticket was printed");
 }
 
 #[test]

@@ -111,6 +111,15 @@ impl Store {
         let dir = dir
             .canonicalize()
             .with_context(|| format!("cannot open output directory {}", dir.display()))?;
+        // A directory we cannot write to would fail every file; say so before a
+        // ticket goes out.
+        let probe = dir.join(format!(".tensor-iroh-probe-{}", std::process::id()));
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+            .with_context(|| format!("cannot write to output directory {}", dir.display()))?;
+        std::fs::remove_file(&probe).ok();
         Ok(Arc::new(Store {
             dir,
             force,
