@@ -142,7 +142,9 @@ async fn measure(args: &BenchArgs, ui: &Ui, pool: &Arc<Pool>, addr: &EndpointAdd
 
     let tensors_per_s =
         small_tensor_rate(pool, addr, &block, args.concurrency as usize, args.raw).await?;
-    let mut rows = Vec::new();
+    // Each size is reported as soon as it is measured: a run that fails later
+    // keeps what it measured.
+    report_header(ui, connect, tensors_per_s);
     for &size in &args.sizes {
         let iters = args.iters.map_or_else(
             || (BYTES_PER_SIZE / size).clamp(3, 200) as usize,
@@ -157,15 +159,15 @@ async fn measure(args: &BenchArgs, ui: &Ui, pool: &Arc<Pool>, addr: &EndpointAdd
         }
         let total: Duration = times.iter().sum();
         times.sort();
-        rows.push(Row {
+        let row = Row {
             size,
             iters,
             p50: percentile(&times, 50),
             p99: percentile(&times, 99),
             mb_per_s: mb_per_s(size * iters as u64, total),
-        });
+        };
+        report_row(ui, args.raw, connect, tensors_per_s, &row);
     }
-    report(ui, args.raw, connect, tensors_per_s, &rows);
     Ok(())
 }
 
@@ -242,25 +244,15 @@ fn percentile(sorted: &[Duration], percent: usize) -> Duration {
     sorted[index.min(sorted.len() - 1)]
 }
 
-fn report(ui: &Ui, raw: bool, connect: Duration, tensors_per_s: f64, rows: &[Row]) {
-    let connect_ms = connect.as_secs_f64() * 1e3;
+/// The run-wide figures and the table's head; JSON has them on every row.
+fn report_header(ui: &Ui, connect: Duration, tensors_per_s: f64) {
     if ui.json_mode() {
-        for row in rows {
-            ui.json(json!({
-                "event": "size",
-                "size_bytes": row.size,
-                "iters": row.iters,
-                "p50_us": row.p50.as_secs_f64() * 1e6,
-                "p99_us": row.p99.as_secs_f64() * 1e6,
-                "mb_per_s": row.mb_per_s,
-                "connect_ms": connect_ms,
-                "tensors_per_s": tensors_per_s,
-                "raw": raw,
-            }));
-        }
         return;
     }
-    ui.out(format!("connect        {connect_ms:.1} ms"));
+    ui.out(format!(
+        "connect        {:.1} ms",
+        connect.as_secs_f64() * 1e3
+    ));
     ui.out(format!(
         "small tensors  {tensors_per_s:.0} per second ({} each)",
         human_bytes(SMALL_TENSOR_BYTES as u64)
@@ -269,16 +261,31 @@ fn report(ui: &Ui, raw: bool, connect: Duration, tensors_per_s: f64, rows: &[Row
         "{:>10}  {:>6}  {:>11}  {:>11}  {:>9}",
         "size", "iters", "p50", "p99", "MB/s"
     ));
-    for row in rows {
-        ui.out(format!(
-            "{:>10}  {:>6}  {:>11}  {:>11}  {:>9.1}",
-            human_bytes(row.size),
-            row.iters,
-            format_duration(row.p50),
-            format_duration(row.p99),
-            row.mb_per_s
-        ));
+}
+
+fn report_row(ui: &Ui, raw: bool, connect: Duration, tensors_per_s: f64, row: &Row) {
+    if ui.json_mode() {
+        ui.json(json!({
+            "event": "size",
+            "size_bytes": row.size,
+            "iters": row.iters,
+            "p50_us": row.p50.as_secs_f64() * 1e6,
+            "p99_us": row.p99.as_secs_f64() * 1e6,
+            "mb_per_s": row.mb_per_s,
+            "connect_ms": connect.as_secs_f64() * 1e3,
+            "tensors_per_s": tensors_per_s,
+            "raw": raw,
+        }));
+        return;
     }
+    ui.out(format!(
+        "{:>10}  {:>6}  {:>11}  {:>11}  {:>9.1}",
+        human_bytes(row.size),
+        row.iters,
+        format_duration(row.p50),
+        format_duration(row.p99),
+        row.mb_per_s
+    ));
 }
 
 fn format_duration(duration: Duration) -> String {
