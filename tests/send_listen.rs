@@ -877,12 +877,24 @@ fn a_send_of_more_files_than_open_descriptors_allowed_still_arrives() {
 }
 
 #[test]
-fn a_bind_address_that_is_taken_fails_instead_of_printing_a_dead_ticket() {
+fn bind_addresses_give_a_working_ticket_or_fail_with_one_line() {
     let taken = std::net::UdpSocket::bind("[::1]:0").expect("IPv6 loopback");
     let addr = taken.local_addr().unwrap().to_string();
     let output = run(&["listen", "--relay", "disabled", "--bind", &addr]);
     assert_one_line_error(&output, &addr);
     assert!(output.stdout.is_empty(), "no ticket was printed");
+
+    let output = run(&["listen", "--relay", "disabled", "--bind", "224.0.0.1:0"]);
+    assert_one_line_error(&output, "multicast");
+
+    // The IPv6 wildcard is "any", as on Linux: its ticket reaches it.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let any = Listener::start(&["--out", out.to_str().unwrap(), "--bind", "[::]:0"]);
+    let file = small_npy(dir.path(), "a.npy", 1);
+    let sent = send(&any.ticket, &[&file], &[]);
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    assert_same(&file, &out.join("a.npy"));
 }
 
 #[test]
