@@ -244,6 +244,25 @@ fn a_full_disk_reaches_the_sender_and_leaves_nothing_behind() {
         text(&output.stderr)
     );
     assert!(same_bytes(&little, &small.join("little.npy")));
+
+    // Two files that fit only one at a time: one is stored, the other refused.
+    let pair: Vec<PathBuf> = (0..2)
+        .map(|i| npy_file_of_total_size(&dir.path().join(format!("half{i}.npy")), 20 << 20, 20 + i))
+        .collect();
+    let output = send(&listener.ticket, &[&pair[0], &pair[1]], &[]);
+    assert!(!output.status.success());
+    assert!(
+        text(&output.stderr).contains("space"),
+        "{}",
+        text(&output.stderr)
+    );
+    let stored: Vec<_> = files_below(&small)
+        .into_iter()
+        .filter(|name| name.to_string_lossy().starts_with("half"))
+        .collect();
+    assert_eq!(stored.len(), 1, "exactly one of the two fits: {stored:?}");
+    let name = stored[0].file_name().unwrap();
+    assert!(same_bytes(&dir.path().join(name), &small.join(name)));
 }
 
 /// `--timeout` bounds a stall once, not once per wait: a listener that freezes

@@ -93,6 +93,10 @@ pub struct Store {
     /// Numbers claims, so a transfer releases only its own entry in `active`:
     /// after a commit the same path may already belong to a newer transfer.
     claims: AtomicU64,
+    /// Held while checking free space and reserving it: two files that fit
+    /// only one at a time would otherwise both pass the check, and both fail
+    /// to reserve (each taking part of the space the other needs).
+    reserving: Mutex<()>,
 }
 
 struct Active {
@@ -125,6 +129,7 @@ impl Store {
             force,
             active: Mutex::new(HashMap::new()),
             claims: AtomicU64::new(0),
+            reserving: Mutex::new(()),
         }))
     }
 
@@ -203,7 +208,8 @@ impl Store {
         let record_path = record_path_for(&partial_path);
         let opened = tokio::task::spawn_blocking({
             let (offer, partial_path) = (offer.clone(), partial_path.clone());
-            move || open_partial(&offer, file, &partial_path, &record_path)
+            let store = self.clone();
+            move || open_partial(&offer, file, &partial_path, &record_path, &store.reserving)
         })
         .await
         .context("opening the partial file failed")
@@ -428,7 +434,13 @@ fn record_path_for(partial: &Path) -> PathBuf {
 
 /// Prepares a locked partial file: keeps the chunks whose data still matches the
 /// record, or starts afresh with the file's space reserved.
-fn open_partial(offer: &Offer, file: File, path: &Path, record_path: &Path) -> Result<Partial> {
+fn open_partial(
+    offer: &Offer,
+    file: File,
+    path: &Path,
+    record_path: &Path,
+    reserving: &Mutex<()>,
+) -> Result<Partial> {
     let existing = file.metadata().map(|m| m.len()).unwrap_or(0);
     let held = if existing == offer.size {
         recheck(&file, record_path, offer, hash_budget(offer)).unwrap_or_default()
@@ -444,7 +456,11 @@ fn open_partial(offer: &Offer, file: File, path: &Path, record_path: &Path) -> R
     if held.is_empty() {
         file.set_len(0)
             .with_context(|| format!("cannot reset {}", path.display()))?;
-        if let Err(err) = reserve(&file, path, offer.size) {
+        let reserved = {
+            let _only_one = reserving.lock().expect("store lock");
+            reserve(&file, path, offer.size)
+        };
+        if let Err(err) = reserved {
             std::fs::remove_file(path).ok();
             std::fs::remove_file(record_path).ok();
             return Err(err);
