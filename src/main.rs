@@ -18,7 +18,9 @@ fn main() -> ExitCode {
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
-            tensor_iroh::ui::to_stderr(&format!("error: cannot start the async runtime: {err}"));
+            tensor_iroh::ui::to_stderr(&tensor_iroh::ui::error_line(&format!(
+                "cannot start the async runtime: {err}"
+            )));
             return ExitCode::FAILURE;
         }
     };
@@ -28,10 +30,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tensor_iroh::ui::to_stderr(&format!(
-                "error: {}",
-                tensor_iroh::ui::one_line(&format!("{err:#}"))
-            ));
+            tensor_iroh::ui::to_stderr(&tensor_iroh::ui::error_line(&format!("{err:#}")));
             ExitCode::FAILURE
         }
     }

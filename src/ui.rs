@@ -215,6 +215,15 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// The line a failed command ends with, `error:` coloured like `warning:`.
+pub fn error_line(message: &str) -> String {
+    format!(
+        "{} {}",
+        Style::new().for_stderr().red().bold().apply_to("error:"),
+        one_line(message)
+    )
+}
+
 /// A line on stderr; a closed stderr must not take the process down with it.
 pub fn to_stderr(line: &str) {
     writeln!(std::io::stderr().lock(), "{line}").ok();

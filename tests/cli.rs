@@ -65,6 +65,7 @@ fn version_and_exit_codes() {
         &["listen", "--stdout", "--out", "x"],
         &["bench", "--iters", "0"],
         &["bench", "--concurrency", "0"],
+        &["send", "--timeout", "0", "t", "a.npy"],
         &["pull", "t", "--stdout", "--list"],
     ] {
         let usage = tensor_iroh(misuse);
@@ -82,6 +83,13 @@ fn version_and_exit_codes() {
     let stderr = String::from_utf8(runtime.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     assert!(stderr.starts_with("error: invalid ticket"), "{stderr}");
+
+    let coloured = tensor_iroh(&["--color", "always", "send", "not-a-ticket", "missing.npy"]);
+    let stderr = String::from_utf8(coloured.stderr).unwrap();
+    assert!(
+        stderr.starts_with("\x1b[31m\x1b[1merror:\x1b[0m invalid ticket"),
+        "error: is red and bold like warning: is yellow: {stderr:?}"
+    );
 }
 
 #[test]

@@ -78,13 +78,14 @@ pub struct NetArgs {
 #[derive(Debug, Clone, Args)]
 pub struct TimeoutArgs {
     /// Give up connecting, or on a peer that stalls, after this many seconds
-    #[arg(long, value_name = "SECS", default_value_t = 20)]
+    #[arg(long, value_name = "SECS", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout: u64,
 }
 
 impl TimeoutArgs {
     pub fn duration(&self) -> Duration {
-        Duration::from_secs(self.timeout.max(1))
+        Duration::from_secs(self.timeout)
     }
 }
 
