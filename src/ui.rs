@@ -229,6 +229,18 @@ pub fn to_stderr(line: &str) {
     writeln!(std::io::stderr().lock(), "{line}").ok();
 }
 
+/// What a file's transfer moved, when not all of it: after a resume, or
+/// nothing for a file the other side already held.
+pub fn moved_note(moved: u64, size: u64, verb: &str) -> String {
+    if moved == 0 && size > 0 {
+        format!(", already there: nothing {verb}")
+    } else if moved < size {
+        format!(", resumed: {} {verb}", human_bytes(moved))
+    } else {
+        String::new()
+    }
+}
+
 /// Megabytes (10^6 bytes) per second, the unit of every rate we print.
 pub fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
     let seconds = elapsed.as_secs_f64();

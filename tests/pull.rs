@@ -305,6 +305,15 @@ fn eight_pullers_at_once_and_collisions() {
     );
     assert!(forced.status.success());
     assert!(!again.join("embed.1.npy").exists());
+    // A file of several chunks already there does not cross again, and pull says so.
+    let repeat = pull(&listener.ticket, &["--out", again.to_str().unwrap()]);
+    assert!(repeat.status.success(), "{}", text(&repeat.stderr));
+    assert!(
+        text(&repeat.stderr)
+            .contains("big.safetensors: 1 tensor, 20.00 MiB, already there: nothing received"),
+        "{}",
+        text(&repeat.stderr)
+    );
 }
 
 #[test]

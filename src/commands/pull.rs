@@ -21,7 +21,7 @@ use crate::protocol::transfer::{Progress, Received, Sink};
 use crate::protocol::wire::{CatalogFile, Message, Offer, TensorRef};
 use crate::service::StdoutSink;
 use crate::store::Store;
-use crate::ui::{Totals, Ui, count, human_bytes, mb_per_s, printable};
+use crate::ui::{Totals, Ui, count, human_bytes, mb_per_s, moved_note, printable};
 
 /// Files fetched at once, each on its own stream.
 const FILES_IN_FLIGHT: usize = 4;
@@ -347,11 +347,12 @@ fn report_file(ui: &Ui, received: &Received, elapsed: std::time::Duration) {
         }));
     } else {
         ui.say(format!(
-            "{} {}: {}, {}{}",
+            "{} {}: {}, {}{}{}",
             ui.green("pulled"),
             ui.bold(&received.stored_as),
             count(offer.tensors, "tensor"),
             human_bytes(offer.size),
+            moved_note(received.received_bytes, offer.size, "received"),
             if received.replaced {
                 " (replacing the file that was there)"
             } else {

@@ -18,7 +18,7 @@ use crate::protocol::client;
 use crate::protocol::pool::Pool;
 use crate::protocol::transfer::Progress;
 use crate::protocol::wire::Offer;
-use crate::ui::{Totals, Ui, count, human_bytes, mb_per_s, one_line};
+use crate::ui::{Totals, Ui, count, human_bytes, mb_per_s, moved_note, one_line};
 
 /// Files in flight at once to one listener, each on its own stream.
 const FILES_IN_FLIGHT: usize = 4;
@@ -316,13 +316,7 @@ async fn send_all(
                 } else {
                     String::new()
                 };
-                let resumed = if sent.sent_bytes == 0 && offer.size > 0 {
-                    String::from(", already there: nothing sent")
-                } else if sent.sent_bytes < offer.size {
-                    format!(", resumed: {} sent", human_bytes(sent.sent_bytes))
-                } else {
-                    String::new()
-                };
+                let resumed = moved_note(sent.sent_bytes, offer.size, "sent");
                 ui.say(format!(
                     "{} {}{renamed} to {}: {}, {}{resumed}",
                     ui.green("sent"),
