@@ -138,7 +138,11 @@ fn a_stopped_listener_keeps_the_partial_and_its_restart_resumes() {
     wait_until(
         Duration::from_secs(10),
         "the listener to say it keeps partial files",
-        || listener.stderr().contains("partial files are kept"),
+        || {
+            listener
+                .stderr()
+                .contains("1 partial file kept for a rerun")
+        },
     );
 
     let mut sender = sender;
@@ -176,6 +180,16 @@ fn a_stopped_listener_keeps_the_partial_and_its_restart_resumes() {
     );
     assert!(same_bytes(&file, &out.join("big.safetensors")));
     assert_eq!(files_below(&out), vec![PathBuf::from("big.safetensors")]);
+
+    // Stopped with nothing under way, it promises no partial file.
+    let mut restarted = restarted;
+    restarted.terminate();
+    wait_until(Duration::from_secs(10), "a plain shutdown line", || {
+        restarted
+            .stderr()
+            .lines()
+            .any(|line| line == "shutting down")
+    });
 }
 
 /// A tmpfs the test mounted, unmounted however the test ends.

@@ -1,6 +1,6 @@
 //! `tensor-iroh listen`: print a ticket, take files from senders, serve files to pullers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -132,6 +132,8 @@ pub async fn run(args: ListenArgs, ui: Ui) -> Result<()> {
     let serving = tokio::spawn(service.run(endpoint, shutdown.clone()));
 
     let mut file_bars = HashMap::new();
+    // Uploads under way: what a shutdown leaves as partial files.
+    let mut receiving = HashSet::new();
     let mut outcome = Ok(());
     loop {
         tokio::select! {
@@ -140,11 +142,13 @@ pub async fn run(args: ListenArgs, ui: Ui) -> Result<()> {
                 let complete = matches!(event, Event::SendComplete { .. });
                 match &event {
                     Event::Receiving { upload, name, size, progress } => {
+                        receiving.insert(*upload);
                         if let Some(bar) = ui.progress(name, Some(*size), progress) {
                             file_bars.insert(*upload, bar);
                         }
                     }
                     Event::Received { upload, .. } | Event::ReceiveFailed { upload, .. } => {
+                        receiving.remove(upload);
                         file_bars.remove(upload);
                     }
                     Event::StdoutSpoiled => {
@@ -161,7 +165,14 @@ pub async fn run(args: ListenArgs, ui: Ui) -> Result<()> {
                 }
             }
             _ = shutdown_signal() => {
-                ui.say("shutting down; partial files are kept for a rerun of the same send");
+                if receiving.is_empty() {
+                    ui.say("shutting down");
+                } else {
+                    ui.say(format!(
+                        "shutting down; {} kept for a rerun of the same send",
+                        count(receiving.len() as u64, "partial file")
+                    ));
+                }
                 break;
             }
         }
