@@ -240,38 +240,21 @@ async fn answer_pings(connection: Connection) {
     }
 }
 
-/// The longest a peer has to answer a ping before it counts as gone.
+/// How long a peer has to answer a ping before it counts as gone.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
-/// The shortest, whatever the round trip.
-const PING_TIMEOUT_MIN: Duration = Duration::from_millis(200);
 
 /// Whether the peer at the other end of `connection` still answers.
 pub async fn peer_answers(connection: &Connection) -> bool {
     if connection.close_reason().is_some() {
         return false;
     }
-    let patience = ping_patience(connection);
     let ping = async {
         let (send, recv) = connection.open_bi().await?;
-        let mut writer = FrameWriter::new(send, patience);
-        let mut reader = FrameReader::new(recv, patience);
+        let mut writer = FrameWriter::new(send, PING_TIMEOUT);
+        let mut reader = FrameReader::new(recv, PING_TIMEOUT);
         writer.message(&Message::Ping).await?;
         writer.finish();
         anyhow::Ok(matches!(reader.message().await?, Message::Pong))
     };
-    matches!(tokio::time::timeout(patience, ping).await, Ok(Ok(true)))
-}
-
-/// A few round trips of the connection's path, plus slack for a busy peer: a
-/// rerun after a killed sender waits for this on a short link, and a live peer
-/// on a long one still has time to answer (and a lost ping to be resent).
-fn ping_patience(connection: &Connection) -> Duration {
-    let paths = connection.paths();
-    let rtt = paths
-        .iter()
-        .find(|path| path.is_selected())
-        .map(|path| path.rtt());
-    rtt.map_or(PING_TIMEOUT, |rtt| {
-        (rtt * 4 + PING_TIMEOUT_MIN / 2).clamp(PING_TIMEOUT_MIN, PING_TIMEOUT)
-    })
+    matches!(tokio::time::timeout(PING_TIMEOUT, ping).await, Ok(Ok(true)))
 }
