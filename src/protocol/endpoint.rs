@@ -183,22 +183,24 @@ pub async fn bind(options: EndpointOptions) -> Result<Endpoint> {
     let failed =
         |err: iroh::endpoint::BindError| anyhow!("cannot start the iroh endpoint: {err:#}");
     match options.bind {
-        Some(addr) if addr.ip().is_multicast() || addr.ip() == Ipv4Addr::BROADCAST => {
-            bail!("cannot bind to {addr}: a multicast or broadcast address receives no connections")
-        }
-        // The IPv6 wildcard as the dual-stack "any" it is on Linux: iroh puts no
-        // address of a bare [::] socket in tickets, so IPv4 is bound beside it.
-        Some(addr) if addr.ip() == Ipv6Addr::UNSPECIFIED => {
-            let both = [SocketAddr::from((Ipv4Addr::UNSPECIFIED, addr.port())), addr];
-            builder(&both)?
+        Some(addr) => {
+            if addr.ip().is_multicast() || addr.ip() == Ipv4Addr::BROADCAST {
+                bail!(
+                    "cannot bind to {addr}: a multicast or broadcast address receives no connections"
+                );
+            }
+            // The IPv6 wildcard as the dual-stack "any" it is on Linux: iroh puts
+            // no address of a bare [::] socket in tickets, so IPv4 is bound beside it.
+            let addrs = if addr.ip() == Ipv6Addr::UNSPECIFIED {
+                vec![SocketAddr::from((Ipv4Addr::UNSPECIFIED, addr.port())), addr]
+            } else {
+                vec![addr]
+            };
+            builder(&addrs)?
                 .bind()
                 .await
                 .map_err(|err| anyhow!("cannot bind to {addr}: {err:#}"))
         }
-        Some(addr) => builder(&[addr])?
-            .bind()
-            .await
-            .map_err(|err| anyhow!("cannot bind to {addr}: {err:#}")),
         None if options.port_from_key => {
             let stable = [
                 SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),

@@ -68,10 +68,7 @@ impl Pool {
             // Shared like a failed dial, so concurrent requests do not each
             // dial again to be refused again.
             let error = format!("{:#}", explain(reason.into()));
-            self.failed_dials
-                .lock()
-                .expect("pool lock")
-                .insert(addr.id, (Instant::now(), error.clone()));
+            self.remember_failure(addr.id, error.clone());
             connections.remove(&addr.id);
             bail!("{error}");
         }
@@ -94,10 +91,7 @@ impl Pool {
         let connection = match self.dial(addr).await {
             Ok(connection) => connection,
             Err(err) => {
-                self.failed_dials
-                    .lock()
-                    .expect("pool lock")
-                    .insert(addr.id, (Instant::now(), format!("{err:#}")));
+                self.remember_failure(addr.id, format!("{err:#}"));
                 return Err(err);
             }
         };
@@ -110,6 +104,14 @@ impl Pool {
             },
         );
         Ok(connection)
+    }
+
+    /// Requests to `id` for the next while fail with `error` instead of dialing.
+    fn remember_failure(&self, id: EndpointId, error: String) {
+        self.failed_dials
+            .lock()
+            .expect("pool lock")
+            .insert(id, (Instant::now(), error));
     }
 
     async fn dial(&self, addr: &EndpointAddr) -> Result<Connection> {

@@ -212,10 +212,7 @@ impl FrameWriter {
     }
 
     pub async fn write(&mut self, bytes: Bytes) -> Result<()> {
-        tokio::time::timeout(self.stall, self.send.write_chunk(bytes))
-            .await
-            .map_err(|_| Stalled::after("took", self.stall))?
-            .map_err(|err| explain(anyhow::Error::new(err).context("stream broke")))
+        self.write_all(&mut [bytes]).await
     }
 
     /// Writes `pieces` in one go: the peer gets them in as few packets as they fit.
