@@ -85,13 +85,13 @@ impl Catalog {
     pub fn source(&self, name: &str, tensors: Option<&[String]>) -> Result<Source> {
         let file = self.file(name)?;
         let Some(names) = tensors else {
-            return whole_file(file, name.to_string());
+            return whole_file(file, whole_file_offer(file, name.to_string()));
         };
         if file.format == Format::Npy {
             if names.len() != 1 || names[0] != file.tensors[0].name {
                 bail!("{name} holds only the tensor {:?}", file.tensors[0].name);
             }
-            return whole_file(file, name.to_string());
+            return whole_file(file, whole_file_offer(file, name.to_string()));
         }
         let handle = Arc::new(open(file)?);
         let mut builder = SafetensorsBuilder::new(file.metadata.clone());
@@ -188,7 +188,7 @@ impl Catalog {
     }
 }
 
-/// The offer [`whole_file`] makes, without opening the file.
+/// The offer for a whole file sent under `name`, made without opening it.
 pub fn whole_file_offer(file: &TensorFile, name: String) -> Offer {
     file_offer(
         name,
@@ -199,14 +199,11 @@ pub fn whole_file_offer(file: &TensorFile, name: String) -> Offer {
     )
 }
 
-/// The source for a whole file, sent under `name`.
-pub fn whole_file(file: &TensorFile, name: String) -> Result<Source> {
+/// The source for a whole file, sent with `offer` (see [`whole_file_offer`]).
+pub fn whole_file(file: &TensorFile, offer: Offer) -> Result<Source> {
     let handle = Arc::new(open(file)?);
-    Ok(Source::new(
-        name,
-        file.format.as_str(),
-        file.tensors.len() as u64,
-        &file.header,
+    Ok(Source::with_offer(
+        offer,
         vec![Segment::File {
             file: handle,
             offset: 0,

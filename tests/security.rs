@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use iroh::EndpointAddr;
-use tensor_iroh::catalog::whole_file;
+use tensor_iroh::catalog::whole_file_offer;
 use tensor_iroh::formats::TensorFile;
 use tensor_iroh::protocol::endpoint::{self, EndpointOptions, Relay, parse_ticket};
 use tensor_iroh::protocol::pool::Pool;
@@ -584,9 +584,7 @@ async fn malformed_frames_and_silent_peers_do_not_stop_the_listener() {
         safetensors_bytes(&[("w", "U8", &[tensor.len() as u64], &tensor)], None),
     )
     .unwrap();
-    let real_offer = whole_file(&TensorFile::open(&held).unwrap(), "held.safetensors".into())
-        .unwrap()
-        .offer;
+    let real_offer = whole_file_offer(&TensorFile::open(&held).unwrap(), "held.safetensors".into());
     let (mut mid_frame, _mid_frame_reader) = hostile.open().await;
     mid_frame
         .write(Bytes::from_static(&[1, 200]))

@@ -264,8 +264,7 @@ async fn send_all(
             let sent = async {
                 // The file must still be the one validated when the send began.
                 source.file.check_unchanged()?;
-                let mut opened = whole_file(&source.file, source.offer.name.clone())?;
-                opened.offer = source.offer.clone();
+                let opened = whole_file(&source.file, source.offer.clone())?;
                 client::upload(&pool, &addr, &opened, &file_progress).await
             }
             .await

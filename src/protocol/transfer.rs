@@ -74,10 +74,15 @@ impl Source {
         segments: Vec<Segment>,
     ) -> Source {
         let size = segments.iter().map(Segment::len).sum::<u64>();
-        Source {
-            offer: file_offer(name, format, tensors, identity_header, size),
+        Source::with_offer(
+            file_offer(name, format, tensors, identity_header, size),
             segments,
-        }
+        )
+    }
+
+    /// A source whose offer was made beforehand; `segments` hold its size.
+    pub fn with_offer(offer: Offer, segments: Vec<Segment>) -> Source {
+        Source { offer, segments }
     }
 
     /// The file's `len` bytes from `offset`: a slice where they lie in one
