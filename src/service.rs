@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow, bail};
 use iroh::endpoint::Connection;
 use iroh::{Endpoint, EndpointId};
-use tokio::sync::{RwLock, mpsc};
+use tokio::sync::{RwLock, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::catalog::Catalog;
 use crate::protocol::pool::peer_answers;
 use crate::protocol::stream::{FrameReader, FrameWriter};
+use crate::protocol::stripes::{MAX_STRIPES, StripeRegistry, StripeStream};
 use crate::protocol::transfer::{Committed, Progress, Received, Sink, receive_file, send_file};
 use crate::protocol::wire::{CHUNK_SIZE, Hash, Message, Offer, PROTOCOL_VERSION};
 use crate::protocol::{CODE_SHUTDOWN, HELLO_ALPN};
@@ -26,6 +27,9 @@ use crate::store::{Liveness, Store};
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long in-flight requests get to wind down after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Extra streams of striped uploads the listener takes at once (three files'
+/// worth): each holds a few MiB of buffers.
+const EXTRA_STREAMS: usize = 3 * (MAX_STRIPES as usize - 1);
 
 #[derive(Debug)]
 pub enum Event {
@@ -91,6 +95,17 @@ pub struct Service {
     stdout_spoiled: Arc<AtomicBool>,
     /// One upload at a time writes to stdout.
     stdout_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The listener's budget of extra streams for striped uploads.
+    extra_streams: Arc<Semaphore>,
+}
+
+/// What the streams of one connection share.
+#[derive(Clone, Copy)]
+struct Streams<'a> {
+    hello_only: bool,
+    /// Held (read) while an upload is reported; `done` waits for them (write).
+    uploads: &'a RwLock<()>,
+    stripes: &'a Arc<StripeRegistry>,
 }
 
 impl Service {
@@ -107,6 +122,7 @@ impl Service {
             uploads_seen: AtomicU64::new(0),
             stdout_spoiled: Arc::default(),
             stdout_lock: Arc::new(tokio::sync::Mutex::new(())),
+            extra_streams: Arc::new(Semaphore::new(EXTRA_STREAMS)),
         })
     }
 
@@ -157,6 +173,7 @@ impl Service {
         let peer = connection.remote_id();
         let hello_only = connection.alpn() == HELLO_ALPN;
         let uploads = Arc::new(RwLock::new(()));
+        let stripes = StripeRegistry::new(self.extra_streams.clone());
         loop {
             let (send, recv) = tokio::select! {
                 streams = connection.accept_bi() => match streams {
@@ -174,11 +191,17 @@ impl Service {
             let service = self.clone();
             let connection = connection.clone();
             let uploads = uploads.clone();
+            let stripes = stripes.clone();
             tasks.spawn(async move {
-                let mut writer = FrameWriter::new(send, STALL_TIMEOUT);
-                let mut reader = FrameReader::new(recv, STALL_TIMEOUT);
+                let writer = FrameWriter::new(send, STALL_TIMEOUT);
+                let reader = FrameReader::new(recv, STALL_TIMEOUT);
+                let streams = Streams {
+                    hello_only,
+                    uploads: &uploads,
+                    stripes: &stripes,
+                };
                 if let Err(err) = service
-                    .serve_request(&connection, hello_only, &uploads, &mut writer, &mut reader)
+                    .serve_request(&connection, streams, writer, reader)
                     .await
                 {
                     tracing::debug!(peer = %peer.fmt_short(), "request failed: {err:#}");
@@ -190,16 +213,25 @@ impl Service {
     async fn serve_request(
         &self,
         connection: &Connection,
-        hello_only: bool,
-        uploads: &RwLock<()>,
-        writer: &mut FrameWriter,
-        reader: &mut FrameReader,
+        streams: Streams<'_>,
+        mut writer: FrameWriter,
+        mut reader: FrameReader,
     ) -> Result<()> {
         let peer = connection.remote_id();
         let request = reader.message().await?;
-        if hello_only && !matches!(request, Message::Hello { .. }) {
+        if streams.hello_only && !matches!(request, Message::Hello { .. }) {
             bail!("request on the version-neutral protocol");
         }
+        if let Message::Stripe { transfer, stripe } = request {
+            let stream = StripeStream {
+                stripe,
+                writer,
+                reader,
+            };
+            return streams.stripes.deliver(transfer, stream);
+        }
+        let (writer, reader) = (&mut writer, &mut reader);
+        let uploads = streams.uploads;
         match request {
             Message::Hello { .. } => {
                 writer
@@ -216,20 +248,26 @@ impl Service {
                 let upload = self.uploads_seen.fetch_add(1, Ordering::Relaxed);
                 let progress = self.progress.child();
                 let started = Instant::now();
-                let result = receive_file(writer, reader, &progress, async |offer: &Offer| {
-                    let sink = self.sink_for(offer, connection).await?;
-                    if !offer.discard {
-                        self.events
-                            .send(Event::Receiving {
-                                upload,
-                                name: offer.name.clone(),
-                                size: offer.size,
-                                progress: progress.clone(),
-                            })
-                            .ok();
-                    }
-                    Ok(sink)
-                })
+                let result = receive_file(
+                    writer,
+                    reader,
+                    Some(streams.stripes),
+                    &progress,
+                    async |offer: &Offer| {
+                        let sink = self.sink_for(offer, connection).await?;
+                        if !offer.discard {
+                            self.events
+                                .send(Event::Receiving {
+                                    upload,
+                                    name: offer.name.clone(),
+                                    size: offer.size,
+                                    progress: progress.clone(),
+                                })
+                                .ok();
+                        }
+                        Ok(sink)
+                    },
+                )
                 .await;
                 let event = match result {
                     Ok(received) => Event::Received {
@@ -321,7 +359,7 @@ impl Service {
             }
         };
         let progress = Progress::default();
-        let event = match send_file(writer, reader, None, &source, &progress).await {
+        let event = match send_file(writer, reader, None, &source, None, &progress).await {
             Ok(_) => Event::Served {
                 peer,
                 name: source.offer.name.clone(),
@@ -440,6 +478,9 @@ impl<G: Send> Sink for StdoutSink<G> {
     }
     fn commit(self: Box<Self>, _hash: &Hash) -> Result<Committed> {
         Ok(Committed::new("<stdout>"))
+    }
+    fn in_order_only(&self) -> bool {
+        true
     }
     fn abandon(self: Box<Self>, _keep: bool) {
         if self.wrote {

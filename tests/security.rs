@@ -19,7 +19,9 @@ use tensor_iroh::formats::TensorFile;
 use tensor_iroh::protocol::endpoint::{self, EndpointOptions, Relay, parse_ticket};
 use tensor_iroh::protocol::pool::Pool;
 use tensor_iroh::protocol::stream::{Frame, FrameReader, FrameWriter};
-use tensor_iroh::protocol::wire::{Hash, Message, Offer, chunk_header, end_frame, kept_frame};
+use tensor_iroh::protocol::wire::{
+    CHUNK_SIZE, Hash, Message, Offer, chunk_header, end_frame, kept_frame,
+};
 
 const IDENTITY: &str = "0123456789abcdef0123456789abcdef";
 
@@ -331,6 +333,7 @@ fn offer(name: &str, size: u64, eager: bool) -> Offer {
         first_chunk: None,
         patience_secs: 20,
         files_in_send: 1,
+        stripes: 1,
     }
 }
 
@@ -504,7 +507,21 @@ async fn malformed_frames_and_silent_peers_do_not_stop_the_listener() {
         vec![vec![1, 0xff, 0xff, 0xff, 0xff]],
         vec![vec![99, 1, 2, 3]],
         vec![vec![1, 3, 0, 0, 0, b'{', b'x', b'}']],
-        vec![Message::Ready { held: vec![] }.encode()],
+        vec![
+            Message::Ready {
+                held: vec![],
+                stripes: 1,
+                transfer: 0,
+            }
+            .encode(),
+        ],
+        vec![
+            Message::Stripe {
+                transfer: 7,
+                stripe: 1,
+            }
+            .encode(),
+        ],
     ] {
         let answers = hostile.exchange(&frames).await;
         assert!(
@@ -567,6 +584,41 @@ async fn malformed_frames_and_silent_peers_do_not_stop_the_listener() {
     assert!(
         failed_with(&answers, &["badend.npy", "hash"]),
         "{answers:?}"
+    );
+
+    // A striped upload whose sender opens the same stripe twice fails, and the
+    // listener says why on the offer's stream.
+    let mut two_chunks = offer("striped.npy", 2 * CHUNK_SIZE, false);
+    two_chunks.stripes = 2;
+    let (mut striped, mut striped_reader) = hostile.open().await;
+    for frame in upload(two_chunks) {
+        striped.write(frame.into()).await.unwrap();
+    }
+    let ready = striped_reader.message().await;
+    let Ok(Message::Ready {
+        stripes: 2,
+        transfer,
+        ..
+    }) = ready
+    else {
+        panic!("the listener takes a two-chunk file on two streams: {ready:?}");
+    };
+    let mut extra_streams = Vec::new();
+    for _ in 0..2 {
+        let (mut extra, extra_reader) = hostile.open().await;
+        extra
+            .message(&Message::Stripe {
+                transfer,
+                stripe: 1,
+            })
+            .await
+            .unwrap();
+        extra_streams.push((extra, extra_reader));
+    }
+    let answer = striped_reader.message().await;
+    assert!(
+        matches!(&answer, Ok(Message::Failed { reason }) if reason.contains("striped.npy") && reason.contains("stripe 1")),
+        "{answer:?}"
     );
     assert!(
         visible_files(&out).is_empty(),

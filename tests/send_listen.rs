@@ -346,10 +346,12 @@ fn rename_and_directory_sends() {
 #[test]
 fn once_stdout_writes_one_file_and_exits() {
     let dir = tempfile::tempdir().unwrap();
+    // Three chunks: a pipe must get them in order, so it takes them on one stream.
+    let size = 20 << 20;
     let file = write(
         dir.path(),
         "w.safetensors",
-        &safetensors_bytes(&[("w", "U8", &[100_000], &noise(100_000, 3))], None),
+        &safetensors_bytes(&[("w", "U8", &[size as u64], &noise(size, 3))], None),
     );
     let mut listener = std::process::Command::new(bin())
         .args(["listen", "--relay", "disabled", "--once", "--stdout"])

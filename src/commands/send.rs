@@ -16,6 +16,7 @@ use crate::catalog::{whole_file, whole_file_offer};
 use crate::formats::{Format, TensorFile, files_in};
 use crate::protocol::client;
 use crate::protocol::pool::Pool;
+use crate::protocol::stripes::stripes_sharing;
 use crate::protocol::transfer::Progress;
 use crate::protocol::wire::Offer;
 use crate::ui::{Totals, Ui, count, human_bytes, mb_per_s, moved_note, one_line};
@@ -101,12 +102,14 @@ struct Planned {
 async fn prepare(args: &SendArgs) -> Result<(Vec<EndpointAddr>, Arc<Vec<Planned>>, Arc<Pool>)> {
     let targets = parse_tickets(std::iter::once(&args.ticket).chain(&args.to))?;
     let outgoing = collect(&args.files, args.name.as_deref())?;
-    let files_in_send = outgoing.len() as u64;
+    let outgoing_len = outgoing.len();
+    let files_in_send = outgoing_len as u64;
     let planned = outgoing
         .into_iter()
         .map(|o| Planned {
             offer: Offer {
                 files_in_send,
+                stripes: stripes_sharing(outgoing_len.min(FILES_IN_FLIGHT)),
                 ..whole_file_offer(&o.file, o.name)
             },
             file: o.file,

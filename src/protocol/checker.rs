@@ -3,10 +3,11 @@
 //! Hashing and disk writes run on a blocking thread fed through a short queue,
 //! so the stream keeps flowing while the disk works or the thread waits for a
 //! core. A file of one batch is checked in place, where a thread hand-off would
-//! cost more than the work.
+//! cost more than the work. The streams of a striped transfer each have a
+//! checker; they share the file's sink.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::anyhow;
 use tokio::sync::mpsc;
@@ -89,8 +90,11 @@ struct Worker {
     thread: JoinHandle<Box<Work>>,
 }
 
+/// A file's sink, shared by the checkers of its streams.
+pub type SharedSink = Arc<Mutex<Box<dyn Sink>>>;
+
 struct Work {
-    sink: Box<dyn Sink>,
+    sink: SharedSink,
     chunks: u64,
     hasher: Option<(u64, ChunkHasher)>,
     failure: Option<Failure>,
@@ -116,8 +120,8 @@ impl Work {
             }
         };
         hasher.update(batch.data.data());
-        self.sink
-            .write(batch.offset, batch.data.data())
+        let mut sink = self.sink.lock().map_err(|_| lost())?;
+        sink.write(batch.offset, batch.data.data())
             .map_err(Failure::dropped)?;
         if let Some(claimed) = batch.claimed {
             let (_, hasher) = self.hasher.take().expect("a hasher for the chunk");
@@ -127,22 +131,21 @@ impl Work {
                     batch.chunk
                 )));
             }
-            self.sink
-                .chunk_checked(batch.chunk as u32, &claimed)
+            sink.chunk_checked(batch.chunk as u32, &claimed)
                 .map_err(Failure::dropped)?;
         }
         Ok(())
     }
 }
 
-/// The blocking thread panicked, and the sink went with it.
-fn lost() -> Failure {
+/// A blocking thread panicked, and the sink went with it.
+pub(super) fn lost() -> Failure {
     Failure::kept(anyhow!("writing the file failed unexpectedly"))
 }
 
 impl Checker {
     /// A checker for a file of `size` bytes in `chunks` chunks, written to `sink`.
-    pub fn new(sink: Box<dyn Sink>, size: u64, chunks: u64) -> Checker {
+    pub fn new(sink: SharedSink, size: u64, chunks: u64) -> Checker {
         Checker {
             work: Some(Box::new(Work {
                 sink,
@@ -198,12 +201,6 @@ impl Checker {
         }
         let work = self.work.as_mut().ok_or_else(lost)?;
         work.failure.take().map_or(Ok(()), Err)
-    }
-
-    /// Waits for the last batch and gives the sink back.
-    pub async fn into_sink(mut self) -> Result<Box<dyn Sink>, Failure> {
-        self.drain().await?;
-        self.work.map(|work| work.sink).ok_or_else(lost)
     }
 }
 

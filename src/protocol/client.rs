@@ -16,12 +16,13 @@ pub async fn upload(
     source: &Source,
     progress: &Progress,
 ) -> Result<Sent> {
-    let (mut writer, mut reader) = pool.open(addr).await?;
+    let (connection, mut writer, mut reader) = pool.open_on_connection(addr).await?;
     send_file(
         &mut writer,
         &mut reader,
         Some(&Message::Upload),
         source,
+        Some(&connection),
         progress,
     )
     .await
@@ -85,7 +86,7 @@ where
 {
     let (mut writer, mut reader) = pool.open(addr).await?;
     writer.message(request).await.map_err(explain)?;
-    receive_file(&mut writer, &mut reader, progress, accept)
+    receive_file(&mut writer, &mut reader, None, progress, accept)
         .await
         .map_err(explain)
 }

@@ -259,6 +259,7 @@ fn base_builder(options: &EndpointOptions) -> iroh::endpoint::Builder {
 fn transport_config() -> QuicTransportConfig {
     QuicTransportConfig::builder()
         .max_concurrent_bidi_streams(MAX_STREAMS.into())
+        .send_fairness(false)
         .build()
 }
 

@@ -8,6 +8,7 @@ pub mod endpoint;
 pub mod hashing;
 pub mod pool;
 pub mod stream;
+pub mod stripes;
 pub mod transfer;
 pub mod wire;
 

@@ -153,12 +153,22 @@ impl Pool {
 
     /// Opens a stream pair to `addr`, redialing once if the pooled connection died.
     pub async fn open(&self, addr: &EndpointAddr) -> Result<(FrameWriter, FrameReader)> {
+        let (_, writer, reader) = self.open_on_connection(addr).await?;
+        Ok((writer, reader))
+    }
+
+    /// [`Pool::open`], with the connection the streams are on.
+    pub async fn open_on_connection(
+        &self,
+        addr: &EndpointAddr,
+    ) -> Result<(Connection, FrameWriter, FrameReader)> {
         let mut retried = false;
         loop {
             let connection = self.connection(addr).await?;
             match tokio::time::timeout(self.timeout, connection.open_bi()).await {
                 Ok(Ok((send, recv))) => {
                     return Ok((
+                        connection,
                         FrameWriter::new(send, self.timeout),
                         FrameReader::new(recv, self.timeout),
                     ));

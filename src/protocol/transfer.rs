@@ -8,18 +8,28 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::future::try_join_all;
+use futures_util::stream::FuturesUnordered;
+use iroh::endpoint::Connection;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::checker::{BATCH, Batch, Checker};
+use super::checker::{BATCH, Batch, Checker, SharedSink, lost};
+use super::explain;
 use super::hashing::{ChunkHasher, file_hash};
 use super::stream::{Frame, FrameReader, FrameWriter, Stalled};
+use super::stripes::{
+    Joining, MAX_STRIPES, StripeRegistry, StripeStream, stripe_chunks, usable_stripes,
+};
 use super::wire::{
     CHUNK_SIZE, Hash, HeldChunk, Message, Offer, chunk_header, end_frame, hash_hex, kept_frame,
     parse_hash,
@@ -150,6 +160,7 @@ pub fn file_offer(
         first_chunk: None,
         patience_secs: 0,
         files_in_send: 0,
+        stripes: MAX_STRIPES,
     }
 }
 
@@ -277,16 +288,17 @@ enum Piece {
     Data(Bytes),
     Hash(Hash),
     Kept(u32),
-    End(Hash),
 }
 
 /// Sends `source`, after `request` where the stream starts with one, and waits
-/// for the receiver's verdict.
+/// for the receiver's verdict. `dialed` is the connection where this side
+/// dialed it: only a dialer opens the extra streams of a striped transfer.
 pub async fn send_file(
     writer: &mut FrameWriter,
     reader: &mut FrameReader,
     request: Option<&Message>,
     source: &Source,
+    dialed: Option<&Connection>,
     progress: &Progress,
 ) -> Result<Sent> {
     let offer = &source.offer;
@@ -296,67 +308,97 @@ pub async fn send_file(
         .map(|request| Bytes::from(request.encode()))
         .into_iter()
         .collect();
-    opening.push(Bytes::from(
-        Message::Offer(offer_to_send(source, writer.stall()).await?).encode(),
-    ));
-    let held = if offer.eager {
-        HashMap::new()
+    let mut sent_offer = offer_to_send(source, writer.stall()).await?;
+    if dialed.is_none() {
+        sent_offer.stripes = 1;
+    }
+    let offered_stripes = sent_offer.stripes.max(1);
+    opening.push(Bytes::from(Message::Offer(sent_offer).encode()));
+    let (held, stripes, transfer) = if offer.eager {
+        (HashMap::new(), 1, 0)
     } else {
         writer.write_all(&mut std::mem::take(&mut opening)).await?;
         match reader.message().await? {
-            Message::Ready { held } => held_map(&held)?,
+            Message::Ready {
+                held,
+                stripes,
+                transfer,
+            } => (
+                held_map(&held)?,
+                stripes.clamp(1, offered_stripes),
+                transfer,
+            ),
             Message::Refused { reason } => bail!("{reason}"),
             other => bail!("unexpected answer to an offer: {other:?}"),
         }
     };
+    let held = Arc::new(held);
+    let pool = PiecePool::default();
 
-    let mut sent_bytes = 0;
-    let (read_result, write_result) = if offer.size <= PIECE as u64 {
+    let sent = if offer.size <= PIECE as u64 {
         // A small file is read inline: a thread hand-off would cost more than the read.
-        let read = read_chunks(source, &held, &mut |piece| {
+        let mut sent_bytes = 0;
+        let read = read_chunks(source, &held, &pool, 0, 1, &mut |piece| {
             opening.push(piece_bytes(piece, &mut sent_bytes, progress));
             Ok(())
         });
-        let written = writer.write_all(&mut opening).await;
-        (read, written)
+        if let Ok(hashes) = &read {
+            opening.push(Bytes::copy_from_slice(&end_frame(&file_hash(
+                offer.size, hashes,
+            ))));
+        }
+        match writer.write_all(&mut opening).await {
+            Err(err) => Err(StripeFailed::Write(err)),
+            Ok(()) => read
+                .map(|hashes| StripeSent { hashes, sent_bytes })
+                .map_err(|err| StripeFailed::Read(err.into())),
+        }
+        .map(|sent| vec![sent])
     } else {
         if !opening.is_empty() {
             writer.write_all(&mut opening).await?;
         }
-        let (tx, mut rx) = mpsc::channel(READ_AHEAD);
-        let reading = {
-            let source = source.clone();
-            tokio::task::spawn_blocking(move || {
-                read_chunks(&source, &held, &mut |piece| {
-                    tx.blocking_send(piece)
-                        .map_err(|_| std::io::Error::other("stream closed"))
-                })
-            })
-        };
-        let mut written = Ok(());
-        while let Some(piece) = rx.recv().await {
-            written = writer
-                .write(piece_bytes(piece, &mut sent_bytes, progress))
-                .await;
-            if written.is_err() {
-                break;
+        let mut extra = open_stripes(dialed, transfer, stripes, writer.stall()).await?;
+        let sending = std::iter::once(&mut *writer)
+            .chain(extra.iter_mut())
+            .zip(0..)
+            .map(|(writer, stripe)| {
+                send_stripe(writer, source, &held, &pool, stripe, stripes, progress)
+            });
+        let sent = try_join_all(sending).await;
+        for writer in &mut extra {
+            writer.finish();
+        }
+        match sent {
+            Ok(sent) => {
+                let hash = file_hash(offer.size, &merge_hashes(offer.chunks(), &sent));
+                writer
+                    .write(Bytes::copy_from_slice(&end_frame(&hash)))
+                    .await
+                    .map(|()| sent)
+                    .map_err(StripeFailed::Write)
             }
+            Err(failed) => Err(failed),
         }
-        drop(rx);
-        (reading.await.context("the reading task failed")?, written)
     };
-    if let Err(err) = write_result {
-        // A receiver that gives up stops the stream and says why on its side;
-        // a stalled one will say nothing.
-        if !err.is::<Stalled>()
-            && let Ok(Ok(Message::Failed { reason } | Message::Refused { reason })) =
-                tokio::time::timeout(REASON_WAIT, reader.message()).await
-        {
-            bail!("{reason}");
+    let sent = match sent {
+        Ok(sent) => sent,
+        Err(StripeFailed::Write(err)) => {
+            // A receiver that gives up stops the stream and says why on its side;
+            // a stalled one will say nothing.
+            if !err.is::<Stalled>()
+                && let Ok(Ok(Message::Failed { reason } | Message::Refused { reason })) =
+                    tokio::time::timeout(REASON_WAIT, reader.message()).await
+            {
+                bail!("{reason}");
+            }
+            return Err(err);
         }
-        return Err(err);
-    }
-    let local_hash = read_result.with_context(|| format!("cannot read {}", offer.name))?;
+        Err(StripeFailed::Read(err)) => {
+            return Err(err.context(format!("cannot read {}", offer.name)));
+        }
+    };
+    let local_hash = file_hash(offer.size, &merge_hashes(offer.chunks(), &sent));
     writer.finish();
     match reader.message().await? {
         Message::Stored { name, hash } => {
@@ -366,12 +408,114 @@ pub async fn send_file(
             Ok(Sent {
                 stored_as: name,
                 hash,
-                sent_bytes,
+                sent_bytes: sent.iter().map(|stripe| stripe.sent_bytes).sum(),
             })
         }
         Message::Failed { reason } | Message::Refused { reason } => bail!("{reason}"),
         other => bail!("unexpected answer after the data: {other:?}"),
     }
+}
+
+/// What one stream of a transfer sent: the hashes of its chunks, in order.
+struct StripeSent {
+    hashes: Vec<Hash>,
+    sent_bytes: u64,
+}
+
+/// Why a stream of a transfer stopped: the network (the receiver may say why)
+/// or the file.
+enum StripeFailed {
+    Write(anyhow::Error),
+    Read(anyhow::Error),
+}
+
+/// Opens the extra streams of a striped transfer, each named with `transfer`
+/// and its stripe.
+async fn open_stripes(
+    dialed: Option<&Connection>,
+    transfer: u64,
+    stripes: u32,
+    stall: Duration,
+) -> Result<Vec<FrameWriter>> {
+    let mut writers = Vec::new();
+    if stripes <= 1 {
+        return Ok(writers);
+    }
+    let Some(connection) = dialed else {
+        bail!(
+            "protocol violation: the receiver asked for {stripes} streams, and only the dialer opens them"
+        );
+    };
+    for stripe in 1..stripes {
+        // The receiver never writes on an extra stream: its half is dropped.
+        let (send, _) = tokio::time::timeout(stall, connection.open_bi())
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "the receiver accepted no stream within {} s",
+                    stall.as_secs()
+                )
+            })?
+            .map_err(|err| explain(anyhow::Error::new(err).context("cannot open a stream")))?;
+        let mut writer = FrameWriter::new(send, stall);
+        writer
+            .message(&Message::Stripe { transfer, stripe })
+            .await?;
+        writers.push(writer);
+    }
+    Ok(writers)
+}
+
+/// Reads, hashes and writes the chunks of one stripe: the reading on a blocking
+/// thread, at most [`READ_AHEAD`] pieces ahead of the network.
+async fn send_stripe(
+    writer: &mut FrameWriter,
+    source: &Source,
+    held: &Arc<HashMap<u32, Hash>>,
+    pool: &PiecePool,
+    stripe: u32,
+    stripes: u32,
+    progress: &Progress,
+) -> Result<StripeSent, StripeFailed> {
+    let (tx, mut rx) = mpsc::channel(READ_AHEAD);
+    let reading = {
+        let (source, held, pool) = (source.clone(), held.clone(), pool.clone());
+        tokio::task::spawn_blocking(move || {
+            read_chunks(&source, &held, &pool, stripe, stripes, &mut |piece| {
+                tx.blocking_send(piece)
+                    .map_err(|_| std::io::Error::other("stream closed"))
+            })
+        })
+    };
+    let mut sent_bytes = 0;
+    let mut written = Ok(());
+    while let Some(piece) = rx.recv().await {
+        written = writer
+            .write(piece_bytes(piece, &mut sent_bytes, progress))
+            .await;
+        if written.is_err() {
+            break;
+        }
+    }
+    drop(rx);
+    let read = reading
+        .await
+        .map_err(|_| StripeFailed::Read(anyhow!("the reading task failed")))?;
+    written.map_err(StripeFailed::Write)?;
+    let hashes = read.map_err(|err| StripeFailed::Read(err.into()))?;
+    Ok(StripeSent { hashes, sent_bytes })
+}
+
+/// The hashes of all `chunks` chunks, in order, from those of each stripe.
+fn merge_hashes(chunks: u64, sent: &[StripeSent]) -> Vec<Hash> {
+    let mut hashes = vec![[0u8; 32]; chunks as usize];
+    let stripes = sent.len() as u32;
+    for (stripe, sent) in (0..).zip(sent) {
+        for (index, hash) in stripe_chunks(stripe, stripes, chunks).zip(&sent.hashes) {
+            hashes[index as usize] = *hash;
+        }
+    }
+    hashes
 }
 
 /// The offer as sent: with the sender's patience, and the first chunk's hash
@@ -413,7 +557,6 @@ fn piece_bytes(piece: Piece, sent_bytes: &mut u64, progress: &Progress) -> Bytes
         }
         Piece::Hash(hash) => Bytes::copy_from_slice(&hash),
         Piece::Kept(index) => Bytes::copy_from_slice(&kept_frame(index)),
-        Piece::End(hash) => Bytes::copy_from_slice(&end_frame(&hash)),
     }
 }
 
@@ -423,19 +566,21 @@ fn held_map(held: &[HeldChunk]) -> Result<HashMap<u32, Hash>> {
         .collect()
 }
 
-/// Reads and hashes every chunk, handing each piece to `emit`; runs on a
-/// blocking thread for all but small files. Returns the file hash, or the read
-/// error that stopped it.
+/// Reads and hashes the chunks of `stripe`, handing each piece to `emit`; runs
+/// on a blocking thread for all but small files. Returns the chunks' hashes, or
+/// the read error that stopped it.
 fn read_chunks(
     source: &Source,
     held: &HashMap<u32, Hash>,
+    pool: &PiecePool,
+    stripe: u32,
+    stripes: u32,
     emit: &mut dyn FnMut(Piece) -> std::io::Result<()>,
-) -> std::io::Result<Hash> {
+) -> std::io::Result<Vec<Hash>> {
     let size = source.offer.size;
     let chunks = source.offer.chunks();
-    let mut hashes = Vec::with_capacity(chunks as usize);
-    let pool = PiecePool::default();
-    for index in 0..chunks {
+    let mut hashes = Vec::new();
+    for index in stripe_chunks(stripe, stripes, chunks) {
         let start = index * CHUNK_SIZE;
         let len = CHUNK_SIZE.min(size - start);
         let header = Piece::Header(Bytes::copy_from_slice(&chunk_header(
@@ -445,7 +590,7 @@ fn read_chunks(
         let hash = if let Some(theirs) = held.get(&(index as u32)) {
             // Kept until compared, so a chunk that differs is not read twice.
             let mut pieces = Vec::new();
-            let ours = hash_chunk(source, &pool, index, chunks, start, len, &mut |piece| {
+            let ours = hash_chunk(source, pool, index, chunks, start, len, &mut |piece| {
                 pieces.push(piece);
                 Ok(())
             })?;
@@ -459,14 +604,12 @@ fn read_chunks(
             ours
         } else {
             emit(header)?;
-            hash_chunk(source, &pool, index, chunks, start, len, emit)?
+            hash_chunk(source, pool, index, chunks, start, len, emit)?
         };
         emit(Piece::Hash(hash))?;
         hashes.push(hash);
     }
-    let hash = file_hash(size, &hashes);
-    emit(Piece::End(hash))?;
-    Ok(hash)
+    Ok(hashes)
 }
 
 /// Hashes one chunk, handing its data to `emit` piece by piece.
@@ -507,6 +650,11 @@ pub trait Sink: Send {
     fn commit_blocks(&self) -> bool {
         true
     }
+    /// Whether chunks must be checked in file order (a pipe): such a sink takes
+    /// a file on one stream.
+    fn in_order_only(&self) -> bool {
+        false
+    }
     /// Gives up, keeping checked chunks for a rerun when `keep` holds.
     fn abandon(self: Box<Self>, keep: bool);
     /// Fires when the sink must let go of its file (a rerun took it over).
@@ -542,9 +690,12 @@ pub struct Received {
 
 /// Receives one offered file into the sink that `accept` gives for the offer (or
 /// refuses it with the reason `accept` returns).
+/// A listener passes its connection's `stripes` registry, through which a
+/// striped transfer's extra streams arrive.
 pub async fn receive_file<F>(
     writer: &mut FrameWriter,
     reader: &mut FrameReader,
+    stripes: Option<&Arc<StripeRegistry>>,
     progress: &Progress,
     accept: F,
 ) -> Result<Received>
@@ -575,6 +726,12 @@ where
             bail!("refused {}: {reason}", offer.name);
         }
     };
+    let joining = match stripes {
+        Some(registry) if !offer.eager && !sink.in_order_only() => {
+            registry.join(usable_stripes(offer.stripes, offer.chunks()))
+        }
+        _ => None,
+    };
     let held: HashMap<u32, Hash> = if offer.eager {
         HashMap::new()
     } else {
@@ -587,6 +744,8 @@ where
                     hash: hash_hex(hash),
                 })
                 .collect(),
+            stripes: joining.as_ref().map_or(1, |joining| joining.stripes),
+            transfer: joining.as_ref().map_or(0, |joining| joining.transfer),
         };
         if let Err(err) = writer.message(&message).await {
             sink.abandon(true);
@@ -596,15 +755,31 @@ where
     };
 
     let cancelled = sink.cancelled();
-    let mut checker = Checker::new(sink, offer.size, offer.chunks());
+    let stripe_count = joining.as_ref().map_or(1, |joining| joining.stripes);
+    let sink: SharedSink = Arc::new(Mutex::new(sink));
+    let mut checkers: Vec<Checker> = (0..stripe_count)
+        .map(|_| Checker::new(sink.clone(), offer.size, offer.chunks()))
+        .collect();
+    let stall = writer.stall();
     let outcome = tokio::select! {
-        outcome = receive_chunks(reader, &mut checker, &offer, &held, progress) => outcome,
+        outcome = receive_chunks(reader, &mut checkers, joining, stall, &offer, &held, progress) => outcome,
         _ = cancelled.cancelled() => Err(Failure::kept(anyhow!("a newer transfer of the same file took over"))),
     };
-    let sink = match checker.into_sink().await {
-        Ok(sink) => sink,
-        Err(failure) => return fail(writer, reader, &offer, failure.error).await,
+    let mut drained = Ok(());
+    for mut checker in checkers {
+        let result = checker.drain().await;
+        if drained.is_ok() {
+            drained = result;
+        }
+    }
+    let sink = match Arc::try_unwrap(sink).map(Mutex::into_inner) {
+        Ok(Ok(sink)) => sink,
+        _ => return fail(writer, reader, &offer, lost().error).await,
     };
+    if let Err(failure) = drained {
+        sink.abandon(failure.keep_partial);
+        return fail(writer, reader, &offer, failure.error).await;
+    }
     match outcome {
         Ok((hash, received_bytes)) => match commit(sink, hash).await {
             Ok(committed) => {
@@ -702,25 +877,137 @@ impl Failure {
     }
 }
 
+/// Receives every chunk, on the offer's stream and on the extra streams of a
+/// striped transfer as they join, then the file hash; each stream's data is
+/// checked by its own checker.
 async fn receive_chunks(
     reader: &mut FrameReader,
-    checker: &mut Checker,
+    checkers: &mut [Checker],
+    joining: Option<Joining>,
+    stall: Duration,
     offer: &Offer,
     held: &HashMap<u32, Hash>,
     progress: &Progress,
 ) -> Result<(Hash, u64), Failure> {
     let chunks = offer.chunks();
-    // The sender's chunk hashes; the checker verifies each before the end.
-    let mut hashes = Vec::with_capacity(chunks.min(1 << 20) as usize);
+    let stripes = checkers.len() as u32;
+    let mut hashes = vec![[0u8; 32]; chunks.min(1 << 27) as usize];
     let mut received = 0u64;
-    loop {
-        let frame = reader.next().await.map_err(Failure::kept)?;
-        let next = hashes.len() as u64;
-        match frame {
+    {
+        let (main_checker, extra_checkers) =
+            checkers.split_first_mut().expect("a checker per stream");
+        let mut unjoined: Vec<Option<&mut Checker>> = extra_checkers.iter_mut().map(Some).collect();
+        let mut waiting = unjoined.len();
+        let mut joining = joining;
+        let deadline = tokio::time::Instant::now() + stall;
+        type StripeFuture<'a> =
+            Pin<Box<dyn Future<Output = Result<(u32, Vec<Hash>, u64), Failure>> + Send + 'a>>;
+        let mut running: FuturesUnordered<StripeFuture<'_>> = FuturesUnordered::new();
+        running.push(Box::pin(receive_stripe(
+            reader,
+            main_checker,
+            offer,
+            held,
+            progress,
+            0,
+            stripes,
+        )));
+        while !running.is_empty() || waiting > 0 {
+            tokio::select! {
+                Some(done) = running.next(), if !running.is_empty() => {
+                    let (stripe, stripe_hashes, stripe_received) = done?;
+                    for (index, hash) in stripe_chunks(stripe, stripes, chunks).zip(stripe_hashes) {
+                        hashes[index as usize] = hash;
+                    }
+                    received += stripe_received;
+                }
+                stream = next_stream(&mut joining) => {
+                    let StripeStream { stripe, mut writer, mut reader } = stream;
+                    let slot = (stripe as usize).checked_sub(1).and_then(|at| unjoined.get_mut(at));
+                    let Some(checker) = slot.and_then(Option::take) else {
+                        return Err(Failure::kept(anyhow!(
+                            "protocol violation: a stream for stripe {stripe} of {stripes}, or a second one"
+                        )));
+                    };
+                    waiting -= 1;
+                    writer.finish();
+                    running.push(Box::pin(async move {
+                        let done = receive_stripe(&mut reader, checker, offer, held, progress, stripe, stripes).await?;
+                        match reader.next().await.map_err(Failure::kept)? {
+                            None => Ok(done),
+                            Some(_) => Err(Failure::kept(anyhow!(
+                                "protocol violation: more on stream {stripe} after its last chunk"
+                            ))),
+                        }
+                    }));
+                }
+                _ = tokio::time::sleep_until(deadline), if waiting > 0 => {
+                    return Err(Failure::kept(anyhow!(
+                        "the sender opened {} of the transfer's {} extra streams within {} s",
+                        stripes as usize - 1 - waiting,
+                        stripes - 1,
+                        stall.as_secs()
+                    )));
+                }
+            }
+        }
+    }
+    for checker in checkers.iter_mut() {
+        checker.drain().await?;
+    }
+    let hash = match reader.next().await.map_err(Failure::kept)? {
+        Some(Frame::End { hash }) => hash,
+        None => {
+            return Err(Failure::kept(anyhow!(
+                "the sender stopped after its last chunk, before the file hash"
+            )));
+        }
+        Some(_) => {
+            return Err(Failure::kept(anyhow!(
+                "protocol violation: more than the offered {chunks} chunks"
+            )));
+        }
+    };
+    if file_hash(offer.size, &hashes) != hash {
+        return Err(Failure::dropped(anyhow!(
+            "the file hash does not match its chunks"
+        )));
+    }
+    Ok((hash, received))
+}
+
+/// The next extra stream to join; never, without a registry.
+async fn next_stream(joining: &mut Option<Joining>) -> StripeStream {
+    match joining {
+        Some(joining) => match joining.streams.recv().await {
+            Some(stream) => stream,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Receives the chunks of `stripe` from `reader`, in order, into `checker`.
+/// Returns the stripe, its chunks' hashes as the sender claimed them (the
+/// checker verifies each) and the data bytes received.
+async fn receive_stripe(
+    reader: &mut FrameReader,
+    checker: &mut Checker,
+    offer: &Offer,
+    held: &HashMap<u32, Hash>,
+    progress: &Progress,
+    stripe: u32,
+    stripes: u32,
+) -> Result<(u32, Vec<Hash>, u64), Failure> {
+    let chunks = offer.chunks();
+    let mut hashes = Vec::new();
+    let mut received = 0u64;
+    for next in stripe_chunks(stripe, stripes, chunks) {
+        match reader.next().await.map_err(Failure::kept)? {
             Some(Frame::Chunk { index, len }) => {
                 let start = next * CHUNK_SIZE;
-                let expected_len = CHUNK_SIZE.min(offer.size.saturating_sub(start));
-                if u64::from(index) != next || next >= chunks || u64::from(len) != expected_len {
+                let expected_len = CHUNK_SIZE.min(offer.size - start);
+                if u64::from(index) != next || u64::from(len) != expected_len {
                     return Err(Failure::kept(anyhow!(
                         "protocol violation: chunk {index} of {len} bytes where chunk {next} of {expected_len} belongs"
                     )));
@@ -769,19 +1056,10 @@ async fn receive_chunks(
                 progress.add(CHUNK_SIZE.min(offer.size - next * CHUNK_SIZE));
                 hashes.push(*hash);
             }
-            Some(Frame::End { hash }) => {
-                checker.drain().await?;
-                if next != chunks {
-                    return Err(Failure::kept(anyhow!(
-                        "the sender ended after {next} of {chunks} chunks"
-                    )));
-                }
-                if file_hash(offer.size, &hashes) != hash {
-                    return Err(Failure::dropped(anyhow!(
-                        "the file hash does not match its chunks"
-                    )));
-                }
-                return Ok((hash, received));
+            Some(Frame::End { .. }) => {
+                return Err(Failure::kept(anyhow!(
+                    "the sender ended the file before chunk {next} of {chunks}"
+                )));
             }
             Some(Frame::Message(message)) => {
                 return Err(Failure::kept(anyhow!(
@@ -790,9 +1068,10 @@ async fn receive_chunks(
             }
             None => {
                 return Err(Failure::kept(anyhow!(
-                    "the sender stopped after {next} of {chunks} chunks"
+                    "the sender stopped before chunk {next} of {chunks}"
                 )));
             }
         }
     }
+    Ok((stripe, hashes, received))
 }

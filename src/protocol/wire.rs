@@ -54,6 +54,10 @@ pub struct Offer {
     /// listener writing to stdout takes a send of one file only.
     #[serde(default)]
     pub files_in_send: u64,
+    /// On how many streams the sender can carry the chunks (0 or 1: this one
+    /// only); the receiver's `Ready` says how many it takes.
+    #[serde(default)]
+    pub stripes: u32,
 }
 
 fn default_patience_secs() -> u64 {
@@ -133,6 +137,18 @@ pub enum Message {
     Offer(Offer),
     Ready {
         held: Vec<HeldChunk>,
+        /// Streams the receiver takes the chunks on (0 or 1: the offer's alone).
+        #[serde(default)]
+        stripes: u32,
+        /// Names the transfer on its extra streams.
+        #[serde(default)]
+        transfer: u64,
+    },
+    /// Opens an extra stream of a striped transfer, from the dialer: it carries
+    /// the chunks whose index leaves `stripe` when divided by the stripe count.
+    Stripe {
+        transfer: u64,
+        stripe: u32,
     },
     /// The receiver will not take the offer, or the holder cannot serve a request.
     Refused {
@@ -186,7 +202,7 @@ impl Message {
                     return Err(WireError::Bound("file size", offer.size));
                 }
             }
-            Message::Ready { held } if held.len() as u64 > MAX_FILE_BYTES / CHUNK_SIZE => {
+            Message::Ready { held, .. } if held.len() as u64 > MAX_FILE_BYTES / CHUNK_SIZE => {
                 return Err(WireError::Bound("held chunks", held.len() as u64));
             }
             Message::Fetch { file, .. } => check_name(file)?,
@@ -274,6 +290,7 @@ mod tests {
             first_chunk: None,
             patience_secs: 20,
             files_in_send: 1,
+            stripes: 4,
         });
         let frame = offer.encode();
         assert_eq!(frame[0], TAG_MESSAGE);
@@ -293,6 +310,7 @@ mod tests {
             first_chunk: Some("00".repeat(32)),
             patience_secs: 3,
             files_in_send: 0,
+            stripes: 0,
         });
         assert!(offer.validate().is_err());
     }

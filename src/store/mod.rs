@@ -813,6 +813,7 @@ mod tests {
             first_chunk: None,
             patience_secs: 30,
             files_in_send: 1,
+            stripes: 1,
         };
         let record_path = dir.path().join("record");
         let mut record = String::new();

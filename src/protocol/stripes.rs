@@ -1,0 +1,159 @@
+//! Striping: one file's chunks carried on several streams of a connection.
+//!
+//! A stream moves at most its receive window per round trip, and noq's window
+//! (1.25 MB) cannot safely grow (see the README, "Long links"): one stream holds
+//! a file to 12 MB/s on a 100 ms link. So the sender offers to stripe, the
+//! receiver answers how many streams it takes and a transfer number, and the
+//! dialer opens the extra streams, each naming the transfer and its stripe.
+//! Chunk `i` travels on stripe `i % stripes`, in order within its stripe; the
+//! offer's stream is stripe 0 and carries the file hash after every stripe.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Result, anyhow};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use super::stream::{FrameReader, FrameWriter};
+
+/// The most streams one file is carried on.
+pub const MAX_STRIPES: u32 = 4;
+
+/// The chunks of a file of `chunks` chunks that travel on `stripe`, in order.
+pub fn stripe_chunks(stripe: u32, stripes: u32, chunks: u64) -> impl Iterator<Item = u64> {
+    (u64::from(stripe)..chunks).step_by(stripes.max(1) as usize)
+}
+
+/// How many stripes a file of `chunks` chunks can use of the `wanted`.
+pub fn usable_stripes(wanted: u32, chunks: u64) -> u32 {
+    wanted
+        .min(MAX_STRIPES)
+        .min(chunks.min(u64::from(MAX_STRIPES)) as u32)
+        .max(1)
+}
+
+/// The stripes each of `files` files moving at once may use, so that together
+/// they take about [`MAX_STRIPES`] streams, and never fewer than one each.
+pub fn stripes_sharing(files: usize) -> u32 {
+    (MAX_STRIPES as usize / files.max(1)).max(1) as u32
+}
+
+/// An extra stream of a striped transfer, as the listener accepted it.
+pub struct StripeStream {
+    pub stripe: u32,
+    pub writer: FrameWriter,
+    pub reader: FrameReader,
+}
+
+/// A listener's striped transfers on one connection, waiting for their extra
+/// streams.
+pub struct StripeRegistry {
+    waiting: Mutex<HashMap<u64, mpsc::UnboundedSender<StripeStream>>>,
+    next: AtomicU64,
+    /// Extra streams the whole listener takes at once: each holds a few MiB of
+    /// buffers, so many concurrent senders fall back to one stream each.
+    budget: Arc<Semaphore>,
+}
+
+/// A striped transfer's claim on its extra streams; ends the wait when dropped.
+pub struct Joining {
+    pub transfer: u64,
+    pub stripes: u32,
+    pub streams: mpsc::UnboundedReceiver<StripeStream>,
+    registry: Arc<StripeRegistry>,
+    _extra_streams: OwnedSemaphorePermit,
+}
+
+impl Drop for Joining {
+    fn drop(&mut self) {
+        if let Ok(mut waiting) = self.registry.waiting.lock() {
+            waiting.remove(&self.transfer);
+        }
+    }
+}
+
+impl StripeRegistry {
+    pub fn new(budget: Arc<Semaphore>) -> Arc<StripeRegistry> {
+        Arc::new(StripeRegistry {
+            waiting: Mutex::default(),
+            next: AtomicU64::new(1),
+            budget,
+        })
+    }
+
+    /// A new transfer on up to `stripes` streams, fewer while the listener's
+    /// extra streams are taken; `None` for one stream.
+    pub fn join(self: &Arc<Self>, stripes: u32) -> Option<Joining> {
+        let mut extra = stripes.min(MAX_STRIPES).saturating_sub(1);
+        let permit = loop {
+            if extra == 0 {
+                return None;
+            }
+            match self.budget.clone().try_acquire_many_owned(extra) {
+                Ok(permit) => break permit,
+                Err(_) => extra -= 1,
+            }
+        };
+        let transfer = self.next.fetch_add(1, Ordering::Relaxed);
+        let (deliver, streams) = mpsc::unbounded_channel();
+        self.waiting.lock().ok()?.insert(transfer, deliver);
+        Some(Joining {
+            transfer,
+            stripes: extra + 1,
+            streams,
+            registry: self.clone(),
+            _extra_streams: permit,
+        })
+    }
+
+    /// Hands an extra stream to the transfer it names.
+    pub fn deliver(&self, transfer: u64, stream: StripeStream) -> Result<()> {
+        let waiting = self
+            .waiting
+            .lock()
+            .map_err(|_| anyhow!("the stripe registry failed"))?;
+        let deliver = waiting
+            .get(&transfer)
+            .ok_or_else(|| anyhow!("a stream for transfer {transfer}, which is not waiting"))?;
+        deliver
+            .send(stream)
+            .map_err(|_| anyhow!("transfer {transfer} ended"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_chunk_travels_on_exactly_one_stripe() {
+        for chunks in [1u64, 2, 5, 8, 9] {
+            for stripes in 1..=4 {
+                let mut seen: Vec<u64> = (0..stripes)
+                    .flat_map(|stripe| stripe_chunks(stripe, stripes, chunks))
+                    .collect();
+                seen.sort_unstable();
+                assert_eq!(seen, (0..chunks).collect::<Vec<_>>());
+            }
+        }
+        assert_eq!(usable_stripes(4, 2), 2);
+        assert_eq!(usable_stripes(9, 100), MAX_STRIPES);
+        assert_eq!(usable_stripes(0, 100), 1);
+        assert_eq!(stripes_sharing(1), MAX_STRIPES);
+        assert_eq!(stripes_sharing(2), 2);
+        assert_eq!(stripes_sharing(200), 1);
+    }
+
+    #[test]
+    fn the_listener_budget_bounds_extra_streams() {
+        let registry = StripeRegistry::new(Arc::new(Semaphore::new(4)));
+        let first = registry.join(4).expect("room for three extra streams");
+        assert_eq!(first.stripes, 4);
+        let second = registry.join(4).expect("room for one more");
+        assert_eq!(second.stripes, 2);
+        assert!(registry.join(4).is_none(), "no extra stream left");
+        drop(first);
+        assert_eq!(registry.join(2).map(|j| j.stripes), Some(2));
+    }
+}
