@@ -1,7 +1,9 @@
-//! `send` across a link with a round-trip time, as between two data centres.
+//! `send` and `pull` across a link with a round-trip time, as between two data
+//! centres.
 //!
 //!     cargo bench --bench wan              # 128 MiB at RTT 0, 20, 50 and 100 ms
 //!     cargo bench --bench wan -- 50 200    # other RTTs, in ms
+//!     TENSOR_IROH_BIN=path/to/tensor-iroh cargo bench --bench wan   # another build
 //!
 //! Needs root and `ip netns`. The sender and the listener run in two network
 //! namespaces joined only by a relay in this process, which holds every
@@ -13,7 +15,7 @@
 mod netns;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,6 +25,8 @@ use iroh::EndpointAddr;
 use iroh_tickets::endpoint::EndpointTicket;
 
 const FILE_BYTES: usize = 128 << 20;
+/// How early the relay may let a datagram go rather than sleep for it.
+const SLACK: Duration = Duration::from_micros(500);
 
 fn main() {
     let rtts: Vec<u64> = std::env::args()
@@ -43,46 +47,72 @@ fn main() {
         return;
     };
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let file = dir.path().join("w.safetensors");
+    let served = dir.path().join("served");
+    std::fs::create_dir(&served).expect("a served directory");
+    let file = served.join("w.safetensors");
     write_safetensors(&file, FILE_BYTES);
     let mut baseline = None;
     for rtt in rtts {
-        let seconds = send_through_delay(
-            &namespaces,
-            &file,
-            &dir.path().join(format!("out-{rtt}")),
-            Duration::from_millis(rtt),
-        );
-        let mb_per_s = FILE_BYTES as f64 / 1e6 / seconds;
+        let mut rates = Vec::new();
+        for how in [How::Send, How::Pull] {
+            let seconds = transfer_through_delay(
+                &namespaces,
+                &file,
+                &dir.path().join(format!("{how:?}-{rtt}")),
+                Duration::from_millis(rtt),
+                how,
+            );
+            rates.push(FILE_BYTES as f64 / 1e6 / seconds);
+        }
         let ratio = match baseline {
             None if rtt == 0 => {
-                baseline = Some(mb_per_s);
-                String::from("baseline")
+                baseline = Some(rates[0]);
+                String::from("send baseline")
             }
             None => String::from("no RTT 0 baseline in this run"),
-            Some(base) => format!("{:.2}x of RTT 0", mb_per_s / base),
+            Some(base) => format!("send {:.2}x of RTT 0", rates[0] / base),
         };
         println!(
-            "rtt {rtt:>4} ms: {} MiB in {seconds:.2} s = {mb_per_s:.1} MB/s ({ratio})",
-            FILE_BYTES >> 20
+            "rtt {rtt:>4} ms: {} MiB, send {:.1} MB/s, pull {:.1} MB/s ({ratio})",
+            FILE_BYTES >> 20,
+            rates[0],
+            rates[1]
         );
     }
 }
 
-/// Seconds for one `send` of `file` through a relay that delays each datagram
-/// by half of `rtt`.
-fn send_through_delay(
+/// The build under test: this one, or the one `TENSOR_IROH_BIN` names, to
+/// compare two builds on the same links.
+fn binary() -> PathBuf {
+    std::env::var_os("TENSOR_IROH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tensor-iroh")))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum How {
+    Send,
+    Pull,
+}
+
+/// Seconds for one `send` of `file` to a listener, or one `pull` of it from a
+/// listener serving it, through a relay that delays each datagram by half of
+/// `rtt`; `out` is where the copy lands.
+fn transfer_through_delay(
     namespaces: &netns::Namespaces,
     file: &Path,
     out: &Path,
     rtt: Duration,
+    how: How,
 ) -> f64 {
     let mut listener = Command::new("ip")
         .args(["netns", "exec", &namespaces.listener])
-        .arg(env!("CARGO_BIN_EXE_tensor-iroh"))
+        .arg(binary())
         .args(["listen", "--relay", "disabled", "--bind", "10.202.0.2:0"])
         .arg("--out")
         .arg(out)
+        .arg("--serve")
+        .arg(file.parent().expect("the file's directory"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -109,20 +139,28 @@ fn send_through_delay(
     let stop = Arc::new(AtomicBool::new(false));
     delay_relay(outer, inner, target, rtt / 2, stop.clone());
 
-    let started = Instant::now();
-    let sent = Command::new("ip")
+    let mut command = Command::new("ip");
+    command
         .args(["netns", "exec", &namespaces.sender])
-        .arg(env!("CARGO_BIN_EXE_tensor-iroh"))
-        .args(["send", "--relay", "disabled", "--quiet", "--timeout", "60"])
-        .arg(ticket.to_string())
-        .arg(file)
-        .status()
-        .expect("send runs");
+        .arg(binary());
+    match how {
+        How::Send => command
+            .args(["send", "--relay", "disabled", "--quiet", "--timeout", "60"])
+            .arg(ticket.to_string())
+            .arg(file),
+        How::Pull => command
+            .args(["pull", "--relay", "disabled", "--quiet", "--timeout", "60"])
+            .arg(ticket.to_string())
+            .arg("--out")
+            .arg(out),
+    };
+    let started = Instant::now();
+    let moved = command.status().expect("the transfer runs");
     let seconds = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     listener.kill().ok();
     listener.wait().ok();
-    assert!(sent.success(), "send at RTT {rtt:?} failed");
+    assert!(moved.success(), "{how:?} at RTT {rtt:?} failed");
     assert!(
         std::fs::read(out.join("w.safetensors")).ok() == std::fs::read(file).ok(),
         "the file arrived changed at RTT {rtt:?}"
@@ -145,6 +183,19 @@ fn delay_relay(
         socket
             .set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
+        // The default buffer overflowed under a window's burst, and the losses
+        // it caused, not the delay, set the pace.
+        let bytes: libc::c_int = 32 << 20;
+        // SAFETY: setsockopt on an open socket with a pointer to a live c_int.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(socket),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&bytes as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
     }
     let (outer, inner) = (Arc::new(outer), Arc::new(inner));
     // Datagrams from the sender go out of `inner` to the listener, and back.
@@ -170,8 +221,11 @@ fn delay_relay(
         let sender = sender.clone();
         std::thread::spawn(move || {
             while let Ok((at, data)) = due.recv() {
+                // A sleep overshoots by tens of microseconds: one per datagram
+                // held the relay itself to ~20 MB/s. Datagrams due within the
+                // slack go at once, a fraction of a millisecond early.
                 let now = Instant::now();
-                if at > now {
+                if at > now + SLACK {
                     std::thread::sleep(at - now);
                 }
                 let peer = if toward_listener {

@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::catalog::Catalog;
 use crate::protocol::pool::peer_answers;
 use crate::protocol::stream::{FrameReader, FrameWriter};
-use crate::protocol::stripes::{MAX_STRIPES, StripeRegistry, StripeStream};
+use crate::protocol::stripes::{MAX_STRIPES, StripeLink, StripeRegistry, StripeStream};
 use crate::protocol::transfer::{Committed, Progress, Received, Sink, receive_file, send_file};
 use crate::protocol::wire::{CHUNK_SIZE, Hash, Message, Offer, PROTOCOL_VERSION};
 use crate::protocol::{CODE_SHUTDOWN, HELLO_ALPN};
@@ -251,7 +251,7 @@ impl Service {
                 let result = receive_file(
                     writer,
                     reader,
-                    Some(streams.stripes),
+                    StripeLink::Listener(streams.stripes),
                     &progress,
                     async |offer: &Offer| {
                         let sink = self.sink_for(offer, connection).await?;
@@ -316,7 +316,9 @@ impl Service {
                 writer.finish();
             }
             Message::Fetch { .. } | Message::FetchMerged { .. } => {
-                self.serve_fetch(peer, &request, writer, reader).await?
+                let link = StripeLink::Listener(streams.stripes);
+                self.serve_fetch(peer, &request, link, writer, reader)
+                    .await?
             }
             other => bail!("unexpected request {other:?}"),
         }
@@ -327,6 +329,7 @@ impl Service {
         &self,
         peer: EndpointId,
         request: &Message,
+        link: StripeLink<'_>,
         writer: &mut FrameWriter,
         reader: &mut FrameReader,
     ) -> Result<()> {
@@ -359,7 +362,7 @@ impl Service {
             }
         };
         let progress = Progress::default();
-        let event = match send_file(writer, reader, None, &source, None, &progress).await {
+        let event = match send_file(writer, reader, None, &source, link, &progress).await {
             Ok(_) => Event::Served {
                 peer,
                 name: source.offer.name.clone(),

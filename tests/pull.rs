@@ -273,10 +273,20 @@ fn eight_pullers_at_once_and_collisions() {
     )
     .unwrap();
     let listener = Listener::start(&["--serve", serve.to_str().unwrap()]);
+    // Half pull every file, half only the big one, which then travels on
+    // several streams (more than the listener takes at once, so some get fewer).
     let handles: Vec<_> = (0..8)
         .map(|i| {
             let (ticket, out) = (listener.ticket.clone(), dir.path().join(format!("p{i}")));
-            std::thread::spawn(move || (pull(&ticket, &["--out", out.to_str().unwrap()]), out))
+            std::thread::spawn(move || {
+                let out_arg = out.to_str().unwrap();
+                let args: &[&str] = if i % 2 == 0 {
+                    &["--out", out_arg]
+                } else {
+                    &["big", "--out", out_arg]
+                };
+                (pull(&ticket, args), out)
+            })
         })
         .collect();
     for handle in handles {

@@ -334,6 +334,7 @@ fn offer(name: &str, size: u64, eager: bool) -> Offer {
         patience_secs: 20,
         files_in_send: 1,
         stripes: 1,
+        transfer: 0,
     }
 }
 

@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use super::{NetArgs, TimeoutArgs, first_failure, parse_tickets};
 use crate::protocol::client;
 use crate::protocol::pool::Pool;
+use crate::protocol::stripes::stripes_sharing;
 use crate::protocol::transfer::{Progress, Received, Sink};
 use crate::protocol::wire::{CatalogFile, Message, Offer, TensorRef};
 use crate::service::StdoutSink;
@@ -268,6 +269,7 @@ async fn fetch_to_stdout(pool: &Pool, addr: &iroh::EndpointAddr, wanted: &[Wante
         pool,
         addr,
         &Message::FetchMerged { tensors: refs },
+        1,
         &Progress::default(),
         async |_: &Offer| Ok(Box::new(StdoutSink::new((), Arc::default())) as Box<dyn Sink>),
     )
@@ -286,6 +288,7 @@ async fn fetch_to_store(
     let total = wanted.iter().map(|w| w.bytes).sum();
     let bar = ui.progress("pulling", Some(total), &progress);
     let slots = Arc::new(Semaphore::new(FILES_IN_FLIGHT));
+    let stripes = stripes_sharing(wanted.len().min(FILES_IN_FLIGHT));
     let mut fetches = JoinSet::new();
     for item in wanted {
         let (pool, addr, store, slots, progress, ui) = (
@@ -304,16 +307,22 @@ async fn fetch_to_store(
                 file: item.file.clone(),
                 tensors: item.tensors,
             };
-            let received =
-                client::fetch(&pool, &addr, &request, &progress, async |offer: &Offer| {
+            let received = client::fetch(
+                &pool,
+                &addr,
+                &request,
+                stripes,
+                &progress,
+                async |offer: &Offer| {
                     // Within one pull every fetch is live; two fetches of one file
                     // get sibling partial files rather than taking over.
                     store
                         .accept(offer, Arc::new(|| Box::pin(async { true })))
                         .await
-                })
-                .await
-                .with_context(|| format!("pulling {}", item.file))?;
+                },
+            )
+            .await
+            .with_context(|| format!("pulling {}", item.file))?;
             Ok((received, started.elapsed()))
         });
     }

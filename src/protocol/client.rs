@@ -6,6 +6,7 @@ use iroh::EndpointAddr;
 
 use super::explain;
 use super::pool::Pool;
+use super::stripes::StripeLink;
 use super::transfer::{Progress, Received, Sent, Sink, Source, receive_file, send_file};
 use super::wire::{CatalogFile, Message, Offer};
 
@@ -22,7 +23,10 @@ pub async fn upload(
         &mut reader,
         Some(&Message::Upload),
         source,
-        Some(&connection),
+        StripeLink::Dialer {
+            connection: &connection,
+            stripes: source.offer.stripes,
+        },
         progress,
     )
     .await
@@ -73,20 +77,26 @@ pub async fn catalog(pool: &Pool, addr: &EndpointAddr) -> Result<Vec<CatalogFile
 }
 
 /// Sends `request` (a `Fetch` or `FetchMerged`) and receives the file the
-/// listener offers in answer into the sink `accept` gives.
+/// listener offers in answer into the sink `accept` gives, on up to `stripes`
+/// streams.
 pub async fn fetch<F>(
     pool: &Pool,
     addr: &EndpointAddr,
     request: &Message,
+    stripes: u32,
     progress: &Progress,
     accept: F,
 ) -> Result<Received>
 where
     F: AsyncFnOnce(&Offer) -> Result<Box<dyn Sink>>,
 {
-    let (mut writer, mut reader) = pool.open(addr).await?;
+    let (connection, mut writer, mut reader) = pool.open_on_connection(addr).await?;
     writer.message(request).await.map_err(explain)?;
-    receive_file(&mut writer, &mut reader, None, progress, accept)
+    let link = StripeLink::Dialer {
+        connection: &connection,
+        stripes,
+    };
+    receive_file(&mut writer, &mut reader, link, progress, accept)
         .await
         .map_err(explain)
 }

@@ -12,10 +12,15 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Result, anyhow};
+use std::time::Duration;
+
+use anyhow::{Result, anyhow, bail};
+use iroh::endpoint::Connection;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
+use super::explain;
 use super::stream::{FrameReader, FrameWriter};
+use super::wire::Message;
 
 /// The most streams one file is carried on.
 pub const MAX_STRIPES: u32 = 4;
@@ -39,7 +44,84 @@ pub fn stripes_sharing(files: usize) -> u32 {
     (MAX_STRIPES as usize / files.max(1)).max(1) as u32
 }
 
-/// An extra stream of a striped transfer, as the listener accepted it.
+/// How a transfer gets its extra streams: the side that dialed the connection
+/// opens them, the listening side receives them through its registry. In an
+/// upload the dialer sends; in a pull it receives.
+#[derive(Clone, Copy)]
+pub enum StripeLink<'a> {
+    /// One stream only.
+    Single,
+    /// This side dialed: it opens the extra streams, for `stripes` in all at most.
+    Dialer {
+        connection: &'a Connection,
+        stripes: u32,
+    },
+    /// This side listens: the dialer's extra streams arrive through `registry`.
+    Listener(&'a Arc<StripeRegistry>),
+}
+
+/// Opens the extra streams 1..`stripes` of `transfer`, each named by its first
+/// message.
+pub async fn open_stripes(
+    connection: &Connection,
+    transfer: u64,
+    stripes: u32,
+    stall: Duration,
+) -> Result<Vec<StripeStream>> {
+    let mut streams = Vec::new();
+    for stripe in 1..stripes {
+        let (send, recv) = tokio::time::timeout(stall, connection.open_bi())
+            .await
+            .map_err(|_| anyhow!("the peer accepted no stream within {} s", stall.as_secs()))?
+            .map_err(|err| explain(anyhow::Error::new(err).context("cannot open a stream")))?;
+        let mut writer = FrameWriter::new(send, stall);
+        writer
+            .message(&Message::Stripe { transfer, stripe })
+            .await?;
+        streams.push(StripeStream {
+            stripe,
+            writer,
+            reader: FrameReader::new(recv, stall),
+        });
+    }
+    Ok(streams)
+}
+
+/// Waits for the extra streams 1..`stripes` of `joining`, in stripe order.
+pub async fn collect_stripes(
+    joining: &mut Joining,
+    stripes: u32,
+    stall: Duration,
+) -> Result<Vec<StripeStream>> {
+    let mut arrived: Vec<Option<StripeStream>> = (1..stripes).map(|_| None).collect();
+    let deadline = tokio::time::Instant::now() + stall;
+    while arrived.iter().any(Option::is_none) {
+        let stream = tokio::time::timeout_at(deadline, joining.streams.recv())
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "the peer opened {} of the transfer's {} extra streams within {} s",
+                    arrived.iter().filter(|s| s.is_some()).count(),
+                    stripes - 1,
+                    stall.as_secs()
+                )
+            })?
+            .ok_or_else(|| anyhow!("the transfer's extra streams stopped arriving"))?;
+        let stripe = stream.stripe;
+        match (stripe as usize)
+            .checked_sub(1)
+            .and_then(|at| arrived.get_mut(at))
+        {
+            Some(slot @ None) => *slot = Some(stream),
+            _ => bail!(
+                "protocol violation: a stream for stripe {stripe} of {stripes}, or a second one"
+            ),
+        }
+    }
+    Ok(arrived.into_iter().flatten().collect())
+}
+
+/// An extra stream of a striped transfer.
 pub struct StripeStream {
     pub stripe: u32,
     pub writer: FrameWriter,

@@ -19,16 +19,15 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::future::try_join_all;
 use futures_util::stream::FuturesUnordered;
-use iroh::endpoint::Connection;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::checker::{BATCH, Batch, Checker, SharedSink, lost};
-use super::explain;
 use super::hashing::{ChunkHasher, file_hash};
 use super::stream::{Frame, FrameReader, FrameWriter, Stalled};
 use super::stripes::{
-    Joining, MAX_STRIPES, StripeRegistry, StripeStream, stripe_chunks, usable_stripes,
+    Joining, MAX_STRIPES, StripeLink, StripeStream, collect_stripes, open_stripes, stripe_chunks,
+    usable_stripes,
 };
 use super::wire::{
     CHUNK_SIZE, Hash, HeldChunk, Message, Offer, chunk_header, end_frame, hash_hex, kept_frame,
@@ -161,6 +160,7 @@ pub fn file_offer(
         patience_secs: 0,
         files_in_send: 0,
         stripes: MAX_STRIPES,
+        transfer: 0,
     }
 }
 
@@ -291,14 +291,14 @@ enum Piece {
 }
 
 /// Sends `source`, after `request` where the stream starts with one, and waits
-/// for the receiver's verdict. `dialed` is the connection where this side
-/// dialed it: only a dialer opens the extra streams of a striped transfer.
+/// for the receiver's verdict; `link` says how a striped transfer gets its
+/// extra streams.
 pub async fn send_file(
     writer: &mut FrameWriter,
     reader: &mut FrameReader,
     request: Option<&Message>,
     source: &Source,
-    dialed: Option<&Connection>,
+    link: StripeLink<'_>,
     progress: &Progress,
 ) -> Result<Sent> {
     let offer = &source.offer;
@@ -309,9 +309,16 @@ pub async fn send_file(
         .into_iter()
         .collect();
     let mut sent_offer = offer_to_send(source, writer.stall()).await?;
-    if dialed.is_none() {
-        sent_offer.stripes = 1;
-    }
+    let mut joining = None;
+    sent_offer.stripes = match link {
+        StripeLink::Dialer { stripes, .. } => stripes,
+        StripeLink::Listener(registry) if !offer.eager => {
+            joining = registry.join(usable_stripes(MAX_STRIPES, offer.chunks()));
+            sent_offer.transfer = joining.as_ref().map_or(0, |joining| joining.transfer);
+            joining.as_ref().map_or(1, |joining| joining.stripes)
+        }
+        StripeLink::Listener(_) | StripeLink::Single => 1,
+    };
     let offered_stripes = sent_offer.stripes.max(1);
     opening.push(Bytes::from(Message::Offer(sent_offer).encode()));
     let (held, stripes, transfer) = if offer.eager {
@@ -341,24 +348,33 @@ pub async fn send_file(
         let read = read_chunks(source, &held, &pool, 0, 1, &mut |piece| {
             opening.push(piece_bytes(piece, &mut sent_bytes, progress));
             Ok(())
+        })
+        .map(|hashes| {
+            let hash = file_hash(offer.size, &hashes);
+            opening.push(Bytes::copy_from_slice(&end_frame(&hash)));
+            (vec![StripeSent { hashes, sent_bytes }], hash)
         });
-        if let Ok(hashes) = &read {
-            opening.push(Bytes::copy_from_slice(&end_frame(&file_hash(
-                offer.size, hashes,
-            ))));
-        }
         match writer.write_all(&mut opening).await {
             Err(err) => Err(StripeFailed::Write(err)),
-            Ok(()) => read
-                .map(|hashes| StripeSent { hashes, sent_bytes })
-                .map_err(|err| StripeFailed::Read(err.into())),
+            Ok(()) => read.map_err(|err| StripeFailed::Read(err.into())),
         }
-        .map(|sent| vec![sent])
     } else {
         if !opening.is_empty() {
             writer.write_all(&mut opening).await?;
         }
-        let mut extra = open_stripes(dialed, transfer, stripes, writer.stall()).await?;
+        let stall = writer.stall();
+        let extra = match (link, &mut joining) {
+            _ if stripes <= 1 => Vec::new(),
+            (StripeLink::Dialer { connection, .. }, _) => {
+                open_stripes(connection, transfer, stripes, stall).await?
+            }
+            (StripeLink::Listener(_), Some(joining)) => {
+                collect_stripes(joining, stripes, stall).await?
+            }
+            _ => bail!("protocol violation: {stripes} streams where one was offered"),
+        };
+        // The receiver never writes on an extra stream.
+        let mut extra: Vec<FrameWriter> = extra.into_iter().map(|stream| stream.writer).collect();
         let sending = std::iter::once(&mut *writer)
             .chain(extra.iter_mut())
             .zip(0..)
@@ -375,13 +391,13 @@ pub async fn send_file(
                 writer
                     .write(Bytes::copy_from_slice(&end_frame(&hash)))
                     .await
-                    .map(|()| sent)
+                    .map(|()| (sent, hash))
                     .map_err(StripeFailed::Write)
             }
             Err(failed) => Err(failed),
         }
     };
-    let sent = match sent {
+    let (sent, local_hash) = match sent {
         Ok(sent) => sent,
         Err(StripeFailed::Write(err)) => {
             // A receiver that gives up stops the stream and says why on its side;
@@ -398,7 +414,6 @@ pub async fn send_file(
             return Err(err.context(format!("cannot read {}", offer.name)));
         }
     };
-    let local_hash = file_hash(offer.size, &merge_hashes(offer.chunks(), &sent));
     writer.finish();
     match reader.message().await? {
         Message::Stored { name, hash } => {
@@ -427,43 +442,6 @@ struct StripeSent {
 enum StripeFailed {
     Write(anyhow::Error),
     Read(anyhow::Error),
-}
-
-/// Opens the extra streams of a striped transfer, each named with `transfer`
-/// and its stripe.
-async fn open_stripes(
-    dialed: Option<&Connection>,
-    transfer: u64,
-    stripes: u32,
-    stall: Duration,
-) -> Result<Vec<FrameWriter>> {
-    let mut writers = Vec::new();
-    if stripes <= 1 {
-        return Ok(writers);
-    }
-    let Some(connection) = dialed else {
-        bail!(
-            "protocol violation: the receiver asked for {stripes} streams, and only the dialer opens them"
-        );
-    };
-    for stripe in 1..stripes {
-        // The receiver never writes on an extra stream: its half is dropped.
-        let (send, _) = tokio::time::timeout(stall, connection.open_bi())
-            .await
-            .map_err(|_| {
-                anyhow!(
-                    "the receiver accepted no stream within {} s",
-                    stall.as_secs()
-                )
-            })?
-            .map_err(|err| explain(anyhow::Error::new(err).context("cannot open a stream")))?;
-        let mut writer = FrameWriter::new(send, stall);
-        writer
-            .message(&Message::Stripe { transfer, stripe })
-            .await?;
-        writers.push(writer);
-    }
-    Ok(writers)
 }
 
 /// Reads, hashes and writes the chunks of one stripe: the reading on a blocking
@@ -690,12 +668,11 @@ pub struct Received {
 
 /// Receives one offered file into the sink that `accept` gives for the offer (or
 /// refuses it with the reason `accept` returns).
-/// A listener passes its connection's `stripes` registry, through which a
-/// striped transfer's extra streams arrive.
+/// `link` says how a striped transfer gets its extra streams.
 pub async fn receive_file<F>(
     writer: &mut FrameWriter,
     reader: &mut FrameReader,
-    stripes: Option<&Arc<StripeRegistry>>,
+    link: StripeLink<'_>,
     progress: &Progress,
     accept: F,
 ) -> Result<Received>
@@ -726,11 +703,28 @@ where
             bail!("refused {}: {reason}", offer.name);
         }
     };
-    let joining = match stripes {
-        Some(registry) if !offer.eager && !sink.in_order_only() => {
-            registry.join(usable_stripes(offer.stripes, offer.chunks()))
-        }
-        _ => None,
+    let striped = !offer.eager && !sink.in_order_only();
+    let (joining, to_open) = match link {
+        StripeLink::Listener(registry) if striped => (
+            registry.join(usable_stripes(offer.stripes, offer.chunks())),
+            None,
+        ),
+        StripeLink::Dialer {
+            connection,
+            stripes,
+        } if striped && offer.transfer != 0 => (
+            None,
+            Some((
+                connection,
+                usable_stripes(offer.stripes.min(stripes), offer.chunks()),
+            )),
+        ),
+        _ => (None, None),
+    };
+    let (stripe_count, transfer) = match (&joining, to_open) {
+        (Some(joining), _) => (joining.stripes, joining.transfer),
+        (None, Some((_, stripes))) => (stripes, offer.transfer),
+        (None, None) => (1, 0),
     };
     let held: HashMap<u32, Hash> = if offer.eager {
         HashMap::new()
@@ -744,8 +738,8 @@ where
                     hash: hash_hex(hash),
                 })
                 .collect(),
-            stripes: joining.as_ref().map_or(1, |joining| joining.stripes),
-            transfer: joining.as_ref().map_or(0, |joining| joining.transfer),
+            stripes: stripe_count,
+            transfer,
         };
         if let Err(err) = writer.message(&message).await {
             sink.abandon(true);
@@ -753,16 +747,32 @@ where
         }
         held.into_iter().collect()
     };
+    let stall = writer.stall();
+    let opened = match to_open {
+        Some((connection, stripes)) if stripes > 1 => {
+            match open_stripes(connection, transfer, stripes, stall).await {
+                Ok(opened) => opened,
+                Err(err) => {
+                    sink.abandon(true);
+                    return fail(writer, reader, &offer, err).await;
+                }
+            }
+        }
+        _ => Vec::new(),
+    };
 
     let cancelled = sink.cancelled();
-    let stripe_count = joining.as_ref().map_or(1, |joining| joining.stripes);
     let sink: SharedSink = Arc::new(Mutex::new(sink));
     let mut checkers: Vec<Checker> = (0..stripe_count)
         .map(|_| Checker::new(sink.clone(), offer.size, offer.chunks()))
         .collect();
-    let stall = writer.stall();
+    let extra = ExtraStreams {
+        opened,
+        joining,
+        stall,
+    };
     let outcome = tokio::select! {
-        outcome = receive_chunks(reader, &mut checkers, joining, stall, &offer, &held, progress) => outcome,
+        outcome = receive_chunks(reader, &mut checkers, extra, &offer, &held, progress) => outcome,
         _ = cancelled.cancelled() => Err(Failure::kept(anyhow!("a newer transfer of the same file took over"))),
     };
     let mut drained = Ok(());
@@ -878,13 +888,12 @@ impl Failure {
 }
 
 /// Receives every chunk, on the offer's stream and on the extra streams of a
-/// striped transfer as they join, then the file hash; each stream's data is
-/// checked by its own checker.
+/// striped transfer (`opened` by this side, or joining through the registry),
+/// then the file hash; each stream's data is checked by its own checker.
 async fn receive_chunks(
     reader: &mut FrameReader,
     checkers: &mut [Checker],
-    joining: Option<Joining>,
-    stall: Duration,
+    extra: ExtraStreams,
     offer: &Offer,
     held: &HashMap<u32, Hash>,
     progress: &Progress,
@@ -898,10 +907,12 @@ async fn receive_chunks(
             checkers.split_first_mut().expect("a checker per stream");
         let mut unjoined: Vec<Option<&mut Checker>> = extra_checkers.iter_mut().map(Some).collect();
         let mut waiting = unjoined.len();
-        let mut joining = joining;
+        let ExtraStreams {
+            opened,
+            mut joining,
+            stall,
+        } = extra;
         let deadline = tokio::time::Instant::now() + stall;
-        type StripeFuture<'a> =
-            Pin<Box<dyn Future<Output = Result<(u32, Vec<Hash>, u64), Failure>> + Send + 'a>>;
         let mut running: FuturesUnordered<StripeFuture<'_>> = FuturesUnordered::new();
         running.push(Box::pin(receive_stripe(
             reader,
@@ -912,6 +923,17 @@ async fn receive_chunks(
             0,
             stripes,
         )));
+        for stream in opened {
+            running.push(start_stripe(
+                stream,
+                &mut unjoined,
+                offer,
+                held,
+                progress,
+                stripes,
+            )?);
+            waiting -= 1;
+        }
         while !running.is_empty() || waiting > 0 {
             tokio::select! {
                 Some(done) = running.next(), if !running.is_empty() => {
@@ -922,24 +944,8 @@ async fn receive_chunks(
                     received += stripe_received;
                 }
                 stream = next_stream(&mut joining) => {
-                    let StripeStream { stripe, mut writer, mut reader } = stream;
-                    let slot = (stripe as usize).checked_sub(1).and_then(|at| unjoined.get_mut(at));
-                    let Some(checker) = slot.and_then(Option::take) else {
-                        return Err(Failure::kept(anyhow!(
-                            "protocol violation: a stream for stripe {stripe} of {stripes}, or a second one"
-                        )));
-                    };
+                    running.push(start_stripe(stream, &mut unjoined, offer, held, progress, stripes)?);
                     waiting -= 1;
-                    writer.finish();
-                    running.push(Box::pin(async move {
-                        let done = receive_stripe(&mut reader, checker, offer, held, progress, stripe, stripes).await?;
-                        match reader.next().await.map_err(Failure::kept)? {
-                            None => Ok(done),
-                            Some(_) => Err(Failure::kept(anyhow!(
-                                "protocol violation: more on stream {stripe} after its last chunk"
-                            ))),
-                        }
-                    }));
                 }
                 _ = tokio::time::sleep_until(deadline), if waiting > 0 => {
                     return Err(Failure::kept(anyhow!(
@@ -974,6 +980,55 @@ async fn receive_chunks(
         )));
     }
     Ok((hash, received))
+}
+
+/// The extra streams of a striped transfer as a receiver has them: those it
+/// opened, and those still to arrive through the registry within `stall`.
+struct ExtraStreams {
+    opened: Vec<StripeStream>,
+    joining: Option<Joining>,
+    stall: Duration,
+}
+
+/// Receiving one stream of a striped transfer: its stripe, its chunks' hashes
+/// and the bytes it carried.
+type StripeFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<(u32, Vec<Hash>, u64), Failure>> + Send + 'a>>;
+
+/// Starts receiving an extra stream, with the checker of its stripe; a stripe
+/// out of range or seen before is a protocol violation.
+fn start_stripe<'a>(
+    stream: StripeStream,
+    unjoined: &mut [Option<&'a mut Checker>],
+    offer: &'a Offer,
+    held: &'a HashMap<u32, Hash>,
+    progress: &'a Progress,
+    stripes: u32,
+) -> Result<StripeFuture<'a>, Failure> {
+    let StripeStream {
+        stripe,
+        mut writer,
+        mut reader,
+    } = stream;
+    let slot = (stripe as usize)
+        .checked_sub(1)
+        .and_then(|at| unjoined.get_mut(at));
+    let Some(checker) = slot.and_then(Option::take) else {
+        return Err(Failure::kept(anyhow!(
+            "protocol violation: a stream for stripe {stripe} of {stripes}, or a second one"
+        )));
+    };
+    writer.finish();
+    Ok(Box::pin(async move {
+        let done =
+            receive_stripe(&mut reader, checker, offer, held, progress, stripe, stripes).await?;
+        match reader.next().await.map_err(Failure::kept)? {
+            None => Ok(done),
+            Some(_) => Err(Failure::kept(anyhow!(
+                "protocol violation: more on stream {stripe} after its last chunk"
+            ))),
+        }
+    }))
 }
 
 /// The next extra stream to join; never, without a registry.

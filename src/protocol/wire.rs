@@ -58,6 +58,10 @@ pub struct Offer {
     /// only); the receiver's `Ready` says how many it takes.
     #[serde(default)]
     pub stripes: u32,
+    /// Where the holder listens, the transfer its extra streams must name (0:
+    /// none); where the receiver listens, its `Ready` names it instead.
+    #[serde(default)]
+    pub transfer: u64,
 }
 
 fn default_patience_secs() -> u64 {
@@ -291,6 +295,7 @@ mod tests {
             patience_secs: 20,
             files_in_send: 1,
             stripes: 4,
+            transfer: 0,
         });
         let frame = offer.encode();
         assert_eq!(frame[0], TAG_MESSAGE);
@@ -311,6 +316,7 @@ mod tests {
             patience_secs: 3,
             files_in_send: 0,
             stripes: 0,
+            transfer: 0,
         });
         assert!(offer.validate().is_err());
     }

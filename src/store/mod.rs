@@ -814,6 +814,7 @@ mod tests {
             patience_secs: 30,
             files_in_send: 1,
             stripes: 1,
+            transfer: 0,
         };
         let record_path = dir.path().join("record");
         let mut record = String::new();
