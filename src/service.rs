@@ -27,8 +27,8 @@ use crate::store::{Liveness, Store};
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long in-flight requests get to wind down after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// Extra streams of striped uploads the listener takes at once (three files'
-/// worth): each holds a few MiB of buffers.
+/// Extra streams of striped transfers (uploads and pulls) the listener takes
+/// at once, three files' worth: each holds a few MiB of buffers.
 const EXTRA_STREAMS: usize = 3 * (MAX_STRIPES as usize - 1);
 
 #[derive(Debug)]
@@ -95,7 +95,7 @@ pub struct Service {
     stdout_spoiled: Arc<AtomicBool>,
     /// One upload at a time writes to stdout.
     stdout_lock: Arc<tokio::sync::Mutex<()>>,
-    /// The listener's budget of extra streams for striped uploads.
+    /// The listener's budget of extra streams for striped transfers.
     extra_streams: Arc<Semaphore>,
 }
 

@@ -900,7 +900,7 @@ async fn receive_chunks(
 ) -> Result<(Hash, u64), Failure> {
     let chunks = offer.chunks();
     let stripes = checkers.len() as u32;
-    let mut hashes = vec![[0u8; 32]; chunks.min(1 << 27) as usize];
+    let mut hashes = vec![[0u8; 32]; chunks as usize];
     let mut received = 0u64;
     {
         let (main_checker, extra_checkers) =
