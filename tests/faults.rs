@@ -72,7 +72,7 @@ fn same_bytes(a: &Path, b: &Path) -> bool {
 }
 
 #[test]
-fn a_killed_sender_leaves_nothing_visible_and_its_rerun_moves_only_the_rest() {
+fn killed_senders_leave_nothing_visible_and_the_next_rerun_moves_only_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let file = safetensors_file(&dir.path().join("big.safetensors"), 200 << 20, 42);
@@ -92,6 +92,14 @@ fn a_killed_sender_leaves_nothing_visible_and_its_rerun_moves_only_the_rest() {
         "a killed sender left a file under the final name"
     );
     assert!(listener.is_running(), "the listener died with its sender");
+
+    // A rerun killed while the listener still makes sure the first sender is
+    // gone (a one-second ping) takes the partial over after its death: the
+    // next rerun must take it over from that one in turn.
+    let mut second = spawn_send(&listener.ticket, &file);
+    std::thread::sleep(Duration::from_millis(300));
+    second.kill().unwrap();
+    second.wait().unwrap();
 
     let rerun = send(&listener.ticket, &[&file], &["--json"]);
     assert!(rerun.status.success(), "{}", text(&rerun.stderr));

@@ -313,25 +313,32 @@ impl Store {
 
     /// Cancels the transfer of this process that holds `path` if its peer is
     /// gone, and waits for it to let go; false when the holder is alive or is
-    /// another process.
+    /// another process. A transfer that takes the file first (another rerun of
+    /// the same file) is checked in turn: reruns killed one after the other
+    /// must not leave the last one waiting for a dead holder.
     async fn take_over(&self, path: &Path, file: &File) -> bool {
-        let holder = {
-            let active = self.active.lock().expect("store lock");
-            active
-                .get(path)
-                .map(|a| (a.cancel.clone(), a.alive.clone()))
-        };
-        let Some((cancel, alive)) = holder else {
-            return false;
-        };
-        if alive().await {
-            return false;
-        }
-        cancel.cancel();
         let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+        let mut cancelled = None;
         while tokio::time::Instant::now() < deadline {
             if file.try_lock().is_ok() {
                 return true;
+            }
+            let holder = {
+                let active = self.active.lock().expect("store lock");
+                active
+                    .get(path)
+                    .map(|a| (a.claim, a.cancel.clone(), a.alive.clone()))
+            };
+            match holder {
+                None if cancelled.is_none() => return false,
+                Some((claim, cancel, alive)) if cancelled != Some(claim) => {
+                    if alive().await {
+                        return false;
+                    }
+                    cancel.cancel();
+                    cancelled = Some(claim);
+                }
+                _ => {}
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -783,7 +790,10 @@ impl Sink for DiskSink {
     }
 
     fn abandon(self: Box<Self>, keep: bool) {
-        if !keep {
+        // A partial without one checked chunk would only hold its disk space
+        // until the stale-partial sweep.
+        let holds_nothing = self.received.is_empty() && self.partial.held.is_empty();
+        if !keep || holds_nothing {
             self.remove_partial();
         }
     }
