@@ -229,15 +229,43 @@ pub fn to_stderr(line: &str) {
     writeln!(std::io::stderr().lock(), "{line}").ok();
 }
 
+/// How much of a file crossed the network: all of it, the rest after a
+/// resume, or none where the other side already held it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Moved {
+    All,
+    Rest,
+    None,
+}
+
+impl Moved {
+    pub fn of(moved: u64, size: u64) -> Moved {
+        if moved == 0 && size > 0 {
+            Moved::None
+        } else if moved < size {
+            Moved::Rest
+        } else {
+            Moved::All
+        }
+    }
+
+    /// The value of the `moved` key of JSON file events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Moved::All => "all",
+            Moved::Rest => "rest",
+            Moved::None => "none",
+        }
+    }
+}
+
 /// What a file's transfer moved, when not all of it: after a resume, or
 /// nothing for a file the other side already held.
 pub fn moved_note(moved: u64, size: u64, verb: &str) -> String {
-    if moved == 0 && size > 0 {
-        format!(", already there: nothing {verb}")
-    } else if moved < size {
-        format!(", resumed: {} {verb}", human_bytes(moved))
-    } else {
-        String::new()
+    match Moved::of(moved, size) {
+        Moved::None => format!(", already there: nothing {verb}"),
+        Moved::Rest => format!(", resumed: {} {verb}", human_bytes(moved)),
+        Moved::All => String::new(),
     }
 }
 

@@ -923,6 +923,7 @@ fn sending_again_keeps_identical_files_and_moves_only_what_changed() {
         big_line["sent_bytes"], 0,
         "an identical large file is not sent again"
     );
+    assert_eq!(big_line["moved"], "none", "{big_line}");
     let said = send(&listener.ticket, &[&big], &[]);
     assert!(
         text(&said.stderr).contains("already there: nothing sent"),
@@ -952,6 +953,7 @@ fn sending_again_keeps_identical_files_and_moves_only_what_changed() {
         sent <= 8 << 20,
         "only the changed chunk crossed: {sent} bytes"
     );
+    assert_eq!(line["moved"], "rest", "{line}");
     assert_same(&changed_path, &out.join("big.1.safetensors"));
     assert_same(&big, &out.join("big.safetensors"));
 
@@ -968,6 +970,7 @@ fn sending_again_keeps_identical_files_and_moves_only_what_changed() {
     let line = &json_lines(&fourth)[0];
     assert_eq!(line["stored_as"], "big.2.safetensors");
     assert_eq!(line["sent_bytes"].as_u64(), Some(other.len() as u64));
+    assert_eq!(line["moved"], "all", "{line}");
     assert_same(&other_path, &out.join("big.2.safetensors"));
 }
 

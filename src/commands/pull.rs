@@ -22,7 +22,7 @@ use crate::protocol::transfer::{Progress, Received, Sink};
 use crate::protocol::wire::{CatalogFile, Message, Offer, TensorRef};
 use crate::service::StdoutSink;
 use crate::store::Store;
-use crate::ui::{Totals, Ui, count, human_bytes, mb_per_s, moved_note, printable};
+use crate::ui::{Moved, Totals, Ui, count, human_bytes, mb_per_s, moved_note, printable};
 
 /// Files fetched at once, each on its own stream.
 const FILES_IN_FLIGHT: usize = 4;
@@ -349,6 +349,7 @@ fn report_file(ui: &Ui, received: &Received, elapsed: std::time::Duration) {
             "tensors": offer.tensors,
             "bytes": offer.size,
             "sent_bytes": received.received_bytes,
+            "moved": Moved::of(received.received_bytes, offer.size).as_str(),
             "blake3": received.hash,
             "replaced": received.replaced,
             "seconds": elapsed.as_secs_f64(),

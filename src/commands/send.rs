@@ -19,7 +19,7 @@ use crate::protocol::pool::Pool;
 use crate::protocol::stripes::stripes_sharing;
 use crate::protocol::transfer::Progress;
 use crate::protocol::wire::Offer;
-use crate::ui::{Totals, Ui, count, human_bytes, mb_per_s, moved_note, one_line};
+use crate::ui::{Moved, Totals, Ui, count, human_bytes, mb_per_s, moved_note, one_line};
 
 /// Files in flight at once to one listener, each on its own stream.
 const FILES_IN_FLIGHT: usize = 4;
@@ -308,6 +308,7 @@ async fn send_all(
                     "tensors": offer.tensors,
                     "bytes": offer.size,
                     "sent_bytes": sent.sent_bytes,
+                    "moved": Moved::of(sent.sent_bytes, offer.size).as_str(),
                     "blake3": sent.hash,
                     "seconds": elapsed.as_secs_f64(),
                     "mb_per_s": mb_per_s(offer.size, elapsed),
