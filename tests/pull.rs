@@ -144,6 +144,19 @@ with safe_open("some/shard-2.safetensors", "np") as f, safe_open("serve/shard-2.
 "#,
         dir.path(),
     );
+
+    // Patterns that select every tensor of a file bring the file itself.
+    let every = dir.path().join("every");
+    let output = pull(
+        &listener.ticket,
+        &["model.layers.[0-9].*", "--out", every.to_str().unwrap()],
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        std::fs::read(serve.join("shard-1.safetensors")).unwrap()
+            == std::fs::read(every.join("shard-1.safetensors")).unwrap(),
+        "every tensor of shard-1 selected: the copy is byte-identical"
+    );
 }
 
 #[test]
