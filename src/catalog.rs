@@ -87,17 +87,15 @@ impl Catalog {
         let Some(names) = tensors else {
             return whole_file(file, whole_file_offer(file, name.to_string()));
         };
-        if file.format == Format::Npy {
-            if names.len() != 1 || names[0] != file.tensors[0].name {
-                bail!("{name} holds only the tensor {:?}", file.tensors[0].name);
-            }
-            return whole_file(file, whole_file_offer(file, name.to_string()));
-        }
-        // Every tensor of the file is the file itself: sent as it is, it arrives
-        // byte for byte, where a rebuilt header would differ in key order.
+        // Every tensor of the file is the file itself (the one selection an .npy
+        // file has): sent as it is, it arrives byte for byte, where a rebuilt
+        // header would differ in key order.
         if names.len() == file.tensors.len() && file.tensors.iter().all(|t| names.contains(&t.name))
         {
             return whole_file(file, whole_file_offer(file, name.to_string()));
+        }
+        if file.format == Format::Npy {
+            bail!("{name} holds only the tensor {:?}", file.tensors[0].name);
         }
         let handle = Arc::new(open(file)?);
         let mut builder = SafetensorsBuilder::new(file.metadata.clone());

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 use iroh::endpoint::Connection;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
@@ -113,12 +113,15 @@ pub async fn collect_stripes(
             .and_then(|at| arrived.get_mut(at))
         {
             Some(slot @ None) => *slot = Some(stream),
-            _ => bail!(
-                "protocol violation: a stream for stripe {stripe} of {stripes}, or a second one"
-            ),
+            _ => return Err(unexpected_stripe(stripe, stripes)),
         }
     }
     Ok(arrived.into_iter().flatten().collect())
+}
+
+/// A stream for a stripe the transfer does not have, or has already.
+pub fn unexpected_stripe(stripe: u32, stripes: u32) -> anyhow::Error {
+    anyhow!("protocol violation: a stream for stripe {stripe} of {stripes}, or a second one")
 }
 
 /// An extra stream of a striped transfer.

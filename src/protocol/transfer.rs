@@ -8,17 +8,13 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use futures_util::future::try_join_all;
-use futures_util::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -27,7 +23,7 @@ use super::hashing::{ChunkHasher, file_hash};
 use super::stream::{Frame, FrameReader, FrameWriter, Stalled};
 use super::stripes::{
     Joining, MAX_STRIPES, StripeLink, StripeStream, collect_stripes, open_stripes, stripe_chunks,
-    usable_stripes,
+    unexpected_stripe, usable_stripes,
 };
 use super::wire::{
     CHUNK_SIZE, Hash, HeldChunk, Message, Offer, chunk_header, end_frame, hash_hex, kept_frame,
@@ -352,7 +348,13 @@ pub async fn send_file(
         .map(|hashes| {
             let hash = file_hash(offer.size, &hashes);
             opening.push(Bytes::copy_from_slice(&end_frame(&hash)));
-            (vec![StripeSent { hashes, sent_bytes }], hash)
+            (
+                vec![StripeDone {
+                    hashes,
+                    bytes: sent_bytes,
+                }],
+                hash,
+            )
         });
         match writer.write_all(&mut opening).await {
             Err(err) => Err(StripeFailed::Write(err)),
@@ -423,7 +425,7 @@ pub async fn send_file(
             Ok(Sent {
                 stored_as: name,
                 hash,
-                sent_bytes: sent.iter().map(|stripe| stripe.sent_bytes).sum(),
+                sent_bytes: sent.iter().map(|stripe| stripe.bytes).sum(),
             })
         }
         Message::Failed { reason } | Message::Refused { reason } => bail!("{reason}"),
@@ -431,10 +433,11 @@ pub async fn send_file(
     }
 }
 
-/// What one stream of a transfer sent: the hashes of its chunks, in order.
-struct StripeSent {
+/// What one stream of a transfer carried: the hashes of its chunks, in order,
+/// and the data bytes that crossed the network.
+struct StripeDone {
     hashes: Vec<Hash>,
-    sent_bytes: u64,
+    bytes: u64,
 }
 
 /// Why a stream of a transfer stopped: the network (the receiver may say why)
@@ -454,7 +457,7 @@ async fn send_stripe(
     stripe: u32,
     stripes: u32,
     progress: &Progress,
-) -> Result<StripeSent, StripeFailed> {
+) -> Result<StripeDone, StripeFailed> {
     let (tx, mut rx) = mpsc::channel(READ_AHEAD);
     let reading = {
         let (source, held, pool) = (source.clone(), held.clone(), pool.clone());
@@ -481,15 +484,18 @@ async fn send_stripe(
         .map_err(|_| StripeFailed::Read(anyhow!("the reading task failed")))?;
     written.map_err(StripeFailed::Write)?;
     let hashes = read.map_err(|err| StripeFailed::Read(err.into()))?;
-    Ok(StripeSent { hashes, sent_bytes })
+    Ok(StripeDone {
+        hashes,
+        bytes: sent_bytes,
+    })
 }
 
 /// The hashes of all `chunks` chunks, in order, from those of each stripe.
-fn merge_hashes(chunks: u64, sent: &[StripeSent]) -> Vec<Hash> {
+fn merge_hashes(chunks: u64, done: &[StripeDone]) -> Vec<Hash> {
     let mut hashes = vec![[0u8; 32]; chunks as usize];
-    let stripes = sent.len() as u32;
-    for (stripe, sent) in (0..).zip(sent) {
-        for (index, hash) in stripe_chunks(stripe, stripes, chunks).zip(&sent.hashes) {
+    let stripes = done.len() as u32;
+    for (stripe, done) in (0..).zip(done) {
+        for (index, hash) in stripe_chunks(stripe, stripes, chunks).zip(&done.hashes) {
             hashes[index as usize] = *hash;
         }
     }
@@ -900,64 +906,38 @@ async fn receive_chunks(
 ) -> Result<(Hash, u64), Failure> {
     let chunks = offer.chunks();
     let stripes = checkers.len() as u32;
-    let mut hashes = vec![[0u8; 32]; chunks as usize];
-    let mut received = 0u64;
-    {
-        let (main_checker, extra_checkers) =
-            checkers.split_first_mut().expect("a checker per stream");
-        let mut unjoined: Vec<Option<&mut Checker>> = extra_checkers.iter_mut().map(Some).collect();
-        let mut waiting = unjoined.len();
-        let ExtraStreams {
-            opened,
-            mut joining,
-            stall,
-        } = extra;
-        let deadline = tokio::time::Instant::now() + stall;
-        let mut running: FuturesUnordered<StripeFuture<'_>> = FuturesUnordered::new();
-        running.push(Box::pin(receive_stripe(
-            reader,
-            main_checker,
-            offer,
-            held,
-            progress,
-            0,
-            stripes,
-        )));
-        for stream in opened {
-            running.push(start_stripe(
-                stream,
-                &mut unjoined,
-                offer,
-                held,
-                progress,
-                stripes,
-            )?);
-            waiting -= 1;
+    let ExtraStreams {
+        opened,
+        mut joining,
+        stall,
+    } = extra;
+    let streams = match &mut joining {
+        Some(joining) => collect_stripes(joining, stripes, stall)
+            .await
+            .map_err(Failure::kept)?,
+        None => opened,
+    };
+    // The receiver never writes on an extra stream.
+    let mut extra_readers: Vec<FrameReader> = streams
+        .into_iter()
+        .map(|mut stream| {
+            stream.writer.finish();
+            stream.reader
+        })
+        .collect();
+    let receiving = std::iter::once(&mut *reader)
+        .chain(extra_readers.iter_mut())
+        .zip(checkers.iter_mut())
+        .zip(0..)
+        .map(|((reader, checker), stripe)| {
+            receive_stripe(reader, checker, offer, held, progress, stripe, stripes)
+        });
+    let done = tokio::select! {
+        done = try_join_all(receiving) => done?,
+        stream = next_stream(&mut joining) => {
+            return Err(Failure::kept(unexpected_stripe(stream.stripe, stripes)));
         }
-        while !running.is_empty() || waiting > 0 {
-            tokio::select! {
-                Some(done) = running.next(), if !running.is_empty() => {
-                    let (stripe, stripe_hashes, stripe_received) = done?;
-                    for (index, hash) in stripe_chunks(stripe, stripes, chunks).zip(stripe_hashes) {
-                        hashes[index as usize] = hash;
-                    }
-                    received += stripe_received;
-                }
-                stream = next_stream(&mut joining) => {
-                    running.push(start_stripe(stream, &mut unjoined, offer, held, progress, stripes)?);
-                    waiting -= 1;
-                }
-                _ = tokio::time::sleep_until(deadline), if waiting > 0 => {
-                    return Err(Failure::kept(anyhow!(
-                        "the sender opened {} of the transfer's {} extra streams within {} s",
-                        stripes as usize - 1 - waiting,
-                        stripes - 1,
-                        stall.as_secs()
-                    )));
-                }
-            }
-        }
-    }
+    };
     for checker in checkers.iter_mut() {
         checker.drain().await?;
     }
@@ -974,64 +954,24 @@ async fn receive_chunks(
             )));
         }
     };
-    if file_hash(offer.size, &hashes) != hash {
+    if file_hash(offer.size, &merge_hashes(chunks, &done)) != hash {
         return Err(Failure::dropped(anyhow!(
             "the file hash does not match its chunks"
         )));
     }
-    Ok((hash, received))
+    Ok((hash, done.iter().map(|stripe| stripe.bytes).sum()))
 }
 
 /// The extra streams of a striped transfer as a receiver has them: those it
-/// opened, and those still to arrive through the registry within `stall`.
+/// opened, or those to arrive through the registry within `stall`.
 struct ExtraStreams {
     opened: Vec<StripeStream>,
     joining: Option<Joining>,
     stall: Duration,
 }
 
-/// Receiving one stream of a striped transfer: its stripe, its chunks' hashes
-/// and the bytes it carried.
-type StripeFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<(u32, Vec<Hash>, u64), Failure>> + Send + 'a>>;
-
-/// Starts receiving an extra stream, with the checker of its stripe; a stripe
-/// out of range or seen before is a protocol violation.
-fn start_stripe<'a>(
-    stream: StripeStream,
-    unjoined: &mut [Option<&'a mut Checker>],
-    offer: &'a Offer,
-    held: &'a HashMap<u32, Hash>,
-    progress: &'a Progress,
-    stripes: u32,
-) -> Result<StripeFuture<'a>, Failure> {
-    let StripeStream {
-        stripe,
-        mut writer,
-        mut reader,
-    } = stream;
-    let slot = (stripe as usize)
-        .checked_sub(1)
-        .and_then(|at| unjoined.get_mut(at));
-    let Some(checker) = slot.and_then(Option::take) else {
-        return Err(Failure::kept(anyhow!(
-            "protocol violation: a stream for stripe {stripe} of {stripes}, or a second one"
-        )));
-    };
-    writer.finish();
-    Ok(Box::pin(async move {
-        let done =
-            receive_stripe(&mut reader, checker, offer, held, progress, stripe, stripes).await?;
-        match reader.next().await.map_err(Failure::kept)? {
-            None => Ok(done),
-            Some(_) => Err(Failure::kept(anyhow!(
-                "protocol violation: more on stream {stripe} after its last chunk"
-            ))),
-        }
-    }))
-}
-
-/// The next extra stream to join; never, without a registry.
+/// The next stream that names the transfer; never, without a registry. Once
+/// every stripe has its stream, any other is a protocol violation.
 async fn next_stream(joining: &mut Option<Joining>) -> StripeStream {
     match joining {
         Some(joining) => match joining.streams.recv().await {
@@ -1042,9 +982,10 @@ async fn next_stream(joining: &mut Option<Joining>) -> StripeStream {
     }
 }
 
-/// Receives the chunks of `stripe` from `reader`, in order, into `checker`.
-/// Returns the stripe, its chunks' hashes as the sender claimed them (the
-/// checker verifies each) and the data bytes received.
+/// Receives the chunks of `stripe` from `reader`, in order, into `checker`:
+/// their hashes as the sender claimed them (the checker verifies each) and the
+/// data bytes received. An extra stream ends there; the offer's stream (stripe
+/// 0) goes on with the file hash.
 async fn receive_stripe(
     reader: &mut FrameReader,
     checker: &mut Checker,
@@ -1053,7 +994,7 @@ async fn receive_stripe(
     progress: &Progress,
     stripe: u32,
     stripes: u32,
-) -> Result<(u32, Vec<Hash>, u64), Failure> {
+) -> Result<StripeDone, Failure> {
     let chunks = offer.chunks();
     let mut hashes = Vec::new();
     let mut received = 0u64;
@@ -1128,5 +1069,13 @@ async fn receive_stripe(
             }
         }
     }
-    Ok((stripe, hashes, received))
+    if stripe != 0 && reader.next().await.map_err(Failure::kept)?.is_some() {
+        return Err(Failure::kept(anyhow!(
+            "protocol violation: more on stream {stripe} after its last chunk"
+        )));
+    }
+    Ok(StripeDone {
+        hashes,
+        bytes: received,
+    })
 }
