@@ -49,8 +49,6 @@ pub fn stripes_sharing(files: usize) -> u32 {
 /// upload the dialer sends; in a pull it receives.
 #[derive(Clone, Copy)]
 pub enum StripeLink<'a> {
-    /// One stream only.
-    Single,
     /// This side dialed: it opens the extra streams, for `stripes` in all at most.
     Dialer {
         connection: &'a Connection,

@@ -313,7 +313,7 @@ pub async fn send_file(
             sent_offer.transfer = joining.as_ref().map_or(0, |joining| joining.transfer);
             joining.as_ref().map_or(1, |joining| joining.stripes)
         }
-        StripeLink::Listener(_) | StripeLink::Single => 1,
+        StripeLink::Listener(_) => 1,
     };
     let offered_stripes = sent_offer.stripes.max(1);
     opening.push(Bytes::from(Message::Offer(sent_offer).encode()));
