@@ -259,6 +259,8 @@ fn base_builder(options: &EndpointOptions) -> iroh::endpoint::Builder {
 fn transport_config() -> QuicTransportConfig {
     QuicTransportConfig::builder()
         .max_concurrent_bidi_streams(MAX_STREAMS.into())
+        // Round-robin between the streams of a striped file cut every packet
+        // into small frames the receiver copies back together: ~20 % slower.
         .send_fairness(false)
         .build()
 }
