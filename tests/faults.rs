@@ -94,10 +94,10 @@ fn killed_senders_leave_nothing_visible_and_the_next_rerun_moves_only_the_rest()
     assert!(listener.is_running(), "the listener died with its sender");
 
     // A rerun killed while the listener still makes sure the first sender is
-    // gone (a one-second ping) takes the partial over after its death: the
-    // next rerun must take it over from that one in turn.
+    // gone (a ping of a quarter second on loopback) takes the partial over
+    // after its death: the next rerun must take it over from that one in turn.
     let mut second = spawn_send(&listener.ticket, &file);
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(150));
     second.kill().unwrap();
     second.wait().unwrap();
 

@@ -241,9 +241,13 @@ async fn exchange_versions(connection: &Connection, timeout: Duration) -> Result
 /// Answers the listener's liveness pings for as long as the connection lives.
 async fn answer_pings(connection: Connection) {
     while let Ok((send, recv)) = connection.accept_bi().await {
+        // Ahead of the file data this side is sending, which would otherwise
+        // hold the answer back until the listener gave up on us.
+        send.set_priority(PING_PRIORITY).ok();
+        let timeout = ping_timeout(&connection);
         tokio::spawn(async move {
-            let mut writer = FrameWriter::new(send, PING_TIMEOUT);
-            let mut reader = FrameReader::new(recv, PING_TIMEOUT);
+            let mut writer = FrameWriter::new(send, timeout);
+            let mut reader = FrameReader::new(recv, timeout);
             if let Ok(Message::Ping) = reader.message().await {
                 writer.message(&Message::Pong).await.ok();
                 writer.finish();
@@ -252,21 +256,41 @@ async fn answer_pings(connection: Connection) {
     }
 }
 
-/// How long a peer has to answer a ping before it counts as gone.
-pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
+/// Above the default stream priority (0) of file data.
+const PING_PRIORITY: i32 = 1;
+/// What a peer busy sending on a loaded machine may need to answer a ping, on
+/// top of the round trips.
+const PING_SLACK: Duration = Duration::from_millis(250);
+/// The longest a peer gets to answer, whatever its round-trip time.
+const PING_TIMEOUT_MAX: Duration = Duration::from_secs(3);
+
+/// How long the peer of `connection` has to answer a ping before it counts as
+/// gone: a few of its round trips plus [`PING_SLACK`]. A rerun that resumes a
+/// killed send waits this long, so it should not be a flat second on loopback.
+fn ping_timeout(connection: &Connection) -> Duration {
+    let rtt = connection
+        .paths()
+        .iter()
+        .filter_map(|path| connection.rtt(path.id()))
+        .max()
+        .unwrap_or(PING_TIMEOUT_MAX);
+    (PING_SLACK + 4 * rtt).min(PING_TIMEOUT_MAX)
+}
 
 /// Whether the peer at the other end of `connection` still answers.
 pub async fn peer_answers(connection: &Connection) -> bool {
     if connection.close_reason().is_some() {
         return false;
     }
+    let timeout = ping_timeout(connection);
     let ping = async {
         let (send, recv) = connection.open_bi().await?;
-        let mut writer = FrameWriter::new(send, PING_TIMEOUT);
-        let mut reader = FrameReader::new(recv, PING_TIMEOUT);
+        send.set_priority(PING_PRIORITY).ok();
+        let mut writer = FrameWriter::new(send, timeout);
+        let mut reader = FrameReader::new(recv, timeout);
         writer.message(&Message::Ping).await?;
         writer.finish();
         anyhow::Ok(matches!(reader.message().await?, Message::Pong))
     };
-    matches!(tokio::time::timeout(PING_TIMEOUT, ping).await, Ok(Ok(true)))
+    matches!(tokio::time::timeout(timeout, ping).await, Ok(Ok(true)))
 }

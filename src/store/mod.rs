@@ -4,7 +4,8 @@
 //! A file is received into `.NAME.ID.tensor-iroh-partial` beside its final place,
 //! with `.NAME.ID.tensor-iroh-chunks` listing the chunks whose hash was checked
 //! (ID is the sender's file identity: size and header hash). A rerun with the
-//! same name and identity re-checks those chunks and sends only the rest. On
+//! same name and identity re-checks those chunks (reading them back, unless this
+//! process checked them itself moments before) and sends only the rest. On
 //! commit the partial is fsynced and linked under the first free name (or renamed
 //! over the old file with `--force`), so a file under its final name is always whole.
 
@@ -97,6 +98,31 @@ pub struct Store {
     /// only one at a time would otherwise both pass the check, and both fail
     /// to reserve (each taking part of the space the other needs).
     reserving: Mutex<()>,
+    /// Chunks this process checked into partial files whose transfer stopped,
+    /// by partial file: a rerun takes them as held without reading a gigabyte
+    /// back from disk (written with `O_DIRECT`, it is not in the page cache).
+    checked: Mutex<HashMap<PathBuf, CheckedChunks>>,
+}
+
+/// The chunks a stopped transfer checked, and which file they are in.
+struct CheckedChunks {
+    file: FileVersion,
+    chunks: Vec<(u32, Hash)>,
+}
+
+/// A file as it was last changed: device, inode and change time. The path may
+/// hold another file by now, which can even reuse the inode, or someone may
+/// have written to it; either changes the change time, which no one can set.
+#[derive(PartialEq, Eq, Clone, Copy)]
+struct FileVersion(u64, u64, i64, i64);
+
+impl FileVersion {
+    fn of(file: &File) -> Option<FileVersion> {
+        use std::os::unix::fs::MetadataExt;
+        file.metadata()
+            .ok()
+            .map(|m| FileVersion(m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
+    }
 }
 
 struct Active {
@@ -130,6 +156,7 @@ impl Store {
             active: Mutex::new(HashMap::new()),
             claims: AtomicU64::new(0),
             reserving: Mutex::new(()),
+            checked: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -206,10 +233,24 @@ impl Store {
         let base = format!(".{}.{}", file_name.to_string_lossy(), offer.identity);
         let (file, partial_path, claim, cancel) = self.claim(&dir, &base, alive).await?;
         let record_path = record_path_for(&partial_path);
+        let checked = self
+            .checked
+            .lock()
+            .expect("store lock")
+            .remove(&partial_path);
         let opened = tokio::task::spawn_blocking({
             let (offer, partial_path) = (offer.clone(), partial_path.clone());
             let store = self.clone();
-            move || open_partial(&offer, file, &partial_path, &record_path, &store.reserving)
+            move || {
+                open_partial(
+                    &offer,
+                    file,
+                    &partial_path,
+                    &record_path,
+                    checked,
+                    &store.reserving,
+                )
+            }
         })
         .await
         .context("opening the partial file failed")
@@ -244,7 +285,7 @@ impl Store {
             offer: offer.clone(),
             existing,
             stored_before,
-            received: HashSet::new(),
+            received: HashMap::new(),
             claim,
             cancel,
         }))
@@ -439,20 +480,22 @@ fn record_path_for(partial: &Path) -> PathBuf {
     partial.with_file_name(format!("{base}{RECORD_SUFFIX}"))
 }
 
-/// Prepares a locked partial file: keeps the chunks whose data still matches the
-/// record, or starts afresh with the file's space reserved.
+/// Prepares a locked partial file: keeps the chunks this process checked into
+/// it, or else those whose data still matches the record, or starts afresh
+/// with the file's space reserved.
 fn open_partial(
     offer: &Offer,
     file: File,
     path: &Path,
     record_path: &Path,
+    checked: Option<CheckedChunks>,
     reserving: &Mutex<()>,
 ) -> Result<Partial> {
     let existing = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let held = if existing == offer.size {
-        recheck(&file, record_path, offer, hash_budget(offer)).unwrap_or_default()
-    } else {
-        Vec::new()
+    let held = match checked {
+        _ if existing != offer.size => Vec::new(),
+        Some(checked) if Some(checked.file) == FileVersion::of(&file) => checked.chunks,
+        _ => recheck(&file, record_path, offer, hash_budget(offer)).unwrap_or_default(),
     };
     let mut record = OpenOptions::new()
         .create(true)
@@ -672,8 +715,8 @@ struct DiskSink {
     /// Whether a file was already stored under the name when the offer came:
     /// if so, it was compared then (or was too large to compare).
     stored_before: bool,
-    /// Chunks written in this transfer.
-    received: HashSet<u32>,
+    /// Chunks written and checked in this transfer.
+    received: HashMap<u32, Hash>,
     claim: u64,
     cancel: CancellationToken,
 }
@@ -691,7 +734,7 @@ impl DiskSink {
         let in_partial = self.partial.chunks();
         let mut buf = Vec::new();
         for (index, offered) in (0..).zip(&existing.chunk_hashes) {
-            if in_partial.contains(&index) || self.received.contains(&index) {
+            if in_partial.contains(&index) || self.received.contains_key(&index) {
                 continue;
             }
             let hash = hash_chunk_at(&existing.file, &self.offer, index, &mut buf)
@@ -740,7 +783,7 @@ impl Sink for DiskSink {
     }
 
     fn chunk_checked(&mut self, index: u32, hash: &Hash) -> Result<()> {
-        self.received.insert(index);
+        self.received.insert(index, *hash);
         start_writeback(
             self.partial.file.file(),
             u64::from(index) * CHUNK_SIZE,
@@ -795,6 +838,21 @@ impl Sink for DiskSink {
         let holds_nothing = self.received.is_empty() && self.partial.held.is_empty();
         if !keep || holds_nothing {
             self.remove_partial();
+            return;
+        }
+        // Recorded before the partial's lock goes with `self`, so the rerun
+        // waiting for that lock finds it.
+        if let Some(file) = FileVersion::of(self.partial.file.file()) {
+            // A held chunk sent again (the sender's differed) has its new hash.
+            let mut chunks: HashMap<u32, Hash> = self.partial.held.iter().copied().collect();
+            chunks.extend(&self.received);
+            let mut chunks: Vec<(u32, Hash)> = chunks.into_iter().collect();
+            chunks.sort_unstable_by_key(|(index, _)| *index);
+            self.store
+                .checked
+                .lock()
+                .expect("store lock")
+                .insert(self.partial.path.clone(), CheckedChunks { file, chunks });
         }
     }
 
@@ -845,6 +903,65 @@ mod tests {
         assert_eq!(indexes, [0, 2], "the changed chunk is not held");
         let held = recheck(&file, &record_path, &offer, Duration::ZERO).unwrap();
         assert!(held.is_empty(), "no time to hash: nothing is held");
+    }
+
+    fn only_file_ending(dir: &Path, suffix: &str) -> PathBuf {
+        let found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.to_string_lossy().ends_with(suffix))
+            .collect();
+        assert_eq!(found.len(), 1, "{found:?}");
+        found[0].clone()
+    }
+
+    #[tokio::test]
+    async fn a_rerun_in_the_same_run_takes_the_chunks_checked_before_without_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), false).unwrap();
+        let gone: Liveness = Arc::new(|| Box::pin(async { false }));
+        let offer = Offer {
+            name: "w.safetensors".into(),
+            format: "safetensors".into(),
+            size: 3 * CHUNK_SIZE,
+            tensors: 1,
+            identity: "ab".into(),
+            eager: false,
+            discard: false,
+            first_chunk: None,
+            patience_secs: 30,
+            files_in_send: 1,
+            stripes: 1,
+            transfer: 0,
+        };
+        let chunk = vec![7u8; CHUNK_SIZE as usize];
+        let mut hasher = ChunkHasher::new(1, 3);
+        hasher.update(&chunk);
+        let hash = hasher.finalize();
+
+        let mut first = store.accept(&offer, gone.clone()).await.unwrap();
+        first.write(CHUNK_SIZE, &chunk).unwrap();
+        first.chunk_checked(1, &hash).unwrap();
+        first.abandon(true);
+        // Without its record, a partial's chunks would have to be sent again;
+        // this process checked them itself, and knows.
+        std::fs::remove_file(only_file_ending(dir.path(), RECORD_SUFFIX)).unwrap();
+        let mut rerun = store.accept(&offer, gone.clone()).await.unwrap();
+        assert_eq!(rerun.held(), vec![(1, hash)]);
+        rerun.abandon(true);
+
+        // Another file in the partial's place (same bytes) is not what was
+        // checked: its chunks are re-checked against the record, here gone.
+        let partial = only_file_ending(dir.path(), PARTIAL_SUFFIX);
+        // Past the granularity of change times.
+        std::thread::sleep(Duration::from_millis(20));
+        let bytes = std::fs::read(&partial).unwrap();
+        std::fs::remove_file(&partial).unwrap();
+        std::fs::write(&partial, &bytes).unwrap();
+        std::fs::remove_file(only_file_ending(dir.path(), RECORD_SUFFIX)).unwrap();
+        let mut third = store.accept(&offer, gone).await.unwrap();
+        assert!(third.held().is_empty(), "{:?}", third.held());
+        third.abandon(false);
     }
 
     #[test]
