@@ -94,7 +94,7 @@ Register-ArgumentCompleter -Native -CommandName 'tensor-iroh' -ScriptBlock {
             break
         }
         'tensor-iroh;bench' {
-            [CompletionResult]::new('--sizes', '--sizes', [CompletionResultType]::ParameterName, 'Sizes to measure, with K, M or G suffixes (binary)')
+            [CompletionResult]::new('--sizes', '--sizes', [CompletionResultType]::ParameterName, 'Sizes to measure, with K, M, G or T suffixes (binary; 1.5M is fine)')
             [CompletionResult]::new('--iters', '--iters', [CompletionResultType]::ParameterName, 'Round trips per size [default: enough to move 768 MiB, between 3 and 200]')
             [CompletionResult]::new('--concurrency', '--concurrency', [CompletionResultType]::ParameterName, 'Small tensors in flight at once for the tensors-per-second figure')
             [CompletionResult]::new('--relay', '--relay', [CompletionResultType]::ParameterName, 'Relay servers: `default` (iroh''s public relays), `disabled`, or a relay URL')

@@ -87,7 +87,7 @@ set edit:completion:arg-completer[tensor-iroh] = {|@words|
             cand --help 'Print help'
         }
         &'tensor-iroh;bench'= {
-            cand --sizes 'Sizes to measure, with K, M or G suffixes (binary)'
+            cand --sizes 'Sizes to measure, with K, M, G or T suffixes (binary; 1.5M is fine)'
             cand --iters 'Round trips per size [default: enough to move 768 MiB, between 3 and 200]'
             cand --concurrency 'Small tensors in flight at once for the tensors-per-second figure'
             cand --relay 'Relay servers: `default` (iroh''s public relays), `disabled`, or a relay URL'

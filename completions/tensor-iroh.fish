@@ -80,7 +80,7 @@ complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand pull" -l force -
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand pull" -s v -l verbose -d 'More log output on stderr (-v: info, -vv: debug, including iroh\'s)'
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand pull" -s q -l quiet -d 'Only errors and warnings on stderr; no progress bars'
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand pull" -s h -l help -d 'Print help'
-complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -l sizes -d 'Sizes to measure, with K, M or G suffixes (binary)' -r
+complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -l sizes -d 'Sizes to measure, with K, M, G or T suffixes (binary; 1.5M is fine)' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -l iters -d 'Round trips per size [default: enough to move 768 MiB, between 3 and 200]' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -l concurrency -d 'Small tensors in flight at once for the tensors-per-second figure' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -l relay -d 'Relay servers: `default` (iroh\'s public relays), `disabled`, or a relay URL' -r

@@ -30,6 +30,9 @@ const EXAMPLES: &str = "Examples:
 
 /// Bench data is this block repeated, so a large size costs no large buffer.
 const BLOCK: usize = 8 << 20;
+/// The largest size a run takes: hours of transfer, and a list of pieces that
+/// still fits in a few megabytes.
+const MAX_SIZE: u64 = 1 << 40;
 /// Data moved per size when --iters is not given, so every size takes similar time.
 const BYTES_PER_SIZE: u64 = 768 << 20;
 /// Tensors in the small-tensor rate measurement.
@@ -43,7 +46,7 @@ pub struct BenchArgs {
     /// Ticket of a running `tensor-iroh listen`; without it, a listener starts in
     /// this process on loopback with relays off
     pub ticket: Option<String>,
-    /// Sizes to measure, with K, M or G suffixes (binary)
+    /// Sizes to measure, with K, M, G or T suffixes (binary; 1.5M is fine)
     #[arg(long, value_delimiter = ',', default_value = "4K,64K,1M,16M,256M", value_parser = parse_size)]
     pub sizes: Vec<u64>,
     /// Round trips per size [default: enough to move 768 MiB, between 3 and 200]
@@ -66,23 +69,31 @@ pub struct BenchArgs {
 
 fn parse_size(text: &str) -> Result<u64> {
     let text = text.trim();
-    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((at, _)) => text.split_at(at),
-        None => (text, ""),
-    };
+    let invalid = || anyhow::anyhow!("{text:?} is not a size like 4K, 1.5M or 1G");
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
     let shift = match unit.to_ascii_uppercase().trim_end_matches(['B', 'I']) {
         "" => 0,
         "K" => 10,
         "M" => 20,
         "G" => 30,
-        _ => bail!("{text:?} is not a size like 4K, 16M or 1G"),
+        "T" => 40,
+        _ => return Err(invalid()),
     };
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| anyhow::anyhow!("{text:?} is not a size like 4K, 16M or 1G"))?;
-    match value.checked_mul(1 << shift) {
-        Some(0) | None => bail!("{text:?} is not a size between 1 byte and 1 PiB"),
-        Some(size) => Ok(size),
+    let size = if number.contains('.') {
+        let value: f64 = number.parse().map_err(|_| invalid())?;
+        let bytes = value * (1u64 << shift) as f64;
+        // A size in whole bytes: 1.5K is, 0.3K is not.
+        (bytes.fract() == 0.0 && bytes <= MAX_SIZE as f64).then_some(bytes as u64)
+    } else {
+        let value: u64 = number.parse().map_err(|_| invalid())?;
+        value.checked_mul(1 << shift)
+    };
+    match size {
+        Some(size @ 1..=MAX_SIZE) => Ok(size),
+        _ => bail!("{text:?} is not a whole number of bytes between 1 and 1 TiB"),
     }
 }
 
@@ -349,7 +360,13 @@ mod tests {
         assert_eq!(parse_size("16M").unwrap(), 16 << 20);
         assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
         assert_eq!(parse_size("100").unwrap(), 100);
+        assert_eq!(parse_size("1.5M").unwrap(), 3 << 19);
+        assert_eq!(parse_size("0.5k").unwrap(), 512);
+        assert_eq!(parse_size("1T").unwrap(), 1 << 40);
         assert!(parse_size("0").is_err());
+        assert!(parse_size("0.3K").is_err(), "not whole bytes");
+        assert!(parse_size("2T").is_err(), "more than 1 TiB");
+        assert!(parse_size("1.2.3M").is_err());
         assert!(parse_size("4X").is_err());
         assert!(parse_size("").is_err());
     }
