@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::catalog::Catalog;
 use crate::protocol::pool::peer_answers;
 use crate::protocol::stream::{FrameReader, FrameWriter};
-use crate::protocol::stripes::{MAX_STRIPES, StripeLink, StripeRegistry, StripeStream};
+use crate::protocol::stripes::{StripeLink, StripeRegistry, StripeStream, link_stripes};
 use crate::protocol::transfer::{Committed, Progress, Received, Sink, receive_file, send_file};
 use crate::protocol::wire::{CHUNK_SIZE, Hash, Message, Offer, PROTOCOL_VERSION};
 use crate::protocol::{CODE_SHUTDOWN, HELLO_ALPN};
@@ -28,8 +28,9 @@ pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long in-flight requests get to wind down after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Extra streams of striped transfers (uploads and pulls) the listener takes
-/// at once, three files' worth: each holds a few MiB of buffers.
-const EXTRA_STREAMS: usize = 3 * (MAX_STRIPES as usize - 1);
+/// at once: three files' worth on a short link, one and a bit on a long one.
+/// Each holds a few MiB of buffers.
+const EXTRA_STREAMS: usize = 9;
 
 #[derive(Debug)]
 pub enum Event {
@@ -251,7 +252,10 @@ impl Service {
                 let result = receive_file(
                     writer,
                     reader,
-                    StripeLink::Listener(streams.stripes),
+                    StripeLink::Listener {
+                        registry: streams.stripes,
+                        stripes: link_stripes(connection),
+                    },
                     &progress,
                     async |offer: &Offer| {
                         let sink = self.sink_for(offer, connection).await?;
@@ -316,7 +320,10 @@ impl Service {
                 writer.finish();
             }
             Message::Fetch { .. } | Message::FetchMerged { .. } => {
-                let link = StripeLink::Listener(streams.stripes);
+                let link = StripeLink::Listener {
+                    registry: streams.stripes,
+                    stripes: link_stripes(connection),
+                };
                 self.serve_fetch(peer, &request, link, writer, reader)
                     .await?
             }

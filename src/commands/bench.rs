@@ -19,6 +19,7 @@ use super::{NetArgs, TimeoutArgs, parse_tickets};
 use crate::protocol::client;
 use crate::protocol::endpoint::{self, EndpointOptions, Relay};
 use crate::protocol::pool::Pool;
+use crate::protocol::stripes::Striping;
 use crate::protocol::transfer::{Progress, Segment, Source};
 use crate::service::{Service, Uploads};
 use crate::ui::{Ui, human_bytes, mb_per_s};
@@ -196,7 +197,15 @@ async fn one_transfer(pool: &Pool, addr: &EndpointAddr, pieces: &[Bytes], raw: b
         segments,
     );
     source.offer.discard = true;
-    client::upload(pool, addr, &source, &Progress::default()).await?;
+    // Timed one at a time, so each takes the streams a lone file gets.
+    client::upload(
+        pool,
+        addr,
+        &source,
+        Striping::SharedAmong(1),
+        &Progress::default(),
+    )
+    .await?;
     Ok(())
 }
 

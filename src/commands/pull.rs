@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use super::{NetArgs, TimeoutArgs, first_failure, parse_tickets};
 use crate::protocol::client;
 use crate::protocol::pool::Pool;
-use crate::protocol::stripes::stripes_sharing;
+use crate::protocol::stripes::Striping;
 use crate::protocol::transfer::{Progress, Received, Sink};
 use crate::protocol::wire::{CatalogFile, Message, Offer, TensorRef};
 use crate::service::StdoutSink;
@@ -269,7 +269,7 @@ async fn fetch_to_stdout(pool: &Pool, addr: &iroh::EndpointAddr, wanted: &[Wante
         pool,
         addr,
         &Message::FetchMerged { tensors: refs },
-        1,
+        Striping::Single,
         &Progress::default(),
         async |_: &Offer| Ok(Box::new(StdoutSink::new((), Arc::default())) as Box<dyn Sink>),
     )
@@ -288,7 +288,7 @@ async fn fetch_to_store(
     let total = wanted.iter().map(|w| w.bytes).sum();
     let bar = ui.progress("pulling", Some(total), &progress);
     let slots = Arc::new(Semaphore::new(FILES_IN_FLIGHT));
-    let stripes = stripes_sharing(wanted.len().min(FILES_IN_FLIGHT));
+    let striping = Striping::SharedAmong(wanted.len().min(FILES_IN_FLIGHT));
     let mut fetches = JoinSet::new();
     for item in wanted {
         let (pool, addr, store, slots, progress, ui) = (
@@ -311,7 +311,7 @@ async fn fetch_to_store(
                 &pool,
                 &addr,
                 &request,
-                stripes,
+                striping,
                 &progress,
                 async |offer: &Offer| {
                     // Within one pull every fetch is live; two fetches of one file

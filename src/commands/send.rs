@@ -16,7 +16,7 @@ use crate::catalog::{whole_file, whole_file_offer};
 use crate::formats::{Format, TensorFile, files_in};
 use crate::protocol::client;
 use crate::protocol::pool::Pool;
-use crate::protocol::stripes::stripes_sharing;
+use crate::protocol::stripes::Striping;
 use crate::protocol::transfer::Progress;
 use crate::protocol::wire::Offer;
 use crate::ui::{Moved, Totals, Ui, count, human_bytes, mb_per_s, moved_note, one_line};
@@ -109,7 +109,6 @@ async fn prepare(args: &SendArgs) -> Result<(Vec<EndpointAddr>, Arc<Vec<Planned>
         .map(|o| Planned {
             offer: Offer {
                 files_in_send,
-                stripes: stripes_sharing(outgoing_len.min(FILES_IN_FLIGHT)),
                 ..whole_file_offer(&o.file, o.name)
             },
             file: o.file,
@@ -268,7 +267,8 @@ async fn send_all(
                 // The file must still be the one validated when the send began.
                 source.file.check_unchanged()?;
                 let opened = whole_file(&source.file, source.offer.clone())?;
-                client::upload(&pool, &addr, &opened, &file_progress).await
+                let striping = Striping::SharedAmong(sources.len().min(FILES_IN_FLIGHT));
+                client::upload(&pool, &addr, &opened, striping, &file_progress).await
             }
             .await
             .with_context(|| format!("sending {} to {}", source.offer.name, addr.id.fmt_short()));

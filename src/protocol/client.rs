@@ -6,7 +6,7 @@ use iroh::EndpointAddr;
 
 use super::explain;
 use super::pool::Pool;
-use super::stripes::StripeLink;
+use super::stripes::{StripeLink, Striping, link_stripes};
 use super::transfer::{Progress, Received, Sent, Sink, Source, receive_file, send_file};
 use super::wire::{CatalogFile, Message, Offer};
 
@@ -15,6 +15,7 @@ pub async fn upload(
     pool: &Pool,
     addr: &EndpointAddr,
     source: &Source,
+    striping: Striping,
     progress: &Progress,
 ) -> Result<Sent> {
     let (connection, mut writer, mut reader) = pool.open_on_connection(addr).await?;
@@ -25,7 +26,7 @@ pub async fn upload(
         source,
         StripeLink::Dialer {
             connection: &connection,
-            stripes: source.offer.stripes,
+            stripes: striping.stripes(link_stripes(&connection)),
         },
         progress,
     )
@@ -77,13 +78,12 @@ pub async fn catalog(pool: &Pool, addr: &EndpointAddr) -> Result<Vec<CatalogFile
 }
 
 /// Sends `request` (a `Fetch` or `FetchMerged`) and receives the file the
-/// listener offers in answer into the sink `accept` gives, on up to `stripes`
-/// streams.
+/// listener offers in answer into the sink `accept` gives.
 pub async fn fetch<F>(
     pool: &Pool,
     addr: &EndpointAddr,
     request: &Message,
-    stripes: u32,
+    striping: Striping,
     progress: &Progress,
     accept: F,
 ) -> Result<Received>
@@ -94,7 +94,7 @@ where
     writer.message(request).await.map_err(explain)?;
     let link = StripeLink::Dialer {
         connection: &connection,
-        stripes,
+        stripes: striping.stripes(link_stripes(&connection)),
     };
     receive_file(&mut writer, &mut reader, link, progress, accept)
         .await

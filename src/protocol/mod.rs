@@ -23,6 +23,22 @@ pub const CODE_REFUSED: u32 = 403;
 /// Close code a listener uses when it shuts down.
 pub const CODE_SHUTDOWN: u32 = 503;
 
+/// The round-trip time of `connection`: that of the path in use, else the
+/// slowest open path's; `None` before any was measured.
+pub fn round_trip(connection: &iroh::endpoint::Connection) -> Option<std::time::Duration> {
+    let paths = connection.paths();
+    let selected = paths
+        .iter()
+        .find(|path| path.is_selected())
+        .and_then(|path| connection.rtt(path.id()));
+    selected.or_else(|| {
+        paths
+            .iter()
+            .filter_map(|path| connection.rtt(path.id()))
+            .max()
+    })
+}
+
 /// Turns the ways a listener ends a connection into what a user can act on;
 /// other errors pass through unchanged.
 pub fn explain(error: anyhow::Error) -> anyhow::Error {

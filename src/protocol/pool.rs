@@ -14,7 +14,7 @@ use tokio::sync::Mutex;
 
 use super::stream::{FrameReader, FrameWriter};
 use super::wire::{Message, PROTOCOL_VERSION};
-use super::{ALPN, CODE_REFUSED, CODE_SHUTDOWN, HELLO_ALPN, explain};
+use super::{ALPN, CODE_REFUSED, CODE_SHUTDOWN, HELLO_ALPN, explain, round_trip};
 
 /// The predecessor's defaults, which suit a CLI as well as a library.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -268,12 +268,7 @@ const PING_TIMEOUT_MAX: Duration = Duration::from_secs(3);
 /// gone: a few of its round trips plus [`PING_SLACK`]. A rerun that resumes a
 /// killed send waits this long, so it should not be a flat second on loopback.
 fn ping_timeout(connection: &Connection) -> Duration {
-    let rtt = connection
-        .paths()
-        .iter()
-        .filter_map(|path| connection.rtt(path.id()))
-        .max()
-        .unwrap_or(PING_TIMEOUT_MAX);
+    let rtt = round_trip(connection).unwrap_or(PING_TIMEOUT_MAX);
     (PING_SLACK + 4 * rtt).min(PING_TIMEOUT_MAX)
 }
 

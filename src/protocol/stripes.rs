@@ -2,7 +2,8 @@
 //!
 //! A stream moves at most its receive window per round trip, and noq's window
 //! (1.25 MB) cannot safely grow (see the README, "Long links"): one stream holds
-//! a file to 12 MB/s on a 100 ms link. So the sender offers to stripe, the
+//! a file to 12 MB/s on a 100 ms link. So the sender offers to stripe (on more
+//! streams the longer the link), the
 //! receiver answers how many streams it takes and a transfer number, and the
 //! dialer opens the extra streams, each naming the transfer and its stripe.
 //! Chunk `i` travels on stripe `i % stripes`, in order within its stripe; the
@@ -18,12 +19,44 @@ use anyhow::{Result, anyhow};
 use iroh::endpoint::Connection;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use super::explain;
 use super::stream::{FrameReader, FrameWriter};
 use super::wire::Message;
+use super::{explain, round_trip};
 
-/// The most streams one file is carried on.
-pub const MAX_STRIPES: u32 = 4;
+/// The most streams one file is carried on: on a long link.
+pub const MAX_STRIPES: u32 = 8;
+/// Streams for one file on a short link, where four windows per round trip
+/// already outrun the CPU (more only cost memory).
+const SHORT_LINK_STRIPES: u32 = 4;
+/// The round trip from which a link is long: four windows per round trip
+/// are then about 500 MB/s or less.
+const LONG_LINK_RTT: Duration = Duration::from_millis(10);
+
+/// The streams one file may take on `connection`, as long as its link is.
+pub fn link_stripes(connection: &Connection) -> u32 {
+    match round_trip(connection) {
+        Some(rtt) if rtt >= LONG_LINK_RTT => MAX_STRIPES,
+        _ => SHORT_LINK_STRIPES,
+    }
+}
+
+/// How many streams a dialer lets one file take.
+#[derive(Clone, Copy, Debug)]
+pub enum Striping {
+    /// A share of what the link calls for, among this many files moving at once.
+    SharedAmong(usize),
+    /// One stream: a pipe needs chunks in file order.
+    Single,
+}
+
+impl Striping {
+    pub fn stripes(self, link: u32) -> u32 {
+        match self {
+            Striping::SharedAmong(files) => (link as usize / files.max(1)).max(1) as u32,
+            Striping::Single => 1,
+        }
+    }
+}
 
 /// The chunks of a file of `chunks` chunks that travel on `stripe`, in order.
 pub fn stripe_chunks(stripe: u32, stripes: u32, chunks: u64) -> impl Iterator<Item = u64> {
@@ -38,12 +71,6 @@ pub fn usable_stripes(wanted: u32, chunks: u64) -> u32 {
         .max(1)
 }
 
-/// The stripes each of `files` files moving at once may use, so that together
-/// they take about [`MAX_STRIPES`] streams, and never fewer than one each.
-pub fn stripes_sharing(files: usize) -> u32 {
-    (MAX_STRIPES as usize / files.max(1)).max(1) as u32
-}
-
 /// How a transfer gets its extra streams: the side that dialed the connection
 /// opens them, the listening side receives them through its registry. In an
 /// upload the dialer sends; in a pull it receives.
@@ -54,8 +81,12 @@ pub enum StripeLink<'a> {
         connection: &'a Connection,
         stripes: u32,
     },
-    /// This side listens: the dialer's extra streams arrive through `registry`.
-    Listener(&'a Arc<StripeRegistry>),
+    /// This side listens: the dialer's extra streams arrive through `registry`;
+    /// a file takes at most `stripes` (see [`link_stripes`]).
+    Listener {
+        registry: &'a Arc<StripeRegistry>,
+        stripes: u32,
+    },
 }
 
 /// Opens the extra streams 1..`stripes` of `transfer`, each named by its first
@@ -223,9 +254,10 @@ mod tests {
         assert_eq!(usable_stripes(4, 2), 2);
         assert_eq!(usable_stripes(9, 100), MAX_STRIPES);
         assert_eq!(usable_stripes(0, 100), 1);
-        assert_eq!(stripes_sharing(1), MAX_STRIPES);
-        assert_eq!(stripes_sharing(2), 2);
-        assert_eq!(stripes_sharing(200), 1);
+        assert_eq!(Striping::SharedAmong(1).stripes(4), 4);
+        assert_eq!(Striping::SharedAmong(2).stripes(8), 4);
+        assert_eq!(Striping::SharedAmong(200).stripes(8), 1);
+        assert_eq!(Striping::Single.stripes(8), 1);
     }
 
     #[test]

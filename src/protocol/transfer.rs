@@ -32,8 +32,12 @@ use super::wire::{
 
 /// Bytes read from disk and written to the stream at a time.
 const PIECE: usize = 1 << 20;
-/// Pieces read ahead of the network; bounds the sender's memory per stream.
+/// Pieces read ahead of the network by one stream's reader: the most, and the
+/// least when a file is on many streams (bounds the sender's memory per file).
 const READ_AHEAD: usize = 4;
+const READ_AHEAD_MIN: usize = 2;
+/// Pieces read ahead for the whole of a striped file, shared by its streams.
+const READ_AHEAD_PER_FILE: usize = 16;
 /// Piece buffers kept for reuse once the network is done with them: about what
 /// one stream has in flight, so steady sending allocates nothing.
 const POOLED_PIECES: usize = 16;
@@ -308,12 +312,12 @@ pub async fn send_file(
     let mut joining = None;
     sent_offer.stripes = match link {
         StripeLink::Dialer { stripes, .. } => stripes,
-        StripeLink::Listener(registry) if !offer.eager => {
-            joining = registry.join(usable_stripes(MAX_STRIPES, offer.chunks()));
+        StripeLink::Listener { registry, stripes } if !offer.eager => {
+            joining = registry.join(usable_stripes(stripes, offer.chunks()));
             sent_offer.transfer = joining.as_ref().map_or(0, |joining| joining.transfer);
             joining.as_ref().map_or(1, |joining| joining.stripes)
         }
-        StripeLink::Listener(_) => 1,
+        StripeLink::Listener { .. } => 1,
     };
     let offered_stripes = sent_offer.stripes.max(1);
     opening.push(Bytes::from(Message::Offer(sent_offer).encode()));
@@ -370,7 +374,7 @@ pub async fn send_file(
             (StripeLink::Dialer { connection, .. }, _) => {
                 open_stripes(connection, transfer, stripes, stall).await?
             }
-            (StripeLink::Listener(_), Some(joining)) => {
+            (StripeLink::Listener { .. }, Some(joining)) => {
                 collect_stripes(joining, stripes, stall).await?
             }
             _ => bail!("protocol violation: {stripes} streams where one was offered"),
@@ -448,7 +452,7 @@ enum StripeFailed {
 }
 
 /// Reads, hashes and writes the chunks of one stripe: the reading on a blocking
-/// thread, at most [`READ_AHEAD`] pieces ahead of the network.
+/// thread, a few pieces ahead of the network.
 async fn send_stripe(
     writer: &mut FrameWriter,
     source: &Source,
@@ -458,7 +462,8 @@ async fn send_stripe(
     stripes: u32,
     progress: &Progress,
 ) -> Result<StripeDone, StripeFailed> {
-    let (tx, mut rx) = mpsc::channel(READ_AHEAD);
+    let read_ahead = (READ_AHEAD_PER_FILE / stripes as usize).clamp(READ_AHEAD_MIN, READ_AHEAD);
+    let (tx, mut rx) = mpsc::channel(read_ahead);
     let reading = {
         let (source, held, pool) = (source.clone(), held.clone(), pool.clone());
         tokio::task::spawn_blocking(move || {
@@ -711,8 +716,8 @@ where
     };
     let striped = !offer.eager && !sink.in_order_only();
     let (joining, to_open) = match link {
-        StripeLink::Listener(registry) if striped => (
-            registry.join(usable_stripes(offer.stripes, offer.chunks())),
+        StripeLink::Listener { registry, stripes } if striped => (
+            registry.join(usable_stripes(offer.stripes.min(stripes), offer.chunks())),
             None,
         ),
         StripeLink::Dialer {

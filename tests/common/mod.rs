@@ -2,6 +2,7 @@
 //! tickets, commands with a deadline, and tensor files written by hand.
 #![allow(dead_code)]
 
+pub mod long_link;
 pub mod netns;
 
 use std::io::{BufRead, BufReader, Read};
