@@ -118,6 +118,51 @@ fn killed_senders_leave_nothing_visible_and_the_next_rerun_moves_only_the_rest()
 }
 
 #[test]
+fn a_file_written_to_while_it_is_sent_is_not_stored_and_a_rerun_brings_the_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let file = safetensors_file(&dir.path().join("big.safetensors"), 200 << 20, 5);
+    let size = std::fs::metadata(&file).unwrap().len();
+    let listener = Listener::start(&["--out", out.to_str().unwrap()]);
+
+    let mut sender = spawn_send(&listener.ticket, &file);
+    wait_until(Duration::from_secs(60), "a few checked chunks", || {
+        recorded_chunks(&out) >= 2
+    });
+    // Saved over in place, as a training job rewrites its checkpoint: the
+    // first chunk is long gone, the last not yet read.
+    {
+        use std::os::unix::fs::FileExt;
+        let source = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        source.write_all_at(&[0xAB; 4096], 1 << 20).unwrap();
+        source.write_all_at(&[0xCD; 4096], size - 4096).unwrap();
+    }
+    let status = wait_with_deadline(&mut sender, DEADLINE).expect("the sender finishes");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut sender.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {stderr}");
+    assert!(
+        errors[0].contains("changed on disk while it was being sent"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        !out.join("big.safetensors").exists(),
+        "a mix of the two versions was stored"
+    );
+
+    let rerun = send(&listener.ticket, &[&file], &["--json"]);
+    assert!(rerun.status.success(), "{}", text(&rerun.stderr));
+    assert!(
+        same_bytes(&file, &out.join("big.safetensors")),
+        "the rerun stores the file as it is now"
+    );
+    assert_eq!(files_below(&out), vec![PathBuf::from("big.safetensors")]);
+}
+
+#[test]
 fn a_stopped_listener_keeps_the_partial_and_its_restart_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");

@@ -22,6 +22,9 @@ pub const HELLO_ALPN: &[u8] = b"tensor-iroh/hello";
 pub const CODE_REFUSED: u32 = 403;
 /// Close code a listener uses when it shuts down.
 pub const CODE_SHUTDOWN: u32 = 503;
+/// Stream reset code of a sender whose file was written to while it was read:
+/// what it sent is a mix of two versions, so it withholds the file hash.
+pub const CODE_SOURCE_CHANGED: u32 = 409;
 
 /// The round-trip time of `connection`: that of the path in use, else the
 /// slowest open path's; `None` before any was measured.
@@ -49,6 +52,10 @@ pub fn explain(error: anyhow::Error) -> anyhow::Error {
         )
     } else if text.contains(&format!("(code {CODE_SHUTDOWN})")) {
         anyhow::anyhow!("the listener shut down before the transfer finished")
+    } else if text.contains(&format!("reset by peer: error {CODE_SOURCE_CHANGED}")) {
+        anyhow::anyhow!(
+            "the sender's file changed on disk while it was being sent; nothing was stored"
+        )
     } else if text.contains("no application protocol") {
         anyhow::anyhow!("the peer does not speak the tensor-iroh protocol")
     } else {

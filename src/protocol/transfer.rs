@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use futures_util::future::try_join_all;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::CODE_SOURCE_CHANGED;
 use super::checker::{BATCH, Batch, Checker, SharedSink, lost};
 use super::hashing::{ChunkHasher, file_hash};
 use super::stream::{Frame, FrameReader, FrameWriter, Stalled};
@@ -71,6 +72,20 @@ impl Segment {
 pub struct Source {
     pub offer: Offer,
     segments: Vec<Segment>,
+    /// Each file read from, as it was when the source was made.
+    stamps: Vec<(Arc<File>, Option<Stamp>)>,
+}
+
+/// A file's size and modification time: whether someone wrote to it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Stamp(u64, Option<SystemTime>);
+
+impl Stamp {
+    fn of(file: &File) -> Option<Stamp> {
+        file.metadata()
+            .ok()
+            .map(|meta| Stamp(meta.len(), meta.modified().ok()))
+    }
 }
 
 impl Source {
@@ -91,7 +106,28 @@ impl Source {
 
     /// A source whose offer was made beforehand; `segments` hold its size.
     pub fn with_offer(offer: Offer, segments: Vec<Segment>) -> Source {
-        Source { offer, segments }
+        let mut stamps: Vec<(Arc<File>, Option<Stamp>)> = Vec::new();
+        for segment in &segments {
+            if let Segment::File { file, .. } = segment
+                && !stamps.iter().any(|(seen, _)| Arc::ptr_eq(seen, file))
+            {
+                stamps.push((file.clone(), Stamp::of(file)));
+            }
+        }
+        Source {
+            offer,
+            segments,
+            stamps,
+        }
+    }
+
+    /// Whether no file was written to since the source was made. Checked once
+    /// everything is read: a file saved over while it was read would arrive as
+    /// a mix of its two versions, each chunk matching its hash.
+    fn unchanged(&self) -> bool {
+        self.stamps
+            .iter()
+            .all(|(file, stamp)| stamp.is_some() && Stamp::of(file) == *stamp)
     }
 
     /// The file's `len` bytes from `offset`: a slice where they lie in one
@@ -349,6 +385,13 @@ pub async fn send_file(
             opening.push(piece_bytes(piece, &mut sent_bytes, progress));
             Ok(())
         })
+        .map_err(|err| StripeFailed::Read(err.into()))
+        .and_then(|hashes| {
+            source
+                .unchanged()
+                .then_some(hashes)
+                .ok_or(StripeFailed::Changed)
+        })
         .map(|hashes| {
             let hash = file_hash(offer.size, &hashes);
             opening.push(Bytes::copy_from_slice(&end_frame(&hash)));
@@ -360,9 +403,13 @@ pub async fn send_file(
                 hash,
             )
         });
-        match writer.write_all(&mut opening).await {
-            Err(err) => Err(StripeFailed::Write(err)),
-            Ok(()) => read.map_err(|err| StripeFailed::Read(err.into())),
+        match read {
+            Ok(read) => writer
+                .write_all(&mut opening)
+                .await
+                .map(|()| read)
+                .map_err(StripeFailed::Write),
+            Err(failed) => Err(failed),
         }
     } else {
         if !opening.is_empty() {
@@ -392,6 +439,7 @@ pub async fn send_file(
             writer.finish();
         }
         match sent {
+            Ok(_) if !source.unchanged() => Err(StripeFailed::Changed),
             Ok(sent) => {
                 let hash = file_hash(offer.size, &merge_hashes(offer.chunks(), &sent));
                 writer
@@ -419,6 +467,13 @@ pub async fn send_file(
         Err(StripeFailed::Read(err)) => {
             return Err(err.context(format!("cannot read {}", offer.name)));
         }
+        Err(StripeFailed::Changed) => {
+            writer.reset(CODE_SOURCE_CHANGED);
+            bail!(
+                "{} changed on disk while it was being sent, so nothing was stored; send it again once it is written",
+                offer.name
+            );
+        }
     };
     writer.finish();
     match reader.message().await? {
@@ -444,11 +499,12 @@ struct StripeDone {
     bytes: u64,
 }
 
-/// Why a stream of a transfer stopped: the network (the receiver may say why)
-/// or the file.
+/// Why a transfer stopped: the network (the receiver may say why), the file,
+/// or a write to the file while it was read.
 enum StripeFailed {
     Write(anyhow::Error),
     Read(anyhow::Error),
+    Changed,
 }
 
 /// Reads, hashes and writes the chunks of one stripe: the reading on a blocking
