@@ -277,10 +277,12 @@ impl Store {
         } else {
             None
         };
+        let written = FileVersion::of(partial.file.file());
         Ok(Box::new(DiskSink {
             store: self.clone(),
             dir,
             target,
+            written,
             partial,
             offer: offer.clone(),
             existing,
@@ -717,6 +719,9 @@ struct DiskSink {
     stored_before: bool,
     /// Chunks written and checked in this transfer.
     received: HashMap<u32, Hash>,
+    /// The partial as this transfer last left it: if it is not so when the
+    /// transfer stops, someone else wrote to it, and a rerun must re-check.
+    written: Option<FileVersion>,
     claim: u64,
     cancel: CancellationToken,
 }
@@ -779,7 +784,9 @@ impl Sink for DiskSink {
         self.partial
             .file
             .write_all_at(data, offset)
-            .with_context(|| format!("cannot write to {}", self.dir.display()))
+            .with_context(|| format!("cannot write to {}", self.dir.display()))?;
+        self.written = FileVersion::of(self.partial.file.file());
+        Ok(())
     }
 
     fn chunk_checked(&mut self, index: u32, hash: &Hash) -> Result<()> {
@@ -842,7 +849,9 @@ impl Sink for DiskSink {
         }
         // Recorded before the partial's lock goes with `self`, so the rerun
         // waiting for that lock finds it.
-        if let Some(file) = FileVersion::of(self.partial.file.file()) {
+        if let Some(file) = FileVersion::of(self.partial.file.file())
+            && Some(file) == self.written
+        {
             // A held chunk sent again (the sender's differed) has its new hash.
             let mut chunks: HashMap<u32, Hash> = self.partial.held.iter().copied().collect();
             chunks.extend(&self.received);
@@ -959,9 +968,25 @@ mod tests {
         std::fs::remove_file(&partial).unwrap();
         std::fs::write(&partial, &bytes).unwrap();
         std::fs::remove_file(only_file_ending(dir.path(), RECORD_SUFFIX)).unwrap();
-        let mut third = store.accept(&offer, gone).await.unwrap();
+        let mut third = store.accept(&offer, gone.clone()).await.unwrap();
         assert!(third.held().is_empty(), "{:?}", third.held());
-        third.abandon(false);
+        third.write(CHUNK_SIZE, &chunk).unwrap();
+        third.chunk_checked(1, &hash).unwrap();
+
+        // Written to by someone else before the transfer stopped: its own
+        // check no longer vouches for the data.
+        std::thread::sleep(Duration::from_millis(20));
+        {
+            use std::os::unix::fs::FileExt;
+            let partial = only_file_ending(dir.path(), PARTIAL_SUFFIX);
+            let file = OpenOptions::new().write(true).open(partial).unwrap();
+            file.write_all_at(&[8], CHUNK_SIZE + 5).unwrap();
+        }
+        third.abandon(true);
+        std::fs::remove_file(only_file_ending(dir.path(), RECORD_SUFFIX)).unwrap();
+        let mut fourth = store.accept(&offer, gone).await.unwrap();
+        assert!(fourth.held().is_empty(), "{:?}", fourth.held());
+        fourth.abandon(false);
     }
 
     #[test]
