@@ -443,6 +443,12 @@ fn fan_out_reaches_every_listener_and_json_is_clean() {
     let received: serde_json::Value = serde_json::from_str(&received).unwrap();
     assert_eq!(received["event"], "received");
     assert_eq!(received["blake3"], b3sum.as_str());
+
+    // A listener named twice gets the file once.
+    let twice = send(&two.ticket, &[&file], &["--to", &two.ticket, "--json"]);
+    assert!(twice.status.success(), "{}", text(&twice.stderr));
+    let summary = json_lines(&twice).pop().unwrap();
+    assert_eq!(summary["files"], 1, "{summary}");
 }
 
 #[test]
@@ -516,6 +522,12 @@ fn broken_files_are_refused_and_the_listener_carries_on() {
     }
     let missing = dir.path().join("missing.npy");
     assert_one_line_error(&send(&listener.ticket, &[&missing], &[]), "missing.npy");
+    // Opening a FIFO for reading would wait for a writer that never comes.
+    let fifo = dir.path().join("fifo.npy");
+    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let output = send(&listener.ticket, &[&fifo], &[]);
+    assert_one_line_error(&output, "not a regular file");
     // One broken file among good ones: nothing at all is sent.
     let fine = write(dir.path(), "fine.safetensors", &good);
     let broken = dir.path().join("truncated.safetensors");
@@ -835,6 +847,11 @@ fn a_name_must_keep_the_format_and_out_must_be_a_directory() {
         assert_one_line_error(&output, "does not fit");
     }
     assert!(files_below(&out).is_empty(), "nothing was stored");
+
+    // Removed under a running listener, the directory comes back with the file.
+    std::fs::remove_dir_all(&out).unwrap();
+    assert!(send(&listener.ticket, &[&file], &[]).status.success());
+    assert_same(&file, &out.join("w.npy"));
 
     let not_a_dir = write(dir.path(), "plain.txt", b"text");
     let output = run(&[

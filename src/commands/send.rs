@@ -100,7 +100,11 @@ struct Planned {
 
 /// Everything that can fail before a byte is sent: tickets, files, the endpoint.
 async fn prepare(args: &SendArgs) -> Result<(Vec<EndpointAddr>, Arc<Vec<Planned>>, Arc<Pool>)> {
-    let targets = parse_tickets(std::iter::once(&args.ticket).chain(&args.to))?;
+    let mut targets = parse_tickets(std::iter::once(&args.ticket).chain(&args.to))?;
+    // A listener named twice (its ticket again, or a second ticket of it)
+    // gets the files once.
+    let mut seen = std::collections::HashSet::new();
+    targets.retain(|target| seen.insert(target.id));
     let outgoing = collect(&args.files, args.name.as_deref())?;
     let outgoing_len = outgoing.len();
     let files_in_send = outgoing_len as u64;

@@ -116,7 +116,14 @@ impl TensorFile {
                 path.display()
             )
         })?;
-        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        // Without O_NONBLOCK, opening a FIFO waits for a writer, forever; on a
+        // regular file the flag changes nothing.
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
         let meta = file
             .metadata()
             .with_context(|| format!("cannot read {}", path.display()))?;

@@ -227,7 +227,13 @@ impl Store {
                 );
                 dir
             }
-            _ => self.dir.clone(),
+            _ => {
+                // Removed while the listener runs, it comes back as `mkdir -p` would.
+                std::fs::create_dir_all(&self.dir).with_context(|| {
+                    format!("cannot create output directory {}", self.dir.display())
+                })?;
+                self.dir.clone()
+            }
         };
         let file_name = target.file_name().expect("safe names end in a file name");
         let base = format!(".{}.{}", file_name.to_string_lossy(), offer.identity);
