@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
@@ -15,7 +15,9 @@ use crate::protocol::transfer::{Segment, Source, file_offer};
 use crate::protocol::wire::{CatalogFile, Offer, TensorEntry, TensorRef};
 
 pub struct Catalog {
-    files: Vec<TensorFile>,
+    /// A file found changed on disk is validated again and served as it is
+    /// now: a checkpoint rewritten under a running listener stays pullable.
+    files: RwLock<Vec<Arc<TensorFile>>>,
 }
 
 impl Catalog {
@@ -43,16 +45,21 @@ impl Catalog {
                 files.push(file);
             }
         }
-        Ok(Catalog { files })
+        Ok(Catalog {
+            files: RwLock::new(files.into_iter().map(Arc::new).collect()),
+        })
     }
 
-    pub fn files(&self) -> &[TensorFile] {
-        &self.files
+    pub fn files(&self) -> Vec<Arc<TensorFile>> {
+        self.files.read().expect("catalog lock").clone()
     }
 
+    /// The served files as they are now; one that changed into something that
+    /// cannot be served (half written, say) is left out until it can.
     pub fn entries(&self) -> Vec<CatalogFile> {
-        self.files
+        self.files()
             .iter()
+            .filter_map(|file| self.file(file.file_name()).ok())
             .map(|file| CatalogFile {
                 name: file.file_name().to_string(),
                 format: file.format.as_str().to_string(),
@@ -71,33 +78,47 @@ impl Catalog {
             .collect()
     }
 
-    fn file(&self, name: &str) -> Result<&TensorFile> {
+    /// The served file `name`, validated again if it changed on disk.
+    fn file(&self, name: &str) -> Result<Arc<TensorFile>> {
         let file = self
-            .files
-            .iter()
+            .files()
+            .into_iter()
             .find(|f| f.file_name() == name)
             .with_context(|| format!("no served file is named {name:?}"))?;
-        file.check_unchanged()?;
-        Ok(file)
+        if file.check_unchanged().is_ok() {
+            return Ok(file);
+        }
+        let fresh = TensorFile::open(&file.path)
+            .with_context(|| format!("{name} changed on disk and cannot be served as it is now"))?;
+        if fresh.format != file.format {
+            bail!("{name} changed on disk into another format");
+        }
+        let fresh = Arc::new(fresh);
+        for served in self.files.write().expect("catalog lock").iter_mut() {
+            if Arc::ptr_eq(served, &file) {
+                *served = fresh.clone();
+            }
+        }
+        Ok(fresh)
     }
 
     /// The source for a served file, whole or reduced to the named tensors.
     pub fn source(&self, name: &str, tensors: Option<&[String]>) -> Result<Source> {
         let file = self.file(name)?;
         let Some(names) = tensors else {
-            return whole_file(file, whole_file_offer(file, name.to_string()));
+            return whole_file(&file, whole_file_offer(&file, name.to_string()));
         };
         // Every tensor of the file is the file itself (the one selection an .npy
         // file has): sent as it is, it arrives byte for byte, where a rebuilt
         // header would differ in key order.
         if names.len() == file.tensors.len() && file.tensors.iter().all(|t| names.contains(&t.name))
         {
-            return whole_file(file, whole_file_offer(file, name.to_string()));
+            return whole_file(&file, whole_file_offer(&file, name.to_string()));
         }
         if file.format == Format::Npy {
             bail!("{name} holds only the tensor {:?}", file.tensors[0].name);
         }
-        let handle = Arc::new(open(file)?);
+        let handle = Arc::new(open(&file)?);
         let mut builder = SafetensorsBuilder::new(file.metadata.clone());
         let mut segments = Vec::new();
         let mut count = 0;
@@ -140,7 +161,7 @@ impl Catalog {
             let tensor = file
                 .tensors
                 .iter()
-                .find(|t| t.name == reference.tensor)
+                .position(|t| t.name == reference.tensor)
                 .with_context(|| {
                     format!(
                         "{} has no tensor named {:?}",
@@ -158,6 +179,7 @@ impl Catalog {
         let mut builder = SafetensorsBuilder::new(metadata);
         let mut segments = Vec::new();
         for (file, tensor) in &parts {
+            let tensor = &file.tensors[*tensor];
             builder.push(
                 &tensor.name,
                 &tensor.dtype,

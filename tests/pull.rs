@@ -340,7 +340,7 @@ fn eight_pullers_at_once_and_collisions() {
 }
 
 #[test]
-fn changed_served_files_give_errors_and_the_listener_keeps_serving() {
+fn changed_served_files_are_served_as_they_are_now_or_give_errors() {
     let dir = tempfile::tempdir().unwrap();
     let (serve, _) = served(dir.path());
     let mut listener = Listener::start(&["--serve", serve.to_str().unwrap()]);
@@ -351,17 +351,29 @@ fn changed_served_files_give_errors_and_the_listener_keeps_serving() {
         &bytes[..bytes.len() - 10],
     )
     .unwrap();
+    // Saved again with other tensors, as a training job does.
+    python(
+        r#"
+import numpy as np
+from safetensors.numpy import save_file
+save_file({"model.layers.12.weight": np.full((3, 3), 7, dtype=np.float32),
+           "new.bias": np.arange(4, dtype=np.int32)},
+          "serve/shard-2.safetensors")
+"#,
+        dir.path(),
+    );
     let out = dir.path().join("out");
+    // Gone, or no longer a valid file: no longer listed.
     assert_one_line_error(
         &pull(&listener.ticket, &["embed", "--out", out.to_str().unwrap()]),
-        "embed.npy",
+        "no served tensor matches \"embed\"",
     );
     assert_one_line_error(
         &pull(
             &listener.ticket,
             &["model.layers.1.weight", "--out", out.to_str().unwrap()],
         ),
-        "shard-1",
+        "no served tensor matches \"model.layers.1.weight\"",
     );
     assert!(
         files_below(&out).iter().all(|f| !f.starts_with("embed")),
@@ -369,12 +381,22 @@ fn changed_served_files_give_errors_and_the_listener_keeps_serving() {
         files_below(&out)
     );
     assert!(listener.is_running());
-    let fine = pull(
+
+    let listed = pull(&listener.ticket, &["--list"]);
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    let listed = text(&listed.stdout) + &text(&listed.stderr);
+    assert!(listed.contains("new.bias"), "{listed}");
+    assert!(!listed.contains("model.layers.15"), "{listed}");
+    let fresh = pull(
         &listener.ticket,
-        &["model.layers.12.*", "--out", out.to_str().unwrap()],
+        &["model.layers.12.*", "new.*", "--out", out.to_str().unwrap()],
     );
-    assert!(fine.status.success(), "{}", text(&fine.stderr));
-    assert!(out.join("shard-2.safetensors").exists());
+    assert!(fresh.status.success(), "{}", text(&fresh.stderr));
+    assert_eq!(
+        std::fs::read(out.join("shard-2.safetensors")).unwrap(),
+        std::fs::read(serve.join("shard-2.safetensors")).unwrap(),
+        "the file as it is now, whole"
+    );
 }
 
 #[test]
