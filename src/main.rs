@@ -31,7 +31,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tensor_iroh::ui::to_stderr(&tensor_iroh::ui::error_line(&format!("{err:#}")));
-            ExitCode::FAILURE
+            match err.downcast_ref::<commands::Interrupted>() {
+                Some(commands::Interrupted(signal)) => ExitCode::from((128 + signal) as u8),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

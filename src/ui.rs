@@ -3,7 +3,7 @@
 //! terminal differ only here.
 
 use std::io::{IsTerminal, Write};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use console::Style;
@@ -146,7 +146,7 @@ impl Drop for Bar {
 }
 
 /// What a send or a pull moved, for its closing line.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Totals {
     pub files: u64,
     /// File bytes.
@@ -154,6 +154,34 @@ pub struct Totals {
     /// Data bytes that crossed the network (fewer after a resume).
     pub sent_bytes: u64,
     pub failed: usize,
+}
+
+/// Files counted as each finishes, for the closing line of a send or pull
+/// that a signal stops before it can count them at the end.
+#[derive(Clone, Default)]
+pub struct Tally(Arc<Mutex<Totals>>);
+
+impl Tally {
+    pub fn stored(&self, bytes: u64, sent_bytes: u64) {
+        if let Ok(mut totals) = self.0.lock() {
+            totals.files += 1;
+            totals.bytes += bytes;
+            totals.sent_bytes += sent_bytes;
+        }
+    }
+
+    pub fn failed(&self) {
+        if let Ok(mut totals) = self.0.lock() {
+            totals.failed += 1;
+        }
+    }
+
+    pub fn totals(&self) -> Totals {
+        self.0
+            .lock()
+            .map(|totals| totals.clone())
+            .unwrap_or_default()
+    }
 }
 
 impl Ui {

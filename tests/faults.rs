@@ -163,6 +163,46 @@ fn a_file_written_to_while_it_is_sent_is_not_stored_and_a_rerun_brings_the_new_o
 }
 
 #[test]
+fn a_send_stopped_by_a_signal_still_closes_with_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let small = safetensors_file(&dir.path().join("small.safetensors"), 1 << 20, 1);
+    let big = safetensors_file(&dir.path().join("big.safetensors"), 300 << 20, 2);
+    let listener = Listener::start(&["--out", out.to_str().unwrap()]);
+    for (signal, code, said) in [
+        (libc::SIGTERM, 143, "interrupted by SIGTERM"),
+        (libc::SIGINT, 130, "interrupted by Ctrl-C"),
+    ] {
+        std::fs::remove_dir_all(&out).ok();
+        let mut sender = Command::new(bin())
+            .args(["send", "--relay", "disabled", "--json", &listener.ticket])
+            .arg(&small)
+            .arg(&big)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until(Duration::from_secs(60), "the small file stored", || {
+            out.join("small.safetensors").exists()
+        });
+        // For its acknowledgement to reach the sender.
+        std::thread::sleep(Duration::from_millis(100));
+        unsafe { libc::kill(sender.id() as i32, signal) };
+        let status = wait_with_deadline(&mut sender, DEADLINE).expect("the sender stops");
+        let mut stdout = String::new();
+        std::io::Read::read_to_string(&mut sender.stdout.take().unwrap(), &mut stdout).unwrap();
+        assert_eq!(status.code(), Some(code), "{stdout}");
+        let summary: serde_json::Value =
+            serde_json::from_str(stdout.lines().last().expect("a summary line")).unwrap();
+        assert_eq!(summary["event"], "summary");
+        assert_eq!(summary["error"], said);
+        assert_eq!(summary["files"], 1, "the small file was stored: {summary}");
+        assert!(!out.join("big.safetensors").exists());
+    }
+}
+
+#[test]
 fn a_stopped_listener_keeps_the_partial_and_its_restart_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");

@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::NetArgs;
+use super::{NetArgs, interrupted};
 use crate::catalog::Catalog;
 use crate::protocol::endpoint::{self, AllowList, EndpointOptions};
 use crate::service::{Event, Service, Uploads};
@@ -164,7 +164,7 @@ pub async fn run(args: ListenArgs, ui: Ui) -> Result<()> {
                     break;
                 }
             }
-            _ = shutdown_signal() => {
+            _ = interrupted() => {
                 if receiving.is_empty() {
                     ui.say("shutting down");
                 } else {
@@ -316,20 +316,5 @@ fn report(ui: &Ui, event: Event) {
                 );
             }
         }
-    }
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(_) => {
-            tokio::signal::ctrl_c().await.ok();
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

@@ -138,6 +138,39 @@ pub fn first_failure(mut failures: Vec<anyhow::Error>) -> Result<()> {
     }
 }
 
+/// A command stopped by Ctrl-C (SIGINT) or SIGTERM; the process exits with
+/// 128 plus the signal's number, as shells expect.
+#[derive(Debug, Clone, Copy)]
+pub struct Interrupted(pub i32);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = if self.0 == libc::SIGTERM {
+            "SIGTERM"
+        } else {
+            "Ctrl-C"
+        };
+        write!(f, "interrupted by {name}")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Resolves on Ctrl-C or SIGTERM, saying which.
+pub async fn interrupted() -> Interrupted {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => Interrupted(libc::SIGINT),
+            _ = term.recv() => Interrupted(libc::SIGTERM),
+        },
+        Err(_) => {
+            tokio::signal::ctrl_c().await.ok();
+            Interrupted(libc::SIGINT)
+        }
+    }
+}
+
 pub fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "tensor_iroh=warn,off",

@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{NetArgs, TimeoutArgs, first_failure, parse_tickets};
+use super::{NetArgs, TimeoutArgs, first_failure, interrupted, parse_tickets};
 use crate::protocol::client;
 use crate::protocol::pool::Pool;
 use crate::protocol::stripes::Striping;
@@ -22,7 +22,7 @@ use crate::protocol::transfer::{Progress, Received, Sink};
 use crate::protocol::wire::{CatalogFile, Message, Offer, TensorRef};
 use crate::service::StdoutSink;
 use crate::store::Store;
-use crate::ui::{Moved, Totals, Ui, count, human_bytes, mb_per_s, moved_note, printable};
+use crate::ui::{Moved, Tally, Totals, Ui, count, human_bytes, mb_per_s, moved_note, printable};
 
 /// Files fetched at once, each on its own stream.
 const FILES_IN_FLIGHT: usize = 4;
@@ -69,16 +69,25 @@ pub async fn run(args: PullArgs, ui: Ui) -> Result<()> {
         return list_served(&args, &ui).await;
     }
     let started = Instant::now();
-    let (totals, result) = match pull_all(&args, &ui).await {
-        Ok(done) => done,
-        // It failed before it could count files: the pull as a whole failed.
-        Err(err) => (
-            Totals {
-                failed: 1,
-                ..Totals::default()
-            },
-            Err(err),
-        ),
+    let tally = Tally::default();
+    let work = async {
+        match pull_all(&args, &ui, &tally).await {
+            Ok(done) => done,
+            // It failed before it could count files: the pull as a whole failed.
+            Err(err) => (
+                Totals {
+                    failed: 1,
+                    ..Totals::default()
+                },
+                Err(err),
+            ),
+        }
+    };
+    // Stopped, it still closes with a summary of the files stored so far; the
+    // others keep what arrived for a rerun.
+    let (totals, result) = tokio::select! {
+        done = work => done,
+        signal = interrupted() => (tally.totals(), Err(signal.into())),
     };
     ui.summary("pulled", &totals, started.elapsed(), result.as_ref().err());
     result
@@ -107,7 +116,7 @@ async fn list_served(args: &PullArgs, ui: &Ui) -> Result<()> {
 
 /// Fetches what the patterns select; fails as a whole before any file is
 /// fetched, or else gives each file's outcome in the totals.
-async fn pull_all(args: &PullArgs, ui: &Ui) -> Result<(Totals, Result<()>)> {
+async fn pull_all(args: &PullArgs, ui: &Ui, tally: &Tally) -> Result<(Totals, Result<()>)> {
     let (addr, patterns, pool) = prepare(args).await?;
     let result = async {
         let catalog = client::catalog(&pool, &addr).await?;
@@ -116,9 +125,9 @@ async fn pull_all(args: &PullArgs, ui: &Ui) -> Result<(Totals, Result<()>)> {
             vec![fetch_to_stdout(&pool, &addr, &wanted).await]
         } else {
             let store = Store::open(&args.out.clone().unwrap_or_else(|| ".".into()), args.force)?;
-            fetch_to_store(&pool, &addr, store, wanted, ui).await
+            fetch_to_store(&pool, &addr, store, wanted, ui, tally).await
         };
-        Ok(tally(outcomes))
+        Ok(count_outcomes(outcomes))
     }
     .await;
     pool.close().await;
@@ -283,6 +292,7 @@ async fn fetch_to_store(
     store: Arc<Store>,
     wanted: Vec<Wanted>,
     ui: &Ui,
+    tally: &Tally,
 ) -> Vec<Outcome> {
     let progress = Progress::default();
     let total = wanted.iter().map(|w| w.bytes).sum();
@@ -330,8 +340,12 @@ async fn fetch_to_store(
     while let Some(joined) = fetches.join_next().await {
         let outcome =
             joined.unwrap_or_else(|err| Err(anyhow::anyhow!("a pull task failed: {err}")));
-        if let Ok((received, elapsed)) = &outcome {
-            report_file(ui, received, *elapsed);
+        match &outcome {
+            Ok((received, elapsed)) => {
+                tally.stored(received.offer.size, received.received_bytes);
+                report_file(ui, received, *elapsed);
+            }
+            Err(_) => tally.failed(),
         }
         outcomes.push(outcome);
     }
@@ -372,7 +386,7 @@ fn report_file(ui: &Ui, received: &Received, elapsed: std::time::Duration) {
     }
 }
 
-fn tally(outcomes: Vec<Outcome>) -> (Totals, Result<()>) {
+fn count_outcomes(outcomes: Vec<Outcome>) -> (Totals, Result<()>) {
     let mut failures = Vec::new();
     let mut totals = Totals::default();
     for outcome in outcomes {

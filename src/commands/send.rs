@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use super::{NetArgs, TimeoutArgs, first_failure, parse_tickets};
+use super::{NetArgs, TimeoutArgs, first_failure, interrupted, parse_tickets};
 use crate::catalog::{whole_file, whole_file_offer};
 use crate::formats::{Format, TensorFile, files_in};
 use crate::protocol::client;
@@ -19,7 +19,7 @@ use crate::protocol::pool::Pool;
 use crate::protocol::stripes::Striping;
 use crate::protocol::transfer::Progress;
 use crate::protocol::wire::Offer;
-use crate::ui::{Moved, Totals, Ui, count, human_bytes, mb_per_s, moved_note, one_line};
+use crate::ui::{Moved, Tally, Totals, Ui, count, human_bytes, mb_per_s, moved_note, one_line};
 
 /// Files in flight at once to one listener, each on its own stream.
 const FILES_IN_FLIGHT: usize = 4;
@@ -75,16 +75,27 @@ impl SendArgs {
 
 pub async fn run(args: SendArgs, ui: Ui) -> Result<()> {
     let started = Instant::now();
-    let (totals, result) = match prepare(&args).await {
-        Ok((targets, sources, pool)) => send_everywhere(targets, sources, pool, &ui).await,
-        // Nothing was sent: every file named is one that failed.
-        Err(err) => (
-            Totals {
-                failed: args.files.len(),
-                ..Totals::default()
-            },
-            Err(err),
-        ),
+    let tally = Tally::default();
+    let work = async {
+        match prepare(&args).await {
+            Ok((targets, sources, pool)) => {
+                send_everywhere(targets, sources, pool, &ui, &tally).await
+            }
+            // Nothing was sent: every file named is one that failed.
+            Err(err) => (
+                Totals {
+                    failed: args.files.len(),
+                    ..Totals::default()
+                },
+                Err(err),
+            ),
+        }
+    };
+    // Stopped, it still closes with a summary of the files stored so far; the
+    // listener keeps what arrived of the others for a rerun.
+    let (totals, result) = tokio::select! {
+        done = work => done,
+        signal = interrupted() => (tally.totals(), Err(signal.into())),
     };
     ui.summary("sent", &totals, started.elapsed(), result.as_ref().err());
     result
@@ -127,6 +138,7 @@ async fn send_everywhere(
     sources: Arc<Vec<Planned>>,
     pool: Arc<Pool>,
     ui: &Ui,
+    tally: &Tally,
 ) -> (Totals, Result<()>) {
     let total: u64 = sources.iter().map(|s| s.offer.size).sum::<u64>() * targets.len() as u64;
     let progress = Progress::default();
@@ -139,6 +151,7 @@ async fn send_everywhere(
             sources.clone(),
             progress.clone(),
             ui.clone(),
+            tally.clone(),
         ));
     }
     let mut failures = Vec::new();
@@ -226,6 +239,7 @@ async fn send_all(
     sources: Arc<Vec<Planned>>,
     progress: Progress,
     ui: Ui,
+    tally: Tally,
 ) -> Vec<Result<u64>> {
     let slots = Arc::new(Semaphore::new(FILES_IN_FLIGHT));
     // A checkpoint's index names its shards, so it goes after them, and not at
@@ -303,6 +317,7 @@ async fn send_all(
         }
         let offer = &sources[index].offer;
         if let Ok(sent) = &sent {
+            tally.stored(offer.size, sent.sent_bytes);
             if ui.json_mode() {
                 ui.json(json!({
                     "event": "file",
@@ -334,6 +349,7 @@ async fn send_all(
                 ));
             }
         } else if let Err(err) = &sent {
+            tally.failed();
             if ui.json_mode() {
                 ui.json(json!({
                     "event": "file_failed",
