@@ -230,6 +230,26 @@ assert len(d) == 23 and "embed" in d and "weird[0]*" in d, sorted(d)
 "#,
         dir.path(),
     );
+    // One safetensors file, all of it: the file itself, byte for byte.
+    let shard = serve.join("shard-2.safetensors");
+    let single = Listener::start(&["--serve", shard.to_str().unwrap()]);
+    let all = pull(&single.ticket, &["--stdout"]);
+    assert!(all.status.success(), "{}", text(&all.stderr));
+    assert!(
+        all.stdout == std::fs::read(&shard).unwrap(),
+        "not the served file"
+    );
+    let some = pull(&single.ticket, &["model.layers.1?.*", "--stdout"]);
+    assert!(some.status.success(), "{}", text(&some.stderr));
+    std::fs::write(dir.path().join("some.safetensors"), &some.stdout).unwrap();
+    python(
+        r#"
+from safetensors.numpy import load_file
+d = load_file("some.safetensors")
+assert sorted(d) == sorted(f"model.layers.{i}.weight" for i in range(10, 20)), sorted(d)
+"#,
+        dir.path(),
+    );
 
     let complex = pull(&listener.ticket, &["cplx", "--stdout"]);
     assert!(complex.status.success(), "{}", text(&complex.stderr));

@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::{NetArgs, TimeoutArgs, first_failure, interrupted, parse_tickets};
+use crate::formats::Format;
 use crate::protocol::client;
 use crate::protocol::pool::Pool;
 use crate::protocol::stripes::Striping;
@@ -273,11 +274,20 @@ async fn fetch_to_stdout(pool: &Pool, addr: &iroh::EndpointAddr, wanted: &[Wante
             });
         }
     }
+    // Tensors of one safetensors file are that file reduced, or the file
+    // itself, byte for byte, when all of them are wanted.
+    let request = match wanted {
+        [one] if Format::from_name(&one.file) == Some(Format::Safetensors) => Message::Fetch {
+            file: one.file.clone(),
+            tensors: one.tensors.clone(),
+        },
+        _ => Message::FetchMerged { tensors: refs },
+    };
     let started = Instant::now();
     let received = client::fetch(
         pool,
         addr,
-        &Message::FetchMerged { tensors: refs },
+        &request,
         Striping::Single,
         &Progress::default(),
         async |_: &Offer| Ok(Box::new(StdoutSink::new((), Arc::default())) as Box<dyn Sink>),
