@@ -67,6 +67,17 @@ fn sent_bytes(output: &std::process::Output) -> u64 {
     summary["sent_bytes"].as_u64().unwrap()
 }
 
+/// Waits for `sender` to exit with `code`, and returns its one `error:` line.
+fn the_error_of(sender: &mut Child, code: i32) -> String {
+    let status = wait_with_deadline(sender, DEADLINE).expect("the sender exits");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut sender.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(code), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {stderr}");
+    errors[0].to_string()
+}
+
 fn same_bytes(a: &Path, b: &Path) -> bool {
     std::fs::read(a).unwrap() == std::fs::read(b).unwrap()
 }
@@ -137,16 +148,10 @@ fn a_file_written_to_while_it_is_sent_is_not_stored_and_a_rerun_brings_the_new_o
         source.write_all_at(&[0xAB; 4096], 1 << 20).unwrap();
         source.write_all_at(&[0xCD; 4096], size - 4096).unwrap();
     }
-    let status = wait_with_deadline(&mut sender, DEADLINE).expect("the sender finishes");
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut sender.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(1), "{stderr}");
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "one error line: {stderr}");
+    let error = the_error_of(&mut sender, 1);
     assert!(
-        errors[0].contains("changed on disk while it was being sent"),
-        "{}",
-        errors[0]
+        error.contains("changed on disk while it was being sent"),
+        "{error}"
     );
     assert!(
         !out.join("big.safetensors").exists(),
@@ -239,16 +244,10 @@ fn a_stopped_listener_keeps_the_partial_and_its_restart_resumes() {
     );
 
     let mut sender = sender;
-    let status = wait_with_deadline(&mut sender, DEADLINE).expect("the sender gives up");
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut sender.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(1), "{stderr}");
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "one error line: {stderr}");
+    let error = the_error_of(&mut sender, 1);
     assert!(
-        errors[0].contains("shut down"),
-        "the sender is told the listener shut down: {}",
-        errors[0]
+        error.contains("shut down"),
+        "the sender is told the listener shut down: {error}"
     );
 
     assert!(!out.join("big.safetensors").exists());

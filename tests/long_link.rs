@@ -11,12 +11,7 @@ use common::*;
 
 #[test]
 fn a_large_file_crosses_a_long_link_on_many_streams_sent_and_pulled() {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: network namespaces need root");
-        return;
-    }
-    let Some(namespaces) = Namespaces::create(std::process::id() % 100_000) else {
-        eprintln!("skipped: `ip netns` is not available here");
+    let Some(namespaces) = Namespaces::for_test() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -89,12 +89,7 @@ async fn run_faulty_relay(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn files_arrive_intact_over_a_lossy_reordering_link() {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: network namespaces need root");
-        return;
-    }
-    let Some(namespaces) = Namespaces::create(std::process::id() % 100_000) else {
-        eprintln!("skipped: `ip netns` is not available here");
+    let Some(namespaces) = Namespaces::for_test() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

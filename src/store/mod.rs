@@ -880,17 +880,14 @@ impl Sink for DiskSink {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_resume_keeps_the_chunks_that_still_match_and_hashes_within_budget() {
-        let dir = tempfile::tempdir().unwrap();
-        let chunk = CHUNK_SIZE as usize;
-        let mut data: Vec<u8> = (0..3 * chunk).map(|i| (i % 251) as u8).collect();
-        let offer = Offer {
+    /// The offer of a safetensors file of `size` bytes.
+    fn test_offer(size: u64) -> Offer {
+        Offer {
             name: "w.safetensors".into(),
             format: "safetensors".into(),
-            size: data.len() as u64,
+            size,
             tensors: 1,
-            identity: String::new(),
+            identity: "ab".into(),
             eager: false,
             discard: false,
             first_chunk: None,
@@ -898,7 +895,15 @@ mod tests {
             files_in_send: 1,
             stripes: 1,
             transfer: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn a_resume_keeps_the_chunks_that_still_match_and_hashes_within_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let chunk = CHUNK_SIZE as usize;
+        let mut data: Vec<u8> = (0..3 * chunk).map(|i| (i % 251) as u8).collect();
+        let offer = test_offer(data.len() as u64);
         let record_path = dir.path().join("record");
         let mut record = String::new();
         let mut buf = Vec::new();
@@ -935,20 +940,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), false).unwrap();
         let gone: Liveness = Arc::new(|| Box::pin(async { false }));
-        let offer = Offer {
-            name: "w.safetensors".into(),
-            format: "safetensors".into(),
-            size: 3 * CHUNK_SIZE,
-            tensors: 1,
-            identity: "ab".into(),
-            eager: false,
-            discard: false,
-            first_chunk: None,
-            patience_secs: 30,
-            files_in_send: 1,
-            stripes: 1,
-            transfer: 0,
-        };
+        let offer = test_offer(3 * CHUNK_SIZE);
         let chunk = vec![7u8; CHUNK_SIZE as usize];
         let mut hasher = ChunkHasher::new(1, 3);
         hasher.update(&chunk);

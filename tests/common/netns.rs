@@ -12,6 +12,20 @@ pub struct Namespaces {
 }
 
 impl Namespaces {
+    /// Namespaces for a test, or None where this machine cannot make them,
+    /// which the test then says it skipped.
+    pub fn for_test() -> Option<Namespaces> {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: network namespaces need root");
+            return None;
+        }
+        let namespaces = Namespaces::create(std::process::id() % 100_000);
+        if namespaces.is_none() {
+            eprintln!("skipped: `ip netns` is not available here");
+        }
+        namespaces
+    }
+
     /// None where namespaces cannot be made (no root, no `ip netns`).
     pub fn create(tag: u32) -> Option<Namespaces> {
         let namespaces = Namespaces {
