@@ -159,28 +159,43 @@ pub struct Totals {
 /// Files counted as each finishes, for the closing line of a send or pull
 /// that a signal stops before it can count them at the end.
 #[derive(Clone, Default)]
-pub struct Tally(Arc<Mutex<Totals>>);
+pub struct Tally(Arc<Mutex<Counted>>);
+
+#[derive(Default)]
+struct Counted {
+    totals: Totals,
+    /// Files the command set out to move (once per receiver).
+    planned: usize,
+    /// Where the bytes that crossed the network are counted.
+    progress: Option<Progress>,
+}
 
 impl Tally {
-    pub fn stored(&self, bytes: u64, sent_bytes: u64) {
-        if let Ok(mut totals) = self.0.lock() {
-            totals.files += 1;
-            totals.bytes += bytes;
-            totals.sent_bytes += sent_bytes;
+    pub fn plan(&self, files: usize, progress: &Progress) {
+        if let Ok(mut counted) = self.0.lock() {
+            counted.planned = files;
+            counted.progress = Some(progress.clone());
         }
     }
 
-    pub fn failed(&self) {
-        if let Ok(mut totals) = self.0.lock() {
-            totals.failed += 1;
+    pub fn stored(&self, bytes: u64) {
+        if let Ok(mut counted) = self.0.lock() {
+            counted.totals.files += 1;
+            counted.totals.bytes += bytes;
         }
     }
 
-    pub fn totals(&self) -> Totals {
-        self.0
-            .lock()
-            .map(|totals| totals.clone())
-            .unwrap_or_default()
+    /// The totals of a command stopped now: every file not stored counts as
+    /// failed (at least one does, since it stopped), and `sent_bytes` holds
+    /// what crossed the network so far, files under way included.
+    pub fn stopped(&self) -> Totals {
+        let Ok(counted) = self.0.lock() else {
+            return Totals::default();
+        };
+        let mut totals = counted.totals.clone();
+        totals.failed = counted.planned.saturating_sub(totals.files as usize).max(1);
+        totals.sent_bytes = counted.progress.as_ref().map_or(0, Progress::get);
+        totals
     }
 }
 

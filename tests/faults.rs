@@ -141,12 +141,15 @@ fn a_file_written_to_while_it_is_sent_is_not_stored_and_a_rerun_brings_the_new_o
         recorded_chunks(&out) >= 2
     });
     // Saved over in place, as a training job rewrites its checkpoint: the
-    // first chunk is long gone, the last not yet read.
+    // first chunk is long gone, the last not yet read. The modification time
+    // is set back, as `cp -p` or `rsync -t` would.
     {
         use std::os::unix::fs::FileExt;
         let source = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        let modified = source.metadata().unwrap().modified().unwrap();
         source.write_all_at(&[0xAB; 4096], 1 << 20).unwrap();
         source.write_all_at(&[0xCD; 4096], size - 4096).unwrap();
+        source.set_modified(modified).unwrap();
     }
     let error = the_error_of(&mut sender, 1);
     assert!(
@@ -203,6 +206,11 @@ fn a_send_stopped_by_a_signal_still_closes_with_a_summary() {
         assert_eq!(summary["event"], "summary");
         assert_eq!(summary["error"], said);
         assert_eq!(summary["files"], 1, "the small file was stored: {summary}");
+        assert_eq!(summary["failed"], 1, "the big one was not: {summary}");
+        assert!(
+            summary["sent_bytes"].as_u64().unwrap() > 1 << 20,
+            "part of the big file crossed too: {summary}"
+        );
         assert!(!out.join("big.safetensors").exists());
     }
 }

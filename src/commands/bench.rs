@@ -83,19 +83,42 @@ fn parse_size(text: &str) -> Result<u64> {
         "T" => 40,
         _ => return Err(invalid()),
     };
-    let size = if number.contains('.') {
-        let value: f64 = number.parse().map_err(|_| invalid())?;
-        let bytes = value * (1u64 << shift) as f64;
-        // A size in whole bytes: 1.5K is, 0.3K is not.
-        (bytes.fract() == 0.0 && bytes <= MAX_SIZE as f64).then_some(bytes as u64)
-    } else {
-        let value: u64 = number.parse().map_err(|_| invalid())?;
-        value.checked_mul(1 << shift)
+    let size = match number.split_once('.') {
+        None => number
+            .parse::<u64>()
+            .ok()
+            .and_then(|v| v.checked_mul(1 << shift)),
+        Some((whole, fraction)) => exact_bytes(whole, fraction, shift),
     };
     match size {
         Some(size @ 1..=MAX_SIZE) => Ok(size),
         _ => bail!("{text:?} is not a whole number of bytes between 1 and 1 TiB"),
     }
+}
+
+/// `whole.fraction` units of `1 << shift` bytes, when that is a whole number
+/// of bytes: 1.5K is 1536, 0.3K (307.2) is none. Exact, where a float would
+/// round 1.0000000000000000001K to 1024.
+fn exact_bytes(whole: &str, fraction: &str, shift: u32) -> Option<u64> {
+    // More digits than this could overflow below; no size needs them.
+    const MAX_DIGITS: usize = 24;
+    if fraction.is_empty()
+        || fraction.len() > MAX_DIGITS
+        || !fraction.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let whole: u128 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let scale = 10u128.pow(fraction.len() as u32);
+    let part = fraction.parse::<u128>().ok()? << shift;
+    if part % scale != 0 {
+        return None;
+    }
+    u64::try_from(whole.checked_mul(1 << shift)? + part / scale).ok()
 }
 
 /// One size's measurement.
@@ -376,6 +399,11 @@ mod tests {
         assert!(parse_size("0.3K").is_err(), "not whole bytes");
         assert!(parse_size("2T").is_err(), "more than 1 TiB");
         assert!(parse_size("1.2.3M").is_err());
+        assert!(
+            parse_size("1.0000000000000000001K").is_err(),
+            "not whole bytes"
+        );
+        assert_eq!(parse_size("1.00000000000000000000K").unwrap(), 1024);
         assert!(parse_size("4X").is_err());
         assert!(parse_size("").is_err());
     }

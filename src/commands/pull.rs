@@ -88,7 +88,7 @@ pub async fn run(args: PullArgs, ui: Ui) -> Result<()> {
     // others keep what arrived for a rerun.
     let (totals, result) = tokio::select! {
         done = work => done,
-        signal = interrupted() => (tally.totals(), Err(signal.into())),
+        signal = interrupted() => (tally.stopped(), Err(signal.into())),
     };
     ui.summary("pulled", &totals, started.elapsed(), result.as_ref().err());
     result
@@ -305,6 +305,7 @@ async fn fetch_to_store(
     tally: &Tally,
 ) -> Vec<Outcome> {
     let progress = Progress::default();
+    tally.plan(wanted.len(), &progress);
     let total = wanted.iter().map(|w| w.bytes).sum();
     let bar = ui.progress("pulling", Some(total), &progress);
     let slots = Arc::new(Semaphore::new(FILES_IN_FLIGHT));
@@ -350,12 +351,9 @@ async fn fetch_to_store(
     while let Some(joined) = fetches.join_next().await {
         let outcome =
             joined.unwrap_or_else(|err| Err(anyhow::anyhow!("a pull task failed: {err}")));
-        match &outcome {
-            Ok((received, elapsed)) => {
-                tally.stored(received.offer.size, received.received_bytes);
-                report_file(ui, received, *elapsed);
-            }
-            Err(_) => tally.failed(),
+        if let Ok((received, elapsed)) = &outcome {
+            tally.stored(received.offer.size);
+            report_file(ui, received, *elapsed);
         }
         outcomes.push(outcome);
     }

@@ -95,7 +95,7 @@ pub async fn run(args: SendArgs, ui: Ui) -> Result<()> {
     // listener keeps what arrived of the others for a rerun.
     let (totals, result) = tokio::select! {
         done = work => done,
-        signal = interrupted() => (tally.totals(), Err(signal.into())),
+        signal = interrupted() => (tally.stopped(), Err(signal.into())),
     };
     ui.summary("sent", &totals, started.elapsed(), result.as_ref().err());
     result
@@ -142,6 +142,7 @@ async fn send_everywhere(
 ) -> (Totals, Result<()>) {
     let total: u64 = sources.iter().map(|s| s.offer.size).sum::<u64>() * targets.len() as u64;
     let progress = Progress::default();
+    tally.plan(sources.len() * targets.len(), &progress);
     let bar = ui.progress("sending", Some(total), &progress);
     let mut runs = JoinSet::new();
     for addr in targets {
@@ -317,7 +318,7 @@ async fn send_all(
         }
         let offer = &sources[index].offer;
         if let Ok(sent) = &sent {
-            tally.stored(offer.size, sent.sent_bytes);
+            tally.stored(offer.size);
             if ui.json_mode() {
                 ui.json(json!({
                     "event": "file",
@@ -349,7 +350,6 @@ async fn send_all(
                 ));
             }
         } else if let Err(err) = &sent {
-            tally.failed();
             if ui.json_mode() {
                 ui.json(json!({
                     "event": "file_failed",

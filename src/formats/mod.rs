@@ -11,6 +11,7 @@ mod safetensors;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::ops::Range;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -94,6 +95,8 @@ pub struct TensorFile {
     pub format: Format,
     pub size: u64,
     pub modified: Option<SystemTime>,
+    /// The change time, which a writer cannot set back as it can `modified`.
+    pub changed: (i64, i64),
     /// The bytes before the first tensor's data (the whole file for an index).
     pub header: Vec<u8>,
     pub tensors: Vec<Tensor>,
@@ -141,6 +144,7 @@ impl TensorFile {
             format,
             size: meta.len(),
             modified: meta.modified().ok(),
+            changed: (meta.ctime(), meta.ctime_nsec()),
             header: parsed.header,
             tensors: parsed.tensors,
             metadata: parsed.metadata,
@@ -165,7 +169,10 @@ impl TensorFile {
     pub fn check_unchanged(&self) -> Result<()> {
         let meta = std::fs::metadata(&self.path)
             .with_context(|| format!("{} is gone", self.path.display()))?;
-        if meta.len() != self.size || meta.modified().ok() != self.modified {
+        if meta.len() != self.size
+            || meta.modified().ok() != self.modified
+            || (meta.ctime(), meta.ctime_nsec()) != self.changed
+        {
             bail!(
                 "{} changed on disk since it was opened",
                 self.path.display()

@@ -25,6 +25,8 @@ pub const CODE_SHUTDOWN: u32 = 503;
 /// Stream reset code of a sender whose file was written to while it was read:
 /// what it sent is a mix of two versions, so it withholds the file hash.
 pub const CODE_SOURCE_CHANGED: u32 = 409;
+/// Stream reset code of a sender that could not read its file.
+pub const CODE_SOURCE_UNREADABLE: u32 = 410;
 
 /// The round-trip time of `connection`: that of the path in use, else the
 /// slowest open path's; `None` before any was measured.
@@ -56,6 +58,8 @@ pub fn explain(error: anyhow::Error) -> anyhow::Error {
         anyhow::anyhow!(
             "the sender's file changed on disk while it was being sent; nothing was stored"
         )
+    } else if text.contains(&format!("reset by peer: error {CODE_SOURCE_UNREADABLE}")) {
+        anyhow::anyhow!("the sender could not read its file; nothing was stored")
     } else if text.contains("no application protocol") {
         anyhow::anyhow!("the peer does not speak the tensor-iroh protocol")
     } else {

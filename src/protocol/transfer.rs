@@ -18,7 +18,6 @@ use futures_util::future::try_join_all;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::CODE_SOURCE_CHANGED;
 use super::checker::{BATCH, Batch, Checker, SharedSink, lost};
 use super::hashing::{ChunkHasher, file_hash};
 use super::stream::{Frame, FrameReader, FrameWriter, Stalled};
@@ -30,6 +29,7 @@ use super::wire::{
     CHUNK_SIZE, Hash, HeldChunk, Message, Offer, chunk_header, end_frame, hash_hex, kept_frame,
     parse_hash,
 };
+use super::{CODE_SOURCE_CHANGED, CODE_SOURCE_UNREADABLE};
 
 /// Bytes read from disk and written to the stream at a time.
 const PIECE: usize = 1 << 20;
@@ -76,15 +76,23 @@ pub struct Source {
     stamps: Vec<(Arc<File>, Option<Stamp>)>,
 }
 
-/// A file's size and modification time: whether someone wrote to it.
+/// A file's size, modification and change times: whether someone wrote to
+/// it. The change time catches a writer that sets the modification time
+/// back (`cp -p`, `rsync -t`); nobody can set it.
 #[derive(Clone, Copy, PartialEq, Eq)]
-struct Stamp(u64, Option<SystemTime>);
+struct Stamp(u64, Option<SystemTime>, i64, i64);
 
 impl Stamp {
     fn of(file: &File) -> Option<Stamp> {
-        file.metadata()
-            .ok()
-            .map(|meta| Stamp(meta.len(), meta.modified().ok()))
+        use std::os::unix::fs::MetadataExt;
+        file.metadata().ok().map(|meta| {
+            Stamp(
+                meta.len(),
+                meta.modified().ok(),
+                meta.ctime(),
+                meta.ctime_nsec(),
+            )
+        })
     }
 }
 
@@ -434,12 +442,22 @@ pub async fn send_file(
             .map(|(writer, stripe)| {
                 send_stripe(writer, source, &held, &pool, stripe, stripes, progress)
             });
-        let sent = try_join_all(sending).await;
+        let sent = match try_join_all(sending).await {
+            Ok(_) if !source.unchanged() => Err(StripeFailed::Changed),
+            sent => sent,
+        };
+        // The receiver learns why on whichever stream it reads first.
+        let reset = sent
+            .as_ref()
+            .err()
+            .and_then(|failed| failed.reset_code(source));
         for writer in &mut extra {
-            writer.finish();
+            match reset {
+                Some(code) => writer.reset(code),
+                None => writer.finish(),
+            }
         }
         match sent {
-            Ok(_) if !source.unchanged() => Err(StripeFailed::Changed),
             Ok(sent) => {
                 let hash = file_hash(offer.size, &merge_hashes(offer.chunks(), &sent));
                 writer
@@ -453,26 +471,30 @@ pub async fn send_file(
     };
     let (sent, local_hash) = match sent {
         Ok(sent) => sent,
-        Err(StripeFailed::Write(err)) => {
-            // A receiver that gives up stops the stream and says why on its side;
-            // a stalled one will say nothing.
-            if !err.is::<Stalled>()
-                && let Ok(Ok(Message::Failed { reason } | Message::Refused { reason })) =
-                    tokio::time::timeout(REASON_WAIT, reader.message()).await
-            {
-                bail!("{reason}");
+        Err(failed) => {
+            if let Some(code) = failed.reset_code(source) {
+                writer.reset(code);
             }
-            return Err(err);
-        }
-        Err(StripeFailed::Read(err)) => {
-            return Err(err.context(format!("cannot read {}", offer.name)));
-        }
-        Err(StripeFailed::Changed) => {
-            writer.reset(CODE_SOURCE_CHANGED);
-            bail!(
-                "{} changed on disk while it was being sent, so nothing was stored; send it again once it is written",
-                offer.name
-            );
+            match failed {
+                StripeFailed::Write(err) => {
+                    // A receiver that gives up stops the stream and says why on
+                    // its side; a stalled one will say nothing.
+                    if !err.is::<Stalled>()
+                        && let Ok(Ok(Message::Failed { reason } | Message::Refused { reason })) =
+                            tokio::time::timeout(REASON_WAIT, reader.message()).await
+                    {
+                        bail!("{reason}");
+                    }
+                    return Err(err);
+                }
+                StripeFailed::Read(err) => {
+                    return Err(err.context(format!("cannot read {}", offer.name)));
+                }
+                StripeFailed::Changed => bail!(
+                    "{} changed on disk while it was being sent, so nothing was stored; send it again once it is written",
+                    offer.name
+                ),
+            }
         }
     };
     writer.finish();
@@ -505,6 +527,18 @@ enum StripeFailed {
     Write(anyhow::Error),
     Read(anyhow::Error),
     Changed,
+}
+
+impl StripeFailed {
+    /// The code the streams are reset with, so the receiver can say why; none
+    /// for a network failure, which the receiver sees for itself.
+    fn reset_code(&self, source: &Source) -> Option<u32> {
+        match self {
+            StripeFailed::Write(_) => None,
+            StripeFailed::Read(_) if source.unchanged() => Some(CODE_SOURCE_UNREADABLE),
+            StripeFailed::Read(_) | StripeFailed::Changed => Some(CODE_SOURCE_CHANGED),
+        }
+    }
 }
 
 /// Reads, hashes and writes the chunks of one stripe: the reading on a blocking
