@@ -115,7 +115,7 @@ fn exact_bytes(whole: &str, fraction: &str, shift: u32) -> Option<u64> {
     };
     let scale = 10u128.pow(fraction.len() as u32);
     let part = fraction.parse::<u128>().ok()? << shift;
-    if part % scale != 0 {
+    if !part.is_multiple_of(scale) {
         return None;
     }
     u64::try_from(whole.checked_mul(1 << shift)? + part / scale).ok()
