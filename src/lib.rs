@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod commands;
+pub mod file_version;
 pub mod formats;
 pub mod protocol;
 pub mod service;

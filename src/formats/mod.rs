@@ -11,11 +11,11 @@ mod safetensors;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::ops::Range;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use anyhow::{Context, Result, bail};
+
+use crate::file_version::FileVersion;
 
 pub use self::safetensors::SafetensorsBuilder;
 
@@ -94,9 +94,8 @@ pub struct TensorFile {
     pub path: PathBuf,
     pub format: Format,
     pub size: u64,
-    pub modified: Option<SystemTime>,
-    /// The change time, which a writer cannot set back as it can `modified`.
-    pub changed: (i64, i64),
+    /// As validated: a file that differs from this changed on disk since.
+    pub version: FileVersion,
     /// The bytes before the first tensor's data (the whole file for an index).
     pub header: Vec<u8>,
     pub tensors: Vec<Tensor>,
@@ -143,8 +142,7 @@ impl TensorFile {
             path: path.to_path_buf(),
             format,
             size: meta.len(),
-            modified: meta.modified().ok(),
-            changed: (meta.ctime(), meta.ctime_nsec()),
+            version: FileVersion::of_metadata(&meta),
             header: parsed.header,
             tensors: parsed.tensors,
             metadata: parsed.metadata,
@@ -169,10 +167,7 @@ impl TensorFile {
     pub fn check_unchanged(&self) -> Result<()> {
         let meta = std::fs::metadata(&self.path)
             .with_context(|| format!("{} is gone", self.path.display()))?;
-        if meta.len() != self.size
-            || meta.modified().ok() != self.modified
-            || (meta.ctime(), meta.ctime_nsec()) != self.changed
-        {
+        if FileVersion::of_metadata(&meta) != self.version {
             bail!(
                 "{} changed on disk since it was opened",
                 self.path.display()

@@ -10,13 +10,15 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use futures_util::future::try_join_all;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::file_version::FileVersion;
 
 use super::checker::{BATCH, Batch, Checker, SharedSink, lost};
 use super::hashing::{ChunkHasher, file_hash};
@@ -73,27 +75,7 @@ pub struct Source {
     pub offer: Offer,
     segments: Vec<Segment>,
     /// Each file read from, as it was when the source was made.
-    stamps: Vec<(Arc<File>, Option<Stamp>)>,
-}
-
-/// A file's size, modification and change times: whether someone wrote to
-/// it. The change time catches a writer that sets the modification time
-/// back (`cp -p`, `rsync -t`); nobody can set it.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Stamp(u64, Option<SystemTime>, i64, i64);
-
-impl Stamp {
-    fn of(file: &File) -> Option<Stamp> {
-        use std::os::unix::fs::MetadataExt;
-        file.metadata().ok().map(|meta| {
-            Stamp(
-                meta.len(),
-                meta.modified().ok(),
-                meta.ctime(),
-                meta.ctime_nsec(),
-            )
-        })
-    }
+    versions: Vec<(Arc<File>, Option<FileVersion>)>,
 }
 
 impl Source {
@@ -114,18 +96,18 @@ impl Source {
 
     /// A source whose offer was made beforehand; `segments` hold its size.
     pub fn with_offer(offer: Offer, segments: Vec<Segment>) -> Source {
-        let mut stamps: Vec<(Arc<File>, Option<Stamp>)> = Vec::new();
+        let mut versions: Vec<(Arc<File>, Option<FileVersion>)> = Vec::new();
         for segment in &segments {
             if let Segment::File { file, .. } = segment
-                && !stamps.iter().any(|(seen, _)| Arc::ptr_eq(seen, file))
+                && !versions.iter().any(|(seen, _)| Arc::ptr_eq(seen, file))
             {
-                stamps.push((file.clone(), Stamp::of(file)));
+                versions.push((file.clone(), FileVersion::of(file)));
             }
         }
         Source {
             offer,
             segments,
-            stamps,
+            versions,
         }
     }
 
@@ -133,9 +115,9 @@ impl Source {
     /// everything is read: a file saved over while it was read would arrive as
     /// a mix of its two versions, each chunk matching its hash.
     fn unchanged(&self) -> bool {
-        self.stamps
+        self.versions
             .iter()
-            .all(|(file, stamp)| stamp.is_some() && Stamp::of(file) == *stamp)
+            .all(|(file, version)| version.is_some() && FileVersion::of(file) == *version)
     }
 
     /// The file's `len` bytes from `offset`: a slice where they lie in one

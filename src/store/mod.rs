@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use direct::DirectFile;
 
+use crate::file_version::FileVersion;
 use crate::formats::Format;
 use crate::protocol::hashing::{ChunkHasher, file_hash};
 use crate::protocol::transfer::{Committed, Sink};
@@ -108,21 +109,6 @@ pub struct Store {
 struct CheckedChunks {
     file: FileVersion,
     chunks: Vec<(u32, Hash)>,
-}
-
-/// A file as it was last changed: device, inode and change time. The path may
-/// hold another file by now, which can even reuse the inode, or someone may
-/// have written to it; either changes the change time, which no one can set.
-#[derive(PartialEq, Eq, Clone, Copy)]
-struct FileVersion(u64, u64, i64, i64);
-
-impl FileVersion {
-    fn of(file: &File) -> Option<FileVersion> {
-        use std::os::unix::fs::MetadataExt;
-        file.metadata()
-            .ok()
-            .map(|m| FileVersion(m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
-    }
 }
 
 struct Active {
