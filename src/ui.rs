@@ -156,8 +156,8 @@ pub struct Totals {
     pub failed: usize,
 }
 
-/// Files counted as each finishes, for the closing line of a send or pull
-/// that a signal stops before it can count them at the end.
+/// Files counted as each finishes, for the closing line of a send or pull,
+/// also of one that a signal stops midway.
 #[derive(Clone, Default)]
 pub struct Tally(Arc<Mutex<Counted>>);
 
@@ -178,11 +178,24 @@ impl Tally {
         }
     }
 
-    pub fn stored(&self, bytes: u64) {
+    /// A file of `bytes` is stored; `sent_bytes` of its data crossed the network.
+    pub fn stored(&self, bytes: u64, sent_bytes: u64) {
         if let Ok(mut counted) = self.0.lock() {
             counted.totals.files += 1;
             counted.totals.bytes += bytes;
+            counted.totals.sent_bytes += sent_bytes;
         }
+    }
+
+    /// The totals of a command that ran its course, `failed` files failing.
+    pub fn finished(&self, failed: usize) -> Totals {
+        let mut totals = self
+            .0
+            .lock()
+            .map(|counted| counted.totals.clone())
+            .unwrap_or_default();
+        totals.failed = failed;
+        totals
     }
 
     /// The totals of a command stopped now: every file not stored counts as

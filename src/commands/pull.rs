@@ -123,12 +123,17 @@ async fn pull_all(args: &PullArgs, ui: &Ui, tally: &Tally) -> Result<(Totals, Re
         let catalog = client::catalog(&pool, &addr).await?;
         let wanted = patterns.select(&catalog, args.stdout)?;
         let outcomes = if args.stdout {
-            vec![fetch_to_stdout(&pool, &addr, &wanted).await]
+            let outcome = fetch_to_stdout(&pool, &addr, &wanted).await;
+            if let Ok((received, _)) = &outcome {
+                tally.stored(received.offer.size, received.received_bytes);
+            }
+            vec![outcome]
         } else {
             let store = Store::open(&args.out.clone().unwrap_or_else(|| ".".into()), args.force)?;
             fetch_to_store(&pool, &addr, store, wanted, ui, tally).await
         };
-        Ok(count_outcomes(outcomes))
+        let failures: Vec<_> = outcomes.into_iter().filter_map(Result::err).collect();
+        Ok((tally.finished(failures.len()), first_failure(failures)))
     }
     .await;
     pool.close().await;
@@ -352,7 +357,7 @@ async fn fetch_to_store(
         let outcome =
             joined.unwrap_or_else(|err| Err(anyhow::anyhow!("a pull task failed: {err}")));
         if let Ok((received, elapsed)) = &outcome {
-            tally.stored(received.offer.size);
+            tally.stored(received.offer.size, received.received_bytes);
             report_file(ui, received, *elapsed);
         }
         outcomes.push(outcome);
@@ -392,21 +397,4 @@ fn report_file(ui: &Ui, received: &Received, elapsed: std::time::Duration) {
             }
         ));
     }
-}
-
-fn count_outcomes(outcomes: Vec<Outcome>) -> (Totals, Result<()>) {
-    let mut failures = Vec::new();
-    let mut totals = Totals::default();
-    for outcome in outcomes {
-        match outcome {
-            Ok((received, _)) => {
-                totals.files += 1;
-                totals.bytes += received.offer.size;
-                totals.sent_bytes += received.received_bytes;
-            }
-            Err(err) => failures.push(err),
-        }
-    }
-    totals.failed = failures.len();
-    (totals, first_failure(failures))
 }

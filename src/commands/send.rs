@@ -156,28 +156,17 @@ async fn send_everywhere(
         ));
     }
     let mut failures = Vec::new();
-    let mut totals = Totals::default();
     while let Some(run) = runs.join_next().await {
         match run {
-            Ok(outcomes) => {
-                for outcome in outcomes {
-                    match outcome {
-                        Ok(size) => {
-                            totals.files += 1;
-                            totals.bytes += size;
-                        }
-                        Err(err) => failures.push(err),
-                    }
-                }
-            }
+            Ok(outcomes) => failures.extend(outcomes.into_iter().filter_map(Result::err)),
             Err(err) => failures.push(anyhow::Error::new(err).context("a send task failed")),
         }
     }
     drop(bar);
     pool.close().await;
+    let mut totals = tally.finished(failures.len());
     // Counted as data goes out, so files that failed midway count too.
     totals.sent_bytes = progress.get();
-    totals.failed = failures.len();
     (totals, first_failure(failures))
 }
 
@@ -233,7 +222,7 @@ fn dir_name(path: &Path) -> Result<String> {
 }
 
 /// Sends every source to one listener, a few files at a time; says `done` when
-/// all were stored. Returns one outcome per file: its size once stored.
+/// all were stored. Returns one outcome per file (stored ones are counted in `tally`).
 async fn send_all(
     pool: Arc<Pool>,
     addr: EndpointAddr,
@@ -241,7 +230,7 @@ async fn send_all(
     progress: Progress,
     ui: Ui,
     tally: Tally,
-) -> Vec<Result<u64>> {
+) -> Vec<Result<()>> {
     let slots = Arc::new(Semaphore::new(FILES_IN_FLIGHT));
     // A checkpoint's index names its shards, so it goes after them, and not at
     // all if one of them failed: an index in place means the shards are too.
@@ -318,7 +307,7 @@ async fn send_all(
         }
         let offer = &sources[index].offer;
         if let Ok(sent) = &sent {
-            tally.stored(offer.size);
+            tally.stored(offer.size, sent.sent_bytes);
             if ui.json_mode() {
                 ui.json(json!({
                     "event": "file",
@@ -363,7 +352,7 @@ async fn send_all(
                 ui.warn(one_line(&format!("{err:#}")));
             }
         }
-        outcomes.push(sent.map(|_| offer.size));
+        outcomes.push(sent.map(|_| ()));
     }
     if outcomes.iter().all(Result::is_ok)
         && let Err(err) = client::done(&pool, &addr, outcomes.len() as u64).await
