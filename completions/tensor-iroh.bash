@@ -83,7 +83,7 @@ _tensor__iroh() {
             return 0
             ;;
         tensor__subcmd__iroh__subcmd__bench)
-            opts="-v -q -h --sizes --iters --concurrency --raw --json --relay --key --timeout --verbose --quiet --color --help"
+            opts="-v -q -h --sizes --iters --concurrency --raw --json --relay --key --congestion --timeout --verbose --quiet --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -106,6 +106,10 @@ _tensor__iroh() {
                     return 0
                     ;;
                 --key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --congestion)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -277,7 +281,7 @@ _tensor__iroh() {
             return 0
             ;;
         tensor__subcmd__iroh__subcmd__listen)
-            opts="-v -q -h --out --stdout --once --force --serve --allow --bind --json --relay --key --verbose --quiet --color --help"
+            opts="-v -q -h --out --stdout --once --force --serve --allow --bind --json --relay --key --congestion --verbose --quiet --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -307,6 +311,10 @@ _tensor__iroh() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --congestion)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --color)
                     COMPREPLY=($(compgen -W "auto always never" -- "${cur}"))
                     return 0
@@ -319,7 +327,7 @@ _tensor__iroh() {
             return 0
             ;;
         tensor__subcmd__iroh__subcmd__pull)
-            opts="-v -q -h --out --stdout --list --json --force --relay --key --timeout --verbose --quiet --color --help"
+            opts="-v -q -h --out --stdout --list --json --force --relay --key --congestion --timeout --verbose --quiet --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -334,6 +342,10 @@ _tensor__iroh() {
                     return 0
                     ;;
                 --key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --congestion)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -353,7 +365,7 @@ _tensor__iroh() {
             return 0
             ;;
         tensor__subcmd__iroh__subcmd__send)
-            opts="-v -q -h --name --to --json --relay --key --timeout --verbose --quiet --color --help"
+            opts="-v -q -h --name --to --json --relay --key --congestion --timeout --verbose --quiet --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -372,6 +384,10 @@ _tensor__iroh() {
                     return 0
                     ;;
                 --key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --congestion)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -44,6 +44,7 @@ complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand listen" -l allow
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand listen" -l bind -d 'Local UDP address to bind, e.g. 0.0.0.0:4433 [default: any; with a lasting key (--key, IROH_SECRET) a port derived from it, so the ticket survives restarts]' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand listen" -l relay -d 'Relay servers: `default` (iroh\'s public relays), `disabled`, or a relay URL' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand listen" -l key -d 'Secret key file (64 hex characters), created with mode 0600 when missing; without it, IROH_SECRET or a fresh key' -r -F
+complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand listen" -l congestion -d 'Congestion controller: `auto` is BBR on paths of 4 ms or more (it holds its rate through random loss) and CUBIC on shorter ones; `bbr` or `cubic` everywhere' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand listen" -l color -d 'When to colour stderr (NO_COLOR turns `auto` off)' -r -f -a "auto\t''
 always\t''
 never\t''"
@@ -58,6 +59,7 @@ complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand send" -l name -d
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand send" -l to -d 'Another listener to send the same files to, concurrently (repeatable)' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand send" -l relay -d 'Relay servers: `default` (iroh\'s public relays), `disabled`, or a relay URL' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand send" -l key -d 'Secret key file (64 hex characters), created with mode 0600 when missing; without it, IROH_SECRET or a fresh key' -r -F
+complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand send" -l congestion -d 'Congestion controller: `auto` is BBR on paths of 4 ms or more (it holds its rate through random loss) and CUBIC on shorter ones; `bbr` or `cubic` everywhere' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand send" -l timeout -d 'Give up connecting, or on a peer that stalls, after this many seconds' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand send" -l color -d 'When to colour stderr (NO_COLOR turns `auto` off)' -r -f -a "auto\t''
 always\t''
@@ -69,6 +71,7 @@ complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand send" -s h -l he
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand pull" -l out -d 'Directory to write to [default: the current directory]' -r -F
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand pull" -l relay -d 'Relay servers: `default` (iroh\'s public relays), `disabled`, or a relay URL' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand pull" -l key -d 'Secret key file (64 hex characters), created with mode 0600 when missing; without it, IROH_SECRET or a fresh key' -r -F
+complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand pull" -l congestion -d 'Congestion controller: `auto` is BBR on paths of 4 ms or more (it holds its rate through random loss) and CUBIC on shorter ones; `bbr` or `cubic` everywhere' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand pull" -l timeout -d 'Give up connecting, or on a peer that stalls, after this many seconds' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand pull" -l color -d 'When to colour stderr (NO_COLOR turns `auto` off)' -r -f -a "auto\t''
 always\t''
@@ -85,6 +88,7 @@ complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -l iters 
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -l concurrency -d 'Small tensors in flight at once for the tensors-per-second figure' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -l relay -d 'Relay servers: `default` (iroh\'s public relays), `disabled`, or a relay URL' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -l key -d 'Secret key file (64 hex characters), created with mode 0600 when missing; without it, IROH_SECRET or a fresh key' -r -F
+complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -l congestion -d 'Congestion controller: `auto` is BBR on paths of 4 ms or more (it holds its rate through random loss) and CUBIC on shorter ones; `bbr` or `cubic` everywhere' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -l timeout -d 'Give up connecting, or on a peer that stalls, after this many seconds' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -l color -d 'When to colour stderr (NO_COLOR turns `auto` off)' -r -f -a "auto\t''
 always\t''

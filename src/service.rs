@@ -15,13 +15,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::catalog::Catalog;
+use crate::protocol::liveness::Liveness;
 use crate::protocol::pool::peer_answers;
 use crate::protocol::stream::{FrameReader, FrameWriter};
 use crate::protocol::stripes::{StripeLink, StripeRegistry, StripeStream, link_stripes};
 use crate::protocol::transfer::{Committed, Progress, Received, Sink, receive_file, send_file};
 use crate::protocol::wire::{CHUNK_SIZE, Hash, Message, Offer, PROTOCOL_VERSION};
 use crate::protocol::{CODE_SHUTDOWN, HELLO_ALPN};
-use crate::store::{Liveness, Store};
+use crate::store::{AliveProbe, Store};
 
 /// How long a listener waits on a silent peer in the middle of a request.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -194,8 +195,9 @@ impl Service {
             let uploads = uploads.clone();
             let stripes = stripes.clone();
             tasks.spawn(async move {
-                let writer = FrameWriter::new(send, STALL_TIMEOUT);
-                let reader = FrameReader::new(recv, STALL_TIMEOUT);
+                let liveness = Liveness::new(connection.clone(), STALL_TIMEOUT);
+                let writer = FrameWriter::new(send, liveness.clone());
+                let reader = FrameReader::new(recv, liveness);
                 let streams = Streams {
                     hello_only,
                     uploads: &uploads,
@@ -392,7 +394,7 @@ impl Service {
         match &self.uploads {
             Uploads::Store(store) => {
                 let connection = connection.clone();
-                let alive: Liveness = Arc::new(move || {
+                let alive: AliveProbe = Arc::new(move || {
                     let connection = connection.clone();
                     Box::pin(async move { peer_answers(&connection).await })
                 });

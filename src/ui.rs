@@ -10,6 +10,7 @@ use console::Style;
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 
+use crate::protocol::path::{PathReport, PeerPath};
 use crate::protocol::transfer::Progress;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -23,6 +24,8 @@ pub enum ColorChoice {
 pub struct Ui {
     json: bool,
     quiet: bool,
+    /// `-v` given this many times.
+    verbose: u8,
     bars: Option<MultiProgress>,
 }
 
@@ -40,11 +43,27 @@ impl Ui {
         console::set_colors_enabled_stderr(colors);
         let bars = (!json && !quiet && std::io::stderr().is_terminal())
             .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10)));
-        Ui { json, quiet, bars }
+        Ui {
+            json,
+            quiet,
+            verbose: 0,
+            bars,
+        }
+    }
+
+    /// This `Ui` with `-v` given `verbose` times.
+    pub fn with_verbose(mut self, verbose: u8) -> Ui {
+        self.verbose = verbose;
+        self
     }
 
     pub fn json_mode(&self) -> bool {
         self.json
+    }
+
+    /// Whether `-v` was given.
+    pub fn verbose(&self) -> bool {
+        self.verbose > 0
     }
 
     /// A human line on stderr, unless quiet.
@@ -216,15 +235,22 @@ impl Ui {
     /// The closing line of a send or pull: a JSON summary, or a human line when
     /// everything went through (failures are reported as the error instead).
     /// `error` is why the command fails, if it does: JSON scripts get it in the
-    /// summary, people get it from the error line on stderr.
+    /// summary, people get it from the error line on stderr. `paths` has one
+    /// entry per peer, the first one's being the summary's `path`; with `-v`
+    /// people get a line for each.
     pub fn summary(
         &self,
         verb: &str,
         totals: &Totals,
         elapsed: Duration,
         error: Option<&anyhow::Error>,
+        paths: &[PeerPath],
     ) {
         if self.json {
+            let each: Vec<Value> = paths
+                .iter()
+                .map(|p| serde_json::json!({"peer": p.peer.to_string(), "path": p.path}))
+                .collect();
             self.json(serde_json::json!({
                 "event": "summary",
                 "files": totals.files,
@@ -234,8 +260,12 @@ impl Ui {
                 "seconds": elapsed.as_secs_f64(),
                 "mb_per_s": mb_per_s(totals.bytes, elapsed),
                 "error": error.map(|err| one_line(&format!("{err:#}"))),
+                "path": paths.first().and_then(|p| p.path.as_ref()),
+                "paths": each,
             }));
-        } else if totals.failed == 0 {
+            return;
+        }
+        if totals.failed == 0 {
             self.say(format!(
                 "{verb} {}, {} in {:.2} s ({:.1} MB/s)",
                 count(totals.files, "file"),
@@ -244,7 +274,71 @@ impl Ui {
                 mb_per_s(totals.bytes, elapsed)
             ));
         }
+        self.paths(paths);
     }
+
+    /// With `-v` and without `--json`, one line per peer on the network path
+    /// to it: what a user asking "why is this slow?" needs first.
+    pub fn paths(&self, paths: &[PeerPath]) {
+        if self.json || !self.verbose() {
+            return;
+        }
+        for peer in paths {
+            self.say(path_line(peer));
+        }
+    }
+}
+
+/// `path to 3f9a2c81d0: direct 10.0.0.2:4433, rtt 50.3 ms, lost 1.03 % of packets
+/// sent (812 of 79,210), 14 congestion events, cwnd 1.14 MiB, estimate 96.4 Mbit/s`.
+pub fn path_line(peer: &PeerPath) -> String {
+    let to = format!("path to {}", peer.peer.fmt_short());
+    let Some(path) = &peer.path else {
+        return format!("{to}: unknown (no open connection)");
+    };
+    let PathReport {
+        kind,
+        addr,
+        rtt_ms,
+        sent_packets,
+        lost_packets,
+        loss_percent,
+        congestion_events,
+        cwnd_bytes,
+        bandwidth_estimate_mbit,
+        mtu: _,
+    } = path;
+    // Loopback and LAN round trips are fractions of a millisecond.
+    let rtt = if *rtt_ms < 10.0 {
+        format!("{rtt_ms:.2}")
+    } else {
+        format!("{rtt_ms:.1}")
+    };
+    let mut line = format!(
+        "{to}: {} {addr}, rtt {rtt} ms, lost {loss_percent:.2} % of packets sent ({} of {}), {}, cwnd {}",
+        kind.as_str(),
+        grouped(*lost_packets),
+        grouped(*sent_packets),
+        count(*congestion_events, "congestion event"),
+        human_bytes(*cwnd_bytes),
+    );
+    if let Some(mbit) = bandwidth_estimate_mbit {
+        line.push_str(&format!(", estimate {mbit:.1} Mbit/s"));
+    }
+    line
+}
+
+/// `79210` as `79,210`.
+pub fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
 }
 
 /// An error and its context chain on one line.
@@ -345,4 +439,54 @@ pub fn count(n: impl Into<u64>, noun: &str) -> String {
 
 pub fn human_bytes(bytes: u64) -> String {
     HumanBytes(bytes).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use iroh::TransportAddr;
+    use iroh::endpoint::PathStats;
+
+    use super::*;
+
+    #[test]
+    fn numbers_are_grouped_by_thousands() {
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(812), "812");
+        assert_eq!(grouped(79_210), "79,210");
+        assert_eq!(grouped(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn a_path_line_says_where_and_how_the_data_went() {
+        let peer = iroh::SecretKey::generate().public();
+        let mut stats = PathStats::default();
+        stats.rtt = Duration::from_micros(50_300);
+        stats.sent_packets = 79_210;
+        stats.lost_packets = 812;
+        stats.congestion_events = 14;
+        stats.cwnd = 1_200_000;
+        let addr = TransportAddr::Ip("10.0.0.2:4433".parse().unwrap());
+        let mut path = PeerPath {
+            peer,
+            path: Some(PathReport::from_stats(&addr, &stats)),
+        };
+        assert_eq!(
+            path_line(&path),
+            format!(
+                "path to {}: direct 10.0.0.2:4433, rtt 50.3 ms, lost 1.03 % of packets sent \
+                 (812 of 79,210), 14 congestion events, cwnd 1.14 MiB",
+                peer.fmt_short()
+            )
+        );
+        stats.bandwidth_estimate = Some(96_400_000);
+        stats.rtt = Duration::from_micros(300);
+        path.path = Some(PathReport::from_stats(&addr, &stats));
+        let line = path_line(&path);
+        assert!(line.contains("rtt 0.30 ms"), "{line}");
+        assert!(line.ends_with(", estimate 96.4 Mbit/s"), "{line}");
+        path.path = None;
+        assert!(path_line(&path).ends_with(": unknown (no open connection)"));
+    }
 }

@@ -292,6 +292,56 @@ fn a_stopped_listener_keeps_the_partial_and_its_restart_resumes() {
     });
 }
 
+/// A listener killed outright answers nothing, not even with a close: the
+/// sender must give up within its `--timeout` and a few seconds, with one line
+/// saying why, and a rerun against the restarted listener must resume.
+#[test]
+fn a_killed_listener_fails_the_send_within_its_timeout_and_a_rerun_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let key = dir.path().join("listener.key");
+    let file = safetensors_file(&dir.path().join("big.safetensors"), 200 << 20, 11);
+    let size = std::fs::metadata(&file).unwrap().len();
+    let args = [
+        "--out",
+        out.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    let listener = Listener::start(&args);
+    let mut sender = Command::new(bin())
+        .args(["send", "--relay", "disabled", "--timeout", "4"])
+        .arg(&listener.ticket)
+        .arg(&file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(60), "a few checked chunks", || {
+        recorded_chunks(&out) >= 4
+    });
+    signal(listener.pid(), libc::SIGKILL);
+    let killed = std::time::Instant::now();
+    let error = the_error_of(&mut sender, 1);
+    let waited = killed.elapsed();
+    assert!(error.contains("no progress for 4 s"), "{error}");
+    assert!(
+        waited < Duration::from_secs(4 + 5),
+        "the sender gave up {waited:?} after the listener died, more than --timeout 4 and 5 s"
+    );
+
+    let restarted = Listener::start(&args);
+    let rerun = send(&restarted.ticket, &[&file], &["--json"]);
+    assert!(rerun.status.success(), "{}", text(&rerun.stderr));
+    let moved = sent_bytes(&rerun);
+    assert!(
+        moved < size,
+        "the rerun resumed: it moved {moved} of {size}"
+    );
+    assert!(same_bytes(&file, &out.join("big.safetensors")));
+}
+
 /// A tmpfs the test mounted, unmounted however the test ends.
 struct Tmpfs(PathBuf);
 

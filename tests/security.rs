@@ -19,6 +19,7 @@ use tensor_iroh::formats::TensorFile;
 use tensor_iroh::protocol::endpoint::{self, EndpointOptions, Relay, parse_ticket};
 use tensor_iroh::protocol::pool::Pool;
 use tensor_iroh::protocol::stream::{Frame, FrameReader, FrameWriter};
+use tensor_iroh::protocol::transport::{Congestion, Transport};
 use tensor_iroh::protocol::wire::{
     CHUNK_SIZE, Hash, Message, Offer, chunk_header, end_frame, kept_frame,
 };
@@ -286,6 +287,10 @@ impl Hostile {
         let endpoint = endpoint::bind(EndpointOptions {
             secret_key: iroh::SecretKey::generate(),
             relay: Relay::Disabled,
+            transport: Transport {
+                congestion: Congestion::default(),
+                patience: timeout,
+            },
             bind: None,
             port_from_key: false,
             accept: false,

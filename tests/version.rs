@@ -7,6 +7,7 @@ use std::time::Duration;
 use iroh::endpoint::presets;
 use iroh::{Endpoint, RelayMode};
 use iroh_tickets::endpoint::EndpointTicket;
+use tensor_iroh::protocol::liveness::Liveness;
 use tensor_iroh::protocol::stream::{FrameReader, FrameWriter};
 use tensor_iroh::protocol::wire::Message;
 use tensor_iroh::protocol::{HELLO_ALPN, wire::PROTOCOL_VERSION};
@@ -30,9 +31,10 @@ async fn future_listener() -> Endpoint {
                 continue;
             };
             tokio::spawn(async move {
+                let liveness = Liveness::new(connection.clone(), Duration::from_secs(10));
                 while let Ok((send, recv)) = connection.accept_bi().await {
-                    let mut writer = FrameWriter::new(send, Duration::from_secs(10));
-                    let mut reader = FrameReader::new(recv, Duration::from_secs(10));
+                    let mut writer = FrameWriter::new(send, liveness.clone());
+                    let mut reader = FrameReader::new(recv, liveness.clone());
                     if let Ok(Message::Hello { .. }) = reader.message().await {
                         writer
                             .message(&Message::Hello {

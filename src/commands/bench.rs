@@ -18,10 +18,12 @@ use tokio_util::sync::CancellationToken;
 use super::{NetArgs, TimeoutArgs, parse_tickets};
 use crate::protocol::client;
 use crate::protocol::endpoint::{self, EndpointOptions, Relay};
+use crate::protocol::path::{PathReport, PeerPath};
 use crate::protocol::pool::Pool;
 use crate::protocol::stripes::Striping;
 use crate::protocol::transfer::{Progress, Segment, Source};
-use crate::service::{Service, Uploads};
+use crate::protocol::transport::{Congestion, Transport};
+use crate::service::{STALL_TIMEOUT, Service, Uploads};
 use crate::ui::{Ui, human_bytes, mb_per_s};
 
 const EXAMPLES: &str = "Examples:
@@ -128,12 +130,14 @@ struct Row {
     p50: Duration,
     p99: Duration,
     mb_per_s: f64,
+    /// The path to the listener after this size: counters cover the run so far.
+    path: Option<PathReport>,
 }
 
 pub async fn run(args: BenchArgs, ui: Ui) -> Result<()> {
     let local = match &args.ticket {
         Some(_) => None,
-        None => Some(LocalListener::start().await?),
+        None => Some(LocalListener::start(args.net.congestion).await?),
     };
     let (addr, pool) = match (&args.ticket, &local) {
         (Some(ticket), _) => (
@@ -162,6 +166,7 @@ pub async fn run(args: BenchArgs, ui: Ui) -> Result<()> {
         ui.say(format!("benchmarking {path} against {target}"));
     }
     let result = measure(&args, &ui, &pool, &addr).await;
+    ui.paths(&[PeerPath::of(&pool, addr.id).await]);
     pool.close().await;
     if let Some(local) = local {
         local.stop().await;
@@ -200,6 +205,7 @@ async fn measure(args: &BenchArgs, ui: &Ui, pool: &Arc<Pool>, addr: &EndpointAdd
             p50: percentile(&times, 50),
             p99: percentile(&times, 99),
             mb_per_s: mb_per_s(size * iters as u64, total),
+            path: PathReport::to_peer(pool, &addr.id).await,
         };
         report_row(ui, args.raw, connect, tensors_per_s, &row);
     }
@@ -318,6 +324,7 @@ fn report_row(ui: &Ui, raw: bool, connect: Duration, tensors_per_s: f64, row: &R
             "connect_ms": connect.as_secs_f64() * 1e3,
             "tensors_per_s": tensors_per_s,
             "raw": raw,
+            "path": row.path,
         }));
         return;
     }
@@ -351,11 +358,15 @@ struct LocalListener {
 }
 
 impl LocalListener {
-    async fn start() -> Result<LocalListener> {
+    async fn start(congestion: Congestion) -> Result<LocalListener> {
         let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
         let endpoint = endpoint::bind(EndpointOptions {
             secret_key: iroh::SecretKey::generate(),
             relay: Relay::Disabled,
+            transport: Transport {
+                congestion,
+                patience: STALL_TIMEOUT,
+            },
             bind: Some(loopback),
             port_from_key: false,
             accept: true,

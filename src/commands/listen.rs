@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::{NetArgs, interrupted};
 use crate::catalog::Catalog;
 use crate::protocol::endpoint::{self, AllowList, EndpointOptions};
-use crate::service::{Event, Service, Uploads};
+use crate::service::{Event, STALL_TIMEOUT, Service, Uploads};
 use crate::store::Store;
 use crate::ui::{Ui, count, human_bytes, mb_per_s};
 
@@ -100,6 +100,7 @@ pub async fn run(args: ListenArgs, ui: Ui) -> Result<()> {
     let endpoint = endpoint::bind(EndpointOptions {
         secret_key: endpoint::secret_key(key_source)?,
         relay: args.net.relay.clone(),
+        transport: args.net.transport(STALL_TIMEOUT),
         bind: args.bind,
         port_from_key,
         accept: true,

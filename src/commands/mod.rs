@@ -17,6 +17,7 @@ use iroh::{Endpoint, EndpointAddr};
 
 use crate::protocol::endpoint::{self, EndpointOptions, KeySource, Relay};
 use crate::protocol::pool::Pool;
+use crate::protocol::transport::{Congestion, Transport};
 use crate::ui::{ColorChoice, Ui};
 
 const ABOUT: &str = "Move .npy and .safetensors tensors between machines over iroh";
@@ -72,6 +73,11 @@ pub struct NetArgs {
     /// without it, IROH_SECRET or a fresh key
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
+    /// Congestion controller: `auto` is BBR on paths of 4 ms or more (it holds
+    /// its rate through random loss) and CUBIC on shorter ones; `bbr` or
+    /// `cubic` everywhere
+    #[arg(long, default_value = "auto", value_name = "auto|bbr|cubic")]
+    pub congestion: Congestion,
 }
 
 /// Bounds on a dialer's waits.
@@ -97,11 +103,21 @@ impl NetArgs {
         }
     }
 
+    /// The transport of this command's connections; `patience` is how long it
+    /// waits on a silent peer.
+    pub fn transport(&self, patience: Duration) -> Transport {
+        Transport {
+            congestion: self.congestion,
+            patience,
+        }
+    }
+
     /// An endpoint for dialing out.
-    pub async fn dialer(&self) -> Result<Endpoint> {
+    pub async fn dialer(&self, timeout: &TimeoutArgs) -> Result<Endpoint> {
         endpoint::bind(EndpointOptions {
             secret_key: endpoint::secret_key(self.key_source())?,
             relay: self.relay.clone(),
+            transport: self.transport(timeout.duration()),
             bind: None,
             port_from_key: false,
             accept: false,
@@ -112,7 +128,7 @@ impl NetArgs {
 
     /// A connection pool on a fresh dialing endpoint.
     pub async fn pool(&self, timeout: &TimeoutArgs) -> Result<Pool> {
-        Ok(Pool::new(self.dialer().await?, timeout.duration()))
+        Ok(Pool::new(self.dialer(timeout).await?, timeout.duration()))
     }
 }
 
@@ -222,7 +238,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => args.json,
         Command::Id(_) | Command::Completions(_) => false,
     };
-    let ui = Ui::new(json, global.quiet, global.color);
+    let ui = Ui::new(json, global.quiet, global.color).with_verbose(global.verbose);
     match cli.command {
         Command::Listen(args) => listen::run(args, ui).await,
         Command::Send(args) => send::run(args, ui).await,

@@ -3,13 +3,13 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use globset::{Glob, GlobMatcher};
-use iroh::EndpointAddr;
+use iroh::{EndpointAddr, EndpointId};
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use super::{NetArgs, TimeoutArgs, first_failure, interrupted, parse_tickets};
 use crate::formats::Format;
 use crate::protocol::client;
+use crate::protocol::path::{PathReport, PeerPath};
 use crate::protocol::pool::Pool;
 use crate::protocol::stripes::Striping;
 use crate::protocol::transfer::{Progress, Received, Sink};
@@ -71,8 +72,11 @@ pub async fn run(args: PullArgs, ui: Ui) -> Result<()> {
     }
     let started = Instant::now();
     let tally = Tally::default();
+    // The listener and the pool once the endpoint is up, for the path in the
+    // summary, also of a pull that a signal stops midway.
+    let reached: OnceLock<(EndpointId, Arc<Pool>)> = OnceLock::new();
     let work = async {
-        match pull_all(&args, &ui, &tally).await {
+        match pull_all(&args, &ui, &tally, &reached).await {
             Ok(done) => done,
             // It failed before it could count files: the pull as a whole failed.
             Err(err) => (
@@ -86,11 +90,26 @@ pub async fn run(args: PullArgs, ui: Ui) -> Result<()> {
     };
     // Stopped, it still closes with a summary of the files stored so far; the
     // others keep what arrived for a rerun.
-    let (totals, result) = tokio::select! {
-        done = work => done,
-        signal = interrupted() => (tally.stopped(), Err(signal.into())),
+    let ((totals, result), stopped) = tokio::select! {
+        done = work => (done, false),
+        signal = interrupted() => ((tally.stopped(), Err(signal.into())), true),
     };
-    ui.summary("pulled", &totals, started.elapsed(), result.as_ref().err());
+    let mut paths = Vec::new();
+    if let Some((peer, pool)) = reached.get() {
+        paths.push(PeerPath::of(pool, *peer).await);
+        // Stopped, the connection is left as it is, as a killed puller's
+        // would be.
+        if !stopped {
+            pool.close().await;
+        }
+    }
+    ui.summary(
+        "pulled",
+        &totals,
+        started.elapsed(),
+        result.as_ref().err(),
+        &paths,
+    );
     result
 }
 
@@ -116,10 +135,17 @@ async fn list_served(args: &PullArgs, ui: &Ui) -> Result<()> {
 }
 
 /// Fetches what the patterns select; fails as a whole before any file is
-/// fetched, or else gives each file's outcome in the totals.
-async fn pull_all(args: &PullArgs, ui: &Ui, tally: &Tally) -> Result<(Totals, Result<()>)> {
+/// fetched, or else gives each file's outcome in the totals. The pool it
+/// dials with goes into `reached`, for the caller to close.
+async fn pull_all(
+    args: &PullArgs,
+    ui: &Ui,
+    tally: &Tally,
+    reached: &OnceLock<(EndpointId, Arc<Pool>)>,
+) -> Result<(Totals, Result<()>)> {
     let (addr, patterns, pool) = prepare(args).await?;
-    let result = async {
+    reached.set((addr.id, pool.clone())).ok();
+    async {
         let catalog = client::catalog(&pool, &addr).await?;
         let wanted = patterns.select(&catalog, args.stdout)?;
         let outcomes = if args.stdout {
@@ -135,9 +161,7 @@ async fn pull_all(args: &PullArgs, ui: &Ui, tally: &Tally) -> Result<(Totals, Re
         let failures: Vec<_> = outcomes.into_iter().filter_map(Result::err).collect();
         Ok((tally.finished(failures.len()), first_failure(failures)))
     }
-    .await;
-    pool.close().await;
-    result
+    .await
 }
 
 fn list(ui: &Ui, catalog: &[CatalogFile], patterns: &Patterns) {
@@ -358,7 +382,12 @@ async fn fetch_to_store(
             joined.unwrap_or_else(|err| Err(anyhow::anyhow!("a pull task failed: {err}")));
         if let Ok((received, elapsed)) = &outcome {
             tally.stored(received.offer.size, received.received_bytes);
-            report_file(ui, received, *elapsed);
+            let path = if ui.json_mode() {
+                PathReport::to_peer(pool, &addr.id).await
+            } else {
+                None
+            };
+            report_file(ui, received, *elapsed, path);
         }
         outcomes.push(outcome);
     }
@@ -366,7 +395,14 @@ async fn fetch_to_store(
     outcomes
 }
 
-fn report_file(ui: &Ui, received: &Received, elapsed: std::time::Duration) {
+/// A stored file's line, or its JSON event with `path`, the path to the
+/// listener as it stands.
+fn report_file(
+    ui: &Ui,
+    received: &Received,
+    elapsed: std::time::Duration,
+    path: Option<PathReport>,
+) {
     let offer = &received.offer;
     if ui.json_mode() {
         ui.json(json!({
@@ -381,6 +417,7 @@ fn report_file(ui: &Ui, received: &Received, elapsed: std::time::Duration) {
             "replaced": received.replaced,
             "seconds": elapsed.as_secs_f64(),
             "mb_per_s": mb_per_s(offer.size, elapsed),
+            "path": path,
         }));
     } else {
         ui.say(format!(

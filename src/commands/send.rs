@@ -1,12 +1,12 @@
 //! `tensor-iroh send`: send files to one or more listeners.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use iroh::EndpointAddr;
+use iroh::{EndpointAddr, EndpointId};
 use serde_json::json;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -15,6 +15,7 @@ use super::{NetArgs, TimeoutArgs, first_failure, interrupted, parse_tickets};
 use crate::catalog::{whole_file, whole_file_offer};
 use crate::formats::{Format, TensorFile, files_in};
 use crate::protocol::client;
+use crate::protocol::path::{PathReport, PeerPath};
 use crate::protocol::pool::Pool;
 use crate::protocol::stripes::Striping;
 use crate::protocol::transfer::Progress;
@@ -76,9 +77,14 @@ impl SendArgs {
 pub async fn run(args: SendArgs, ui: Ui) -> Result<()> {
     let started = Instant::now();
     let tally = Tally::default();
+    // The listeners and the pool once the endpoint is up, for the paths in the
+    // summary, also of a send that a signal stops midway.
+    let reached: OnceLock<(Vec<EndpointId>, Arc<Pool>)> = OnceLock::new();
     let work = async {
         match prepare(&args).await {
             Ok((targets, sources, pool)) => {
+                let peers = targets.iter().map(|target| target.id).collect();
+                reached.set((peers, pool.clone())).ok();
                 send_everywhere(targets, sources, pool, &ui, &tally).await
             }
             // Nothing was sent: every file named is one that failed.
@@ -93,11 +99,28 @@ pub async fn run(args: SendArgs, ui: Ui) -> Result<()> {
     };
     // Stopped, it still closes with a summary of the files stored so far; the
     // listener keeps what arrived of the others for a rerun.
-    let (totals, result) = tokio::select! {
-        done = work => done,
-        signal = interrupted() => (tally.stopped(), Err(signal.into())),
+    let ((totals, result), stopped) = tokio::select! {
+        done = work => (done, false),
+        signal = interrupted() => ((tally.stopped(), Err(signal.into())), true),
     };
-    ui.summary("sent", &totals, started.elapsed(), result.as_ref().err());
+    let mut paths = Vec::new();
+    if let Some((peers, pool)) = reached.get() {
+        for peer in peers {
+            paths.push(PeerPath::of(pool, *peer).await);
+        }
+        // Stopped, the connections are left as they are, as a killed sender's
+        // would be.
+        if !stopped {
+            pool.close().await;
+        }
+    }
+    ui.summary(
+        "sent",
+        &totals,
+        started.elapsed(),
+        result.as_ref().err(),
+        &paths,
+    );
     result
 }
 
@@ -163,7 +186,7 @@ async fn send_everywhere(
         }
     }
     drop(bar);
-    pool.close().await;
+    // The pool stays open until the summary has read the paths off it.
     let mut totals = tally.finished(failures.len());
     // Counted as data goes out, so files that failed midway count too.
     totals.sent_bytes = progress.get();
@@ -309,6 +332,7 @@ async fn send_all(
         if let Ok(sent) = &sent {
             tally.stored(offer.size, sent.sent_bytes);
             if ui.json_mode() {
+                let path = PathReport::to_peer(&pool, &addr.id).await;
                 ui.json(json!({
                     "event": "file",
                     "name": offer.name,
@@ -321,6 +345,7 @@ async fn send_all(
                     "blake3": sent.hash,
                     "seconds": elapsed.as_secs_f64(),
                     "mb_per_s": mb_per_s(offer.size, elapsed),
+                    "path": path,
                 }));
             } else {
                 let renamed = if sent.stored_as != offer.name {

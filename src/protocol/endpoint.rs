@@ -8,23 +8,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use iroh::endpoint::{
-    AfterHandshakeOutcome, BindOpts, Connection, EndpointHooks, QuicTransportConfig, VarInt,
-    presets,
-};
+use iroh::endpoint::{AfterHandshakeOutcome, BindOpts, Connection, EndpointHooks, VarInt, presets};
 use iroh::{
     Endpoint, EndpointAddr, EndpointId, RelayConfig, RelayMap, RelayMode, RelayUrl, SecretKey,
 };
 use iroh_tickets::endpoint::EndpointTicket;
 
+use super::transport::Transport;
 use super::{ALPN, CODE_REFUSED, HELLO_ALPN};
 
 /// The environment variable other iroh tools read a secret key from.
 pub const SECRET_ENV: &str = "IROH_SECRET";
 /// How long a listener waits for its home relay before printing a ticket without it.
 pub const RELAY_WAIT: Duration = Duration::from_millis(1500);
-/// Streams a peer may have open at once on one connection.
-const MAX_STREAMS: u32 = 64;
 
 /// Which relay servers an endpoint uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +147,7 @@ impl EndpointHooks for AllowList {
 pub struct EndpointOptions {
     pub secret_key: SecretKey,
     pub relay: Relay,
+    pub transport: Transport,
     pub bind: Option<SocketAddr>,
     /// Without `bind`, prefer a UDP port derived from the key, so a listener with
     /// a lasting key keeps its ticket across restarts.
@@ -246,7 +243,7 @@ fn base_builder(options: &EndpointOptions) -> iroh::endpoint::Builder {
     let mut builder = Endpoint::builder(presets::Minimal)
         .secret_key(options.secret_key.clone())
         .relay_mode(relay_mode)
-        .transport_config(transport_config());
+        .transport_config(options.transport.config());
     if options.accept {
         builder = builder.alpns(vec![ALPN.to_vec(), HELLO_ALPN.to_vec()]);
     }
@@ -254,15 +251,6 @@ fn base_builder(options: &EndpointOptions) -> iroh::endpoint::Builder {
         builder = builder.hooks(allow);
     }
     builder
-}
-
-fn transport_config() -> QuicTransportConfig {
-    QuicTransportConfig::builder()
-        .max_concurrent_bidi_streams(MAX_STREAMS.into())
-        // Round-robin between the streams of a striped file cut every packet
-        // into small frames the receiver copies back together: ~20 % slower.
-        .send_fairness(false)
-        .build()
 }
 
 /// The endpoint's ticket: its direct addresses at once, and its home relay when

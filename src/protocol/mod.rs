@@ -4,12 +4,16 @@
 
 mod checker;
 pub mod client;
+pub mod congestion;
 pub mod endpoint;
 pub mod hashing;
+pub mod liveness;
+pub mod path;
 pub mod pool;
 pub mod stream;
 pub mod stripes;
 pub mod transfer;
+pub mod transport;
 pub mod wire;
 
 /// The versioned ALPN of this build's protocol.

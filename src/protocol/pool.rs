@@ -12,6 +12,7 @@ use iroh::endpoint::{ConnectOptions, Connection, ConnectionError, VarInt};
 use iroh::{Endpoint, EndpointAddr, EndpointId};
 use tokio::sync::Mutex;
 
+use super::liveness::Liveness;
 use super::stream::{FrameReader, FrameWriter};
 use super::wire::{Message, PROTOCOL_VERSION};
 use super::{ALPN, CODE_REFUSED, CODE_SHUTDOWN, HELLO_ALPN, explain, round_trip};
@@ -50,6 +51,17 @@ impl Pool {
 
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
+    }
+
+    /// The pooled connection to `id` if it is still open; never dials.
+    pub async fn existing(&self, id: &EndpointId) -> Option<Connection> {
+        let connections = self.connections.lock().await;
+        let pooled = connections.get(id)?;
+        pooled
+            .connection
+            .close_reason()
+            .is_none()
+            .then(|| pooled.connection.clone())
     }
 
     /// A live connection to `addr`, reused when one is pooled.
@@ -165,12 +177,15 @@ impl Pool {
         let mut retried = false;
         loop {
             let connection = self.connection(addr).await?;
-            match tokio::time::timeout(self.timeout, connection.open_bi()).await {
+            let liveness = Liveness::new(connection.clone(), self.timeout);
+            // Waits for a free stream while the connection moves: on a slow link,
+            // earlier transfers may hold every stream for longer than the timeout.
+            match liveness.bound(connection.open_bi()).await {
                 Ok(Ok((send, recv))) => {
                     return Ok((
                         connection,
-                        FrameWriter::new(send, self.timeout),
-                        FrameReader::new(recv, self.timeout),
+                        FrameWriter::new(send, liveness.clone()),
+                        FrameReader::new(recv, liveness),
                     ));
                 }
                 Ok(Err(err)) if !retried && !closed_on_purpose(&err) => {
@@ -182,11 +197,11 @@ impl Pool {
                     return Err(explain(err.into()))
                         .with_context(|| format!("peer {}", addr.id.fmt_short()));
                 }
-                Err(_) => bail!(
-                    "peer {} accepted no stream within {} s",
-                    addr.id.fmt_short(),
-                    self.timeout.as_secs()
-                ),
+                Err(stalled) => {
+                    return Err(stalled).with_context(|| {
+                        format!("peer {} accepted no new stream", addr.id.fmt_short())
+                    });
+                }
             }
         }
     }
@@ -224,8 +239,9 @@ fn closed_on_purpose(err: &ConnectionError) -> bool {
 /// returns the peer's.
 async fn exchange_versions(connection: &Connection, timeout: Duration) -> Result<u32> {
     let (send, recv) = connection.open_bi().await?;
-    let mut writer = FrameWriter::new(send, timeout);
-    let mut reader = FrameReader::new(recv, timeout);
+    let liveness = Liveness::new(connection.clone(), timeout);
+    let mut writer = FrameWriter::new(send, liveness.clone());
+    let mut reader = FrameReader::new(recv, liveness);
     writer
         .message(&Message::Hello {
             version: PROTOCOL_VERSION,
@@ -244,10 +260,10 @@ async fn answer_pings(connection: Connection) {
         // Ahead of the file data this side is sending, which would otherwise
         // hold the answer back until the listener gave up on us.
         send.set_priority(PING_PRIORITY).ok();
-        let timeout = ping_timeout(&connection);
+        let liveness = Liveness::new(connection.clone(), ping_timeout(&connection));
         tokio::spawn(async move {
-            let mut writer = FrameWriter::new(send, timeout);
-            let mut reader = FrameReader::new(recv, timeout);
+            let mut writer = FrameWriter::new(send, liveness.clone());
+            let mut reader = FrameReader::new(recv, liveness);
             if let Ok(Message::Ping) = reader.message().await {
                 writer.message(&Message::Pong).await.ok();
                 writer.finish();
@@ -281,8 +297,9 @@ pub async fn peer_answers(connection: &Connection) -> bool {
     let ping = async {
         let (send, recv) = connection.open_bi().await?;
         send.set_priority(PING_PRIORITY).ok();
-        let mut writer = FrameWriter::new(send, timeout);
-        let mut reader = FrameReader::new(recv, timeout);
+        let liveness = Liveness::new(connection.clone(), timeout);
+        let mut writer = FrameWriter::new(send, liveness.clone());
+        let mut reader = FrameReader::new(recv, liveness);
         writer.message(&Message::Ping).await?;
         writer.finish();
         anyhow::Ok(matches!(reader.message().await?, Message::Pong))

@@ -1,5 +1,5 @@
-//! Reading and writing frames on one QUIC stream pair, with a stall timeout on
-//! every wait so a silent peer cannot hold a task forever.
+//! Reading and writing frames on one QUIC stream pair. Every wait is bounded by
+//! the connection's [`Liveness`], so a silent peer cannot hold a task forever.
 
 use std::time::Duration;
 
@@ -9,36 +9,13 @@ use iroh::endpoint::{RecvStream, SendStream};
 use tokio::io::AsyncReadExt;
 
 use super::explain;
+use super::liveness::Liveness;
 use super::wire::{
     Hash, MAX_MESSAGE_BYTES, Message, TAG_CHUNK, TAG_END, TAG_KEPT, TAG_MESSAGE, WireError,
 };
 
 /// Largest piece handed out of a chunk at once.
 const MAX_READ: usize = 1 << 20;
-
-/// A peer that sent or took nothing for the whole stall timeout: it is gone or
-/// stuck, so waiting on it any further is pointless.
-#[derive(Debug)]
-pub struct Stalled(String);
-
-impl std::fmt::Display for Stalled {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Stalled {}
-
-impl Stalled {
-    /// The peer `did` nothing (sent, took) for the whole `stall`.
-    fn after(did: &str, stall: Duration) -> anyhow::Error {
-        Stalled(format!(
-            "peer {did} nothing for {} s",
-            stall.as_secs_f32().round()
-        ))
-        .into()
-    }
-}
 
 pub enum Frame {
     Message(Message),
@@ -58,23 +35,24 @@ pub enum Frame {
 pub struct FrameReader {
     recv: RecvStream,
     pending: Bytes,
-    stall: Duration,
+    liveness: Liveness,
 }
 
 impl FrameReader {
-    pub fn new(recv: RecvStream, stall: Duration) -> Self {
+    pub fn new(recv: RecvStream, liveness: Liveness) -> Self {
         FrameReader {
             recv,
             pending: Bytes::new(),
-            stall,
+            liveness,
         }
     }
 
     /// Refills `pending`; false at the end of the stream.
     async fn fill(&mut self) -> Result<bool> {
-        let read = tokio::time::timeout(self.stall, self.recv.read_chunk(MAX_READ))
-            .await
-            .map_err(|_| Stalled::after("sent", self.stall))?
+        let read = self
+            .liveness
+            .bound(self.recv.read_chunk(MAX_READ))
+            .await?
             .map_err(|err| explain(anyhow::Error::new(err).context("stream broke")))?;
         match read {
             Some(bytes) => {
@@ -175,9 +153,10 @@ impl FrameReader {
             return Ok(take);
         }
         let mut room = (&mut *buf).limit(max);
-        let read = tokio::time::timeout(self.stall, self.recv.read_buf(&mut room))
-            .await
-            .map_err(|_| Stalled::after("sent", self.stall))?
+        let read = self
+            .liveness
+            .bound(self.recv.read_buf(&mut room))
+            .await?
             .map_err(|err| explain(anyhow::Error::new(err).context("stream broke")))?;
         if read == 0 {
             bail!("stream ended in the middle of a chunk");
@@ -198,17 +177,17 @@ impl FrameReader {
 
 pub struct FrameWriter {
     send: SendStream,
-    stall: Duration,
+    liveness: Liveness,
 }
 
 impl FrameWriter {
-    pub fn new(send: SendStream, stall: Duration) -> Self {
-        FrameWriter { send, stall }
+    pub fn new(send: SendStream, liveness: Liveness) -> Self {
+        FrameWriter { send, liveness }
     }
 
-    /// How long this side waits on its peer before giving up.
-    pub fn stall(&self) -> Duration {
-        self.stall
+    /// How this side's waits on its peer are bounded.
+    pub fn liveness(&self) -> &Liveness {
+        &self.liveness
     }
 
     pub async fn write(&mut self, bytes: Bytes) -> Result<()> {
@@ -217,9 +196,9 @@ impl FrameWriter {
 
     /// Writes `pieces` in one go: the peer gets them in as few packets as they fit.
     pub async fn write_all(&mut self, pieces: &mut [Bytes]) -> Result<()> {
-        tokio::time::timeout(self.stall, self.send.write_all_chunks(pieces))
-            .await
-            .map_err(|_| Stalled::after("took", self.stall))?
+        self.liveness
+            .bound(self.send.write_all_chunks(pieces))
+            .await?
             .map_err(|err| explain(anyhow::Error::new(err).context("stream broke")))
     }
 
@@ -234,7 +213,8 @@ impl FrameWriter {
     /// Finishes the stream and waits until the peer has everything: closing the
     /// connection right after `finish` could drop the last message.
     pub async fn finish_and_flush(&mut self) {
-        self.finish_and_flush_within(self.stall).await;
+        self.send.finish().ok();
+        self.liveness.bound(self.send.stopped()).await.ok();
     }
 
     /// [`Self::finish_and_flush`], waiting at most `limit`.

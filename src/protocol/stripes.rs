@@ -15,10 +15,11 @@ use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
 use iroh::endpoint::Connection;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
+use super::liveness::Liveness;
 use super::stream::{FrameReader, FrameWriter};
 use super::wire::Message;
 use super::{explain, round_trip};
@@ -95,22 +96,22 @@ pub async fn open_stripes(
     connection: &Connection,
     transfer: u64,
     stripes: u32,
-    stall: Duration,
+    liveness: &Liveness,
 ) -> Result<Vec<StripeStream>> {
     let mut streams = Vec::new();
     for stripe in 1..stripes {
-        let (send, recv) = tokio::time::timeout(stall, connection.open_bi())
-            .await
-            .map_err(|_| anyhow!("the peer accepted no stream within {} s", stall.as_secs()))?
+        let (send, recv) = liveness
+            .bound(connection.open_bi())
+            .await?
             .map_err(|err| explain(anyhow::Error::new(err).context("cannot open a stream")))?;
-        let mut writer = FrameWriter::new(send, stall);
+        let mut writer = FrameWriter::new(send, liveness.clone());
         writer
             .message(&Message::Stripe { transfer, stripe })
             .await?;
         streams.push(StripeStream {
             stripe,
             writer,
-            reader: FrameReader::new(recv, stall),
+            reader: FrameReader::new(recv, liveness.clone()),
         });
     }
     Ok(streams)
@@ -120,19 +121,18 @@ pub async fn open_stripes(
 pub async fn collect_stripes(
     joining: &mut Joining,
     stripes: u32,
-    stall: Duration,
+    liveness: &Liveness,
 ) -> Result<Vec<StripeStream>> {
     let mut arrived: Vec<Option<StripeStream>> = (1..stripes).map(|_| None).collect();
-    let deadline = tokio::time::Instant::now() + stall;
     while arrived.iter().any(Option::is_none) {
-        let stream = tokio::time::timeout_at(deadline, joining.streams.recv())
+        let stream = liveness
+            .bound(joining.streams.recv())
             .await
-            .map_err(|_| {
-                anyhow!(
-                    "the peer opened {} of the transfer's {} extra streams within {} s",
+            .with_context(|| {
+                format!(
+                    "the peer opened {} of the transfer's {} extra streams",
                     arrived.iter().filter(|s| s.is_some()).count(),
                     stripes - 1,
-                    stall.as_secs()
                 )
             })?
             .ok_or_else(|| anyhow!("the transfer's extra streams stopped arriving"))?;

@@ -22,7 +22,8 @@ use crate::file_version::FileVersion;
 
 use super::checker::{BATCH, Batch, Checker, SharedSink, lost};
 use super::hashing::{ChunkHasher, file_hash};
-use super::stream::{Frame, FrameReader, FrameWriter, Stalled};
+use super::liveness::{Liveness, Stalled};
+use super::stream::{Frame, FrameReader, FrameWriter};
 use super::stripes::{
     Joining, MAX_STRIPES, StripeLink, StripeStream, collect_stripes, open_stripes, stripe_chunks,
     unexpected_stripe, usable_stripes,
@@ -334,7 +335,7 @@ pub async fn send_file(
         .map(|request| Bytes::from(request.encode()))
         .into_iter()
         .collect();
-    let mut sent_offer = offer_to_send(source, writer.stall()).await?;
+    let mut sent_offer = offer_to_send(source, writer.liveness().stall()).await?;
     let mut joining = None;
     sent_offer.stripes = match link {
         StripeLink::Dialer { stripes, .. } => stripes,
@@ -405,14 +406,14 @@ pub async fn send_file(
         if !opening.is_empty() {
             writer.write_all(&mut opening).await?;
         }
-        let stall = writer.stall();
+        let liveness = writer.liveness().clone();
         let extra = match (link, &mut joining) {
             _ if stripes <= 1 => Vec::new(),
             (StripeLink::Dialer { connection, .. }, _) => {
-                open_stripes(connection, transfer, stripes, stall).await?
+                open_stripes(connection, transfer, stripes, &liveness).await?
             }
             (StripeLink::Listener { .. }, Some(joining)) => {
-                collect_stripes(joining, stripes, stall).await?
+                collect_stripes(joining, stripes, &liveness).await?
             }
             _ => bail!("protocol violation: {stripes} streams where one was offered"),
         };
@@ -830,10 +831,10 @@ where
         }
         held.into_iter().collect()
     };
-    let stall = writer.stall();
+    let liveness = writer.liveness().clone();
     let opened = match to_open {
         Some((connection, stripes)) if stripes > 1 => {
-            match open_stripes(connection, transfer, stripes, stall).await {
+            match open_stripes(connection, transfer, stripes, &liveness).await {
                 Ok(opened) => opened,
                 Err(err) => {
                     sink.abandon(true);
@@ -852,7 +853,7 @@ where
     let extra = ExtraStreams {
         opened,
         joining,
-        stall,
+        liveness,
     };
     let outcome = tokio::select! {
         outcome = receive_chunks(reader, &mut checkers, extra, &offer, &held, progress) => outcome,
@@ -986,10 +987,10 @@ async fn receive_chunks(
     let ExtraStreams {
         opened,
         mut joining,
-        stall,
+        liveness,
     } = extra;
     let streams = match &mut joining {
-        Some(joining) => collect_stripes(joining, stripes, stall)
+        Some(joining) => collect_stripes(joining, stripes, &liveness)
             .await
             .map_err(Failure::kept)?,
         None => opened,
@@ -1040,11 +1041,11 @@ async fn receive_chunks(
 }
 
 /// The extra streams of a striped transfer as a receiver has them: those it
-/// opened, or those to arrive through the registry within `stall`.
+/// opened, or those to arrive through the registry while the connection lives.
 struct ExtraStreams {
     opened: Vec<StripeStream>,
     joining: Option<Joining>,
-    stall: Duration,
+    liveness: Liveness,
 }
 
 /// The next stream that names the transfer; never, without a registry. Once

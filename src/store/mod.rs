@@ -83,7 +83,7 @@ pub fn safe_name(name: &str) -> Result<PathBuf> {
 }
 
 /// Answers whether the peer feeding a transfer is still there.
-pub type Liveness = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+pub type AliveProbe = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
 
 /// The output directory of a listener or a puller.
 pub struct Store {
@@ -114,7 +114,7 @@ struct CheckedChunks {
 struct Active {
     claim: u64,
     cancel: CancellationToken,
-    alive: Liveness,
+    alive: AliveProbe,
 }
 
 impl Store {
@@ -187,7 +187,11 @@ impl Store {
     /// Prepares to receive `offer`: claims its partial file (taking it over from an
     /// earlier transfer of the same file), checks the space, and re-checks chunks
     /// kept from an interrupted run.
-    pub async fn accept(self: &Arc<Self>, offer: &Offer, alive: Liveness) -> Result<Box<dyn Sink>> {
+    pub async fn accept(
+        self: &Arc<Self>,
+        offer: &Offer,
+        alive: AliveProbe,
+    ) -> Result<Box<dyn Sink>> {
         let target = safe_name(&offer.name)?;
         let named = Format::from_name(&offer.name).map(Format::as_str);
         ensure!(
@@ -292,7 +296,7 @@ impl Store {
         &self,
         dir: &Path,
         base: &str,
-        alive: Liveness,
+        alive: AliveProbe,
     ) -> Result<(File, PathBuf, u64, CancellationToken)> {
         let mut attempt = 0;
         let mut vanished = 0;
@@ -925,7 +929,7 @@ mod tests {
     async fn a_rerun_in_the_same_run_takes_the_chunks_checked_before_without_the_record() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), false).unwrap();
-        let gone: Liveness = Arc::new(|| Box::pin(async { false }));
+        let gone: AliveProbe = Arc::new(|| Box::pin(async { false }));
         let offer = test_offer(3 * CHUNK_SIZE);
         let chunk = vec![7u8; CHUNK_SIZE as usize];
         let mut hasher = ChunkHasher::new(1, 3);
