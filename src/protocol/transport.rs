@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use iroh::endpoint::QuicTransportConfig;
-use noq_proto::congestion::{Bbr3Config, ControllerFactory, CubicConfig};
+use noq_proto::congestion::{ControllerFactory, CubicConfig};
 
-use super::congestion::PerPathConfig;
+use super::congestion::{PerPathConfig, TunedBbrConfig};
 
 /// Streams a peer may have open at once on one connection.
 const MAX_STREAMS: u32 = 64;
@@ -78,7 +78,7 @@ impl Transport {
             .max_idle_timeout(idle.try_into().ok());
         let controller: Arc<dyn ControllerFactory + Send + Sync> = match self.congestion {
             Congestion::Auto => Arc::new(PerPathConfig::default()),
-            Congestion::Bbr => Arc::new(Bbr3Config::default()),
+            Congestion::Bbr => Arc::new(TunedBbrConfig::default()),
             Congestion::Cubic => Arc::new(CubicConfig::default()),
         };
         builder.congestion_controller_factory(controller).build()
