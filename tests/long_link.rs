@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::long_link::{How, transfer_through_delay};
+use common::long_link::{How, Link, transfer};
 use common::netns::Namespaces;
 use common::*;
 
@@ -26,15 +26,27 @@ fn a_large_file_crosses_a_long_link_on_many_streams_sent_and_pulled() {
         safetensors_bytes(&[("w", "U8", &[data.len() as u64], &data)], None),
     )
     .unwrap();
+    let link = Link::delay(Duration::from_millis(30));
     for how in [How::Send, How::Pull] {
-        // Panics unless the copy under `out` is byte-identical.
-        transfer_through_delay(
+        // Ok only if the copy under `out` is byte-identical.
+        let moved = transfer(
             std::path::Path::new(bin()),
             &namespaces,
             &file,
             &dir.path().join(format!("{how:?}")),
-            Duration::from_millis(30),
+            &link,
             how,
+        );
+        if let Err(reason) = &moved.outcome {
+            panic!("{how:?} at RTT 30 ms failed: {reason}");
+        }
+        assert!(
+            moved
+                .relay
+                .iter()
+                .all(|counts| counts.dropped == 0 && counts.passed > 0),
+            "a lossless relay dropped or carried nothing: {:?}",
+            moved.relay
         );
     }
 }

@@ -2,6 +2,11 @@
 //! caller's namespace by a veth pair and to nothing else: whatever the caller
 //! relays between 10.201.0.1 and 10.202.0.1 is the only way from one to the
 //! other, so iroh cannot find a cleaner path around it.
+//!
+//! Every pair uses those same addresses, so two pairs at once would route one
+//! pair's datagrams into the other's namespaces: a pair holds a lock on a
+//! file for as long as it exists, and the next one, in this process or any
+//! other, waits for it.
 
 use std::process::{Command, Stdio};
 
@@ -9,6 +14,9 @@ use std::process::{Command, Stdio};
 pub struct Namespaces {
     pub sender: String,
     pub listener: String,
+    tag: u32,
+    /// Dropped after the namespaces are removed, which lets the next pair in.
+    _lock: std::fs::File,
 }
 
 impl Namespaces {
@@ -19,7 +27,12 @@ impl Namespaces {
             eprintln!("skipped: network namespaces need root");
             return None;
         }
-        let namespaces = Namespaces::create(std::process::id() % 100_000);
+        // One pair for each call: tests of one file run at once in one
+        // process, and a second pair under the same names would fail (and
+        // its drop would remove the first).
+        static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 100;
+        let namespaces = Namespaces::create(std::process::id() % 100_000 * 100 + call);
         if namespaces.is_none() {
             eprintln!("skipped: `ip netns` is not available here");
         }
@@ -31,6 +44,8 @@ impl Namespaces {
         let namespaces = Namespaces {
             sender: format!("ti-s{tag}"),
             listener: format!("ti-l{tag}"),
+            tag,
+            _lock: lock()?,
         };
         let script = format!(
             "set -e
@@ -56,6 +71,43 @@ impl Namespaces {
             drop(namespaces);
             None
         }
+    }
+}
+
+/// The lock every pair holds (see the module's documentation), once it is
+/// ours; None if the lock file cannot be opened.
+fn lock() -> Option<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = std::env::temp_dir().join("tensor-iroh-netns.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .ok()?;
+    // SAFETY: flock on a file descriptor that `file` keeps open.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        eprintln!(
+            "waiting for the namespaces in use to go ({} is locked)",
+            path.display()
+        );
+        // SAFETY: as above.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return None;
+        }
+    }
+    Some(file)
+}
+
+impl Namespaces {
+    /// Each namespace with the name of its end of its veth pair, sender's
+    /// first: what leaves a namespace leaves through it (a qdisc there shapes
+    /// what that side sends).
+    pub fn inner_veths(&self) -> [(&str, String); 2] {
+        [
+            (&self.sender, format!("tisp{}", self.tag)),
+            (&self.listener, format!("tilp{}", self.tag)),
+        ]
     }
 }
 
