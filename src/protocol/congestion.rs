@@ -470,7 +470,7 @@ mod tests {
         let heard = Recorder::default();
         let mut tuned = TunedBbr::new(Box::new(heard.clone()));
         let now = Instant::now();
-        let mut send = |tuned: &mut TunedBbr, from: u64, every: u64| {
+        let send = |tuned: &mut TunedBbr, from: u64, every: u64| {
             for pn in from..from + 1000 {
                 tuned.on_packet_sent(now, 1200, pn);
                 if (pn + 1) % every == 0 {
