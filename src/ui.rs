@@ -446,7 +446,6 @@ mod tests {
     use std::time::Duration;
 
     use iroh::TransportAddr;
-    use iroh::endpoint::PathStats;
 
     use super::*;
 
@@ -461,12 +460,7 @@ mod tests {
     #[test]
     fn a_path_line_says_where_and_how_the_data_went() {
         let peer = iroh::SecretKey::generate().public();
-        let mut stats = PathStats::default();
-        stats.rtt = Duration::from_micros(50_300);
-        stats.sent_packets = 79_210;
-        stats.lost_packets = 812;
-        stats.congestion_events = 14;
-        stats.cwnd = 1_200_000;
+        let mut stats = crate::protocol::path::tests::stats();
         let addr = TransportAddr::Ip("10.0.0.2:4433".parse().unwrap());
         let mut path = PeerPath {
             peer,

@@ -215,24 +215,49 @@ fn a_send_stopped_by_a_signal_still_closes_with_a_summary() {
     }
 }
 
+/// A directory with a 200 MiB file to send, and the `--out` and `--key` of a
+/// listener that can be stopped and restarted as the same endpoint.
+struct Resumable {
+    _dir: tempfile::TempDir,
+    out: PathBuf,
+    key: PathBuf,
+    file: PathBuf,
+    size: u64,
+}
+
+impl Resumable {
+    fn new(seed: u64) -> Resumable {
+        let dir = tempfile::tempdir().unwrap();
+        let file = safetensors_file(&dir.path().join("big.safetensors"), 200 << 20, seed);
+        Resumable {
+            out: dir.path().join("out"),
+            key: dir.path().join("listener.key"),
+            size: std::fs::metadata(&file).unwrap().len(),
+            file,
+            _dir: dir,
+        }
+    }
+
+    fn listener_args(&self) -> [&str; 4] {
+        [
+            "--out",
+            self.out.to_str().unwrap(),
+            "--key",
+            self.key.to_str().unwrap(),
+        ]
+    }
+}
+
 #[test]
 fn a_stopped_listener_keeps_the_partial_and_its_restart_resumes() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let key = dir.path().join("listener.key");
-    let file = safetensors_file(&dir.path().join("big.safetensors"), 200 << 20, 7);
-    let size = std::fs::metadata(&file).unwrap().len();
-    let args = [
-        "--out",
-        out.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-    ];
+    let setup = Resumable::new(7);
+    let (out, file, size) = (&setup.out, &setup.file, setup.size);
+    let args = setup.listener_args();
     let mut listener = Listener::start(&args);
 
-    let sender = spawn_send(&listener.ticket, &file);
+    let sender = spawn_send(&listener.ticket, file);
     wait_until(Duration::from_secs(60), "a few checked chunks", || {
-        recorded_chunks(&out) >= 4
+        recorded_chunks(out) >= 4
     });
     let status = listener.terminate();
     assert_eq!(
@@ -259,9 +284,9 @@ fn a_stopped_listener_keeps_the_partial_and_its_restart_resumes() {
     );
 
     assert!(!out.join("big.safetensors").exists());
-    assert_eq!(hidden_files(&out, ".tensor-iroh-partial").len(), 1);
+    assert_eq!(hidden_files(out, ".tensor-iroh-partial").len(), 1);
     assert!(
-        recorded_chunks(&out) >= 4,
+        recorded_chunks(out) >= 4,
         "the record of checked chunks is kept"
     );
 
@@ -271,15 +296,15 @@ fn a_stopped_listener_keeps_the_partial_and_its_restart_resumes() {
         parse_ticket(&listener.ticket).unwrap().id,
         "the same --key gives the same endpoint id"
     );
-    let rerun = send(&restarted.ticket, &[&file], &["--json"]);
+    let rerun = send(&restarted.ticket, &[file], &["--json"]);
     assert!(rerun.status.success(), "{}", text(&rerun.stderr));
     let moved = sent_bytes(&rerun);
     assert!(
         moved < size,
         "the rerun resumed: it moved {moved} of {size}"
     );
-    assert!(same_bytes(&file, &out.join("big.safetensors")));
-    assert_eq!(files_below(&out), vec![PathBuf::from("big.safetensors")]);
+    assert!(same_bytes(file, &out.join("big.safetensors")));
+    assert_eq!(files_below(out), vec![PathBuf::from("big.safetensors")]);
 
     // Stopped with nothing under way, it promises no partial file.
     let mut restarted = restarted;
@@ -297,29 +322,21 @@ fn a_stopped_listener_keeps_the_partial_and_its_restart_resumes() {
 /// saying why, and a rerun against the restarted listener must resume.
 #[test]
 fn a_killed_listener_fails_the_send_within_its_timeout_and_a_rerun_resumes() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let key = dir.path().join("listener.key");
-    let file = safetensors_file(&dir.path().join("big.safetensors"), 200 << 20, 11);
-    let size = std::fs::metadata(&file).unwrap().len();
-    let args = [
-        "--out",
-        out.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-    ];
+    let setup = Resumable::new(11);
+    let (out, file, size) = (&setup.out, &setup.file, setup.size);
+    let args = setup.listener_args();
     let listener = Listener::start(&args);
     let mut sender = Command::new(bin())
         .args(["send", "--relay", "disabled", "--timeout", "4"])
         .arg(&listener.ticket)
-        .arg(&file)
+        .arg(file)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     wait_until(Duration::from_secs(60), "a few checked chunks", || {
-        recorded_chunks(&out) >= 4
+        recorded_chunks(out) >= 4
     });
     signal(listener.pid(), libc::SIGKILL);
     let killed = std::time::Instant::now();
@@ -332,14 +349,14 @@ fn a_killed_listener_fails_the_send_within_its_timeout_and_a_rerun_resumes() {
     );
 
     let restarted = Listener::start(&args);
-    let rerun = send(&restarted.ticket, &[&file], &["--json"]);
+    let rerun = send(&restarted.ticket, &[file], &["--json"]);
     assert!(rerun.status.success(), "{}", text(&rerun.stderr));
     let moved = sent_bytes(&rerun);
     assert!(
         moved < size,
         "the rerun resumed: it moved {moved} of {size}"
     );
-    assert!(same_bytes(&file, &out.join("big.safetensors")));
+    assert!(same_bytes(file, &out.join("big.safetensors")));
 }
 
 /// A tmpfs the test mounted, unmounted however the test ends.
