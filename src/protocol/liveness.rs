@@ -81,6 +81,15 @@ impl Liveness {
     }
 }
 
+/// Runs `op` and says whether `connection` made progress meanwhile: the peer
+/// sent stream data or credit, or acknowledged data this side sent.
+pub async fn with_progress<T>(connection: &Connection, op: impl Future<Output = T>) -> (T, bool) {
+    let before = Marks::of(&connection.stats());
+    let output = op.await;
+    let moved = Marks::of(&connection.stats()).moved_since(&before);
+    (output, moved)
+}
+
 /// The counters of a connection that only move while its peer takes part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Marks {
