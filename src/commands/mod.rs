@@ -9,13 +9,15 @@ pub mod pull;
 pub mod send;
 
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use iroh::{Endpoint, EndpointAddr};
+use iroh::{Endpoint, EndpointAddr, EndpointId};
 
 use crate::protocol::endpoint::{self, EndpointOptions, KeySource, Relay};
+use crate::protocol::path::PeerPath;
 use crate::protocol::pool::Pool;
 use crate::protocol::transport::{Congestion, Transport};
 use crate::ui::{ColorChoice, Ui};
@@ -140,6 +142,27 @@ pub fn parse_tickets<'a>(
         .into_iter()
         .map(|t| endpoint::parse_ticket(t))
         .collect()
+}
+
+/// The listeners a `send` or `pull` dialed and its pool, once the endpoint is
+/// up: for the paths in its summary, also of a command a signal stopped.
+pub type Reached = OnceLock<(Vec<EndpointId>, Arc<Pool>)>;
+
+/// The path to each listener `reached`, for the summary; then closes the pool,
+/// unless a signal `stopped` the command: its connections are then left as a
+/// killed process's would be.
+pub async fn paths_then_close(reached: &Reached, stopped: bool) -> Vec<PeerPath> {
+    let Some((peers, pool)) = reached.get() else {
+        return Vec::new();
+    };
+    let mut paths = Vec::new();
+    for peer in peers {
+        paths.push(PeerPath::of(pool, *peer).await);
+    }
+    if !stopped {
+        pool.close().await;
+    }
+    paths
 }
 
 /// Succeeds when nothing failed; otherwise the first failure, saying how many

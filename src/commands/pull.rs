@@ -9,15 +9,17 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use globset::{Glob, GlobMatcher};
-use iroh::{EndpointAddr, EndpointId};
+use iroh::EndpointAddr;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{NetArgs, TimeoutArgs, first_failure, interrupted, parse_tickets};
+use super::{
+    NetArgs, Reached, TimeoutArgs, first_failure, interrupted, parse_tickets, paths_then_close,
+};
 use crate::formats::Format;
 use crate::protocol::client;
-use crate::protocol::path::{PathReport, PeerPath};
+use crate::protocol::path::PathReport;
 use crate::protocol::pool::Pool;
 use crate::protocol::stripes::Striping;
 use crate::protocol::transfer::{Progress, Received, Sink};
@@ -74,7 +76,7 @@ pub async fn run(args: PullArgs, ui: Ui) -> Result<()> {
     let tally = Tally::default();
     // The listener and the pool once the endpoint is up, for the path in the
     // summary, also of a pull that a signal stops midway.
-    let reached: OnceLock<(EndpointId, Arc<Pool>)> = OnceLock::new();
+    let reached: Reached = OnceLock::new();
     let work = async {
         match pull_all(&args, &ui, &tally, &reached).await {
             Ok(done) => done,
@@ -94,15 +96,7 @@ pub async fn run(args: PullArgs, ui: Ui) -> Result<()> {
         done = work => (done, false),
         signal = interrupted() => ((tally.stopped(), Err(signal.into())), true),
     };
-    let mut paths = Vec::new();
-    if let Some((peer, pool)) = reached.get() {
-        paths.push(PeerPath::of(pool, *peer).await);
-        // Stopped, the connection is left as it is, as a killed puller's
-        // would be.
-        if !stopped {
-            pool.close().await;
-        }
-    }
+    let paths = paths_then_close(&reached, stopped).await;
     ui.summary(
         "pulled",
         &totals,
@@ -141,10 +135,10 @@ async fn pull_all(
     args: &PullArgs,
     ui: &Ui,
     tally: &Tally,
-    reached: &OnceLock<(EndpointId, Arc<Pool>)>,
+    reached: &Reached,
 ) -> Result<(Totals, Result<()>)> {
     let (addr, patterns, pool) = prepare(args).await?;
-    reached.set((addr.id, pool.clone())).ok();
+    reached.set((vec![addr.id], pool.clone())).ok();
     async {
         let catalog = client::catalog(&pool, &addr).await?;
         let wanted = patterns.select(&catalog, args.stdout)?;

@@ -6,16 +6,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use iroh::{EndpointAddr, EndpointId};
+use iroh::EndpointAddr;
 use serde_json::json;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use super::{NetArgs, TimeoutArgs, first_failure, interrupted, parse_tickets};
+use super::{
+    NetArgs, Reached, TimeoutArgs, first_failure, interrupted, parse_tickets, paths_then_close,
+};
 use crate::catalog::{whole_file, whole_file_offer};
 use crate::formats::{Format, TensorFile, files_in};
 use crate::protocol::client;
-use crate::protocol::path::{PathReport, PeerPath};
+use crate::protocol::path::PathReport;
 use crate::protocol::pool::Pool;
 use crate::protocol::stripes::Striping;
 use crate::protocol::transfer::Progress;
@@ -79,7 +81,7 @@ pub async fn run(args: SendArgs, ui: Ui) -> Result<()> {
     let tally = Tally::default();
     // The listeners and the pool once the endpoint is up, for the paths in the
     // summary, also of a send that a signal stops midway.
-    let reached: OnceLock<(Vec<EndpointId>, Arc<Pool>)> = OnceLock::new();
+    let reached: Reached = OnceLock::new();
     let work = async {
         match prepare(&args).await {
             Ok((targets, sources, pool)) => {
@@ -103,17 +105,7 @@ pub async fn run(args: SendArgs, ui: Ui) -> Result<()> {
         done = work => (done, false),
         signal = interrupted() => ((tally.stopped(), Err(signal.into())), true),
     };
-    let mut paths = Vec::new();
-    if let Some((peers, pool)) = reached.get() {
-        for peer in peers {
-            paths.push(PeerPath::of(pool, *peer).await);
-        }
-        // Stopped, the connections are left as they are, as a killed sender's
-        // would be.
-        if !stopped {
-            pool.close().await;
-        }
-    }
+    let paths = paths_then_close(&reached, stopped).await;
     ui.summary(
         "sent",
         &totals,
