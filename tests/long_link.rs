@@ -19,13 +19,7 @@ fn a_large_file_crosses_a_long_link_on_many_streams_sent_and_pulled() {
     std::fs::create_dir(&served).unwrap();
     // Twelve chunks of 8 MiB, and a short last one: every one of eight
     // streams carries at least one.
-    let data = noise((12 << 23) - 12345, 11);
-    let file = served.join("w.safetensors");
-    std::fs::write(
-        &file,
-        safetensors_bytes(&[("w", "U8", &[data.len() as u64], &data)], None),
-    )
-    .unwrap();
+    let file = safetensors_file(&served.join("w.safetensors"), (12 << 23) - 12345, 11);
     let link = Link::delay(Duration::from_millis(30));
     for how in [How::Send, How::Pull] {
         // Ok only if the copy under `out` is byte-identical.

@@ -13,17 +13,12 @@ use common::long_link::{How, Link, transfer};
 use common::netns::Namespaces;
 use common::*;
 
+/// `w.safetensors`, the name the link harness serves and compares, in a
+/// directory of its own for the listener to serve.
 fn served_file(dir: &Path, len: usize, seed: u64) -> PathBuf {
     let served = dir.join("served");
     std::fs::create_dir_all(&served).unwrap();
-    let data = noise(len, seed);
-    let file = served.join("w.safetensors");
-    std::fs::write(
-        &file,
-        safetensors_bytes(&[("w", "U8", &[data.len() as u64], &data)], None),
-    )
-    .unwrap();
-    file
+    safetensors_file(&served.join("w.safetensors"), len, seed)
 }
 
 /// A 1 MB/s uplink takes seconds for each 1 MiB piece a stream writes, and a
