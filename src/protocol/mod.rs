@@ -2,7 +2,6 @@
 //! connection pool, and moving files through streams. Nothing here knows about
 //! the terminal or about where files live on disk.
 
-mod checker;
 pub mod client;
 pub mod congestion;
 pub mod endpoint;

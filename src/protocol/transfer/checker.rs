@@ -13,9 +13,11 @@ use anyhow::anyhow;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::hashing::ChunkHasher;
-use super::transfer::{Failure, Sink};
-use super::wire::Hash;
+use crate::protocol::hashing::ChunkHasher;
+use crate::protocol::wire::Hash;
+
+use super::failure::{Failure, lost};
+use super::sink::Sink;
 
 /// Bytes hashed and written at a time: large enough for BLAKE3's wide SIMD path
 /// and few syscalls, small enough to bound memory per stream (two batches).
@@ -136,11 +138,6 @@ impl Work {
         }
         Ok(())
     }
-}
-
-/// A blocking thread panicked, and the sink went with it.
-pub(super) fn lost() -> Failure {
-    Failure::kept(anyhow!("writing the file failed unexpectedly"))
 }
 
 impl Checker {

@@ -1,0 +1,275 @@
+//! Taking a file's chunks off its streams: each stream's data in batches into
+//! its own checker, then the file hash, checked against the chunks' hashes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Result, anyhow};
+use futures_util::future::try_join_all;
+
+use crate::protocol::hashing::file_hash;
+use crate::protocol::liveness::Liveness;
+use crate::protocol::stream::{Frame, FrameReader};
+use crate::protocol::stripes::{
+    Joining, StripeStream, collect_stripes, stripe_chunks, unexpected_stripe,
+};
+use crate::protocol::wire::{CHUNK_SIZE, Hash, Offer};
+
+use super::checker::{BATCH, Batch, Checker, SharedSink};
+use super::failure::{Failure, lost};
+use super::sink::Sink;
+use super::{Progress, StripeDone, merge_hashes};
+
+/// The extra streams of a striped transfer as a receiver has them: those it
+/// opened, or those to arrive through the registry while the connection lives.
+pub(super) struct ExtraStreams {
+    pub(super) opened: Vec<StripeStream>,
+    pub(super) joining: Option<Joining>,
+    pub(super) liveness: Liveness,
+}
+
+/// Receives the file's data into `sink` through a checker per stream, and gives
+/// the sink back with the file hash and the data bytes received. A sink whose
+/// file failed is abandoned here, keeping its partial file where that is worth it.
+pub(super) async fn receive_checked(
+    reader: &mut FrameReader,
+    sink: Box<dyn Sink>,
+    extra: ExtraStreams,
+    stripes: u32,
+    offer: &Offer,
+    held: &HashMap<u32, Hash>,
+    progress: &Progress,
+) -> Result<(Box<dyn Sink>, Hash, u64)> {
+    let cancelled = sink.cancelled();
+    let sink: SharedSink = Arc::new(Mutex::new(sink));
+    let mut checkers: Vec<Checker> = (0..stripes)
+        .map(|_| Checker::new(sink.clone(), offer.size, offer.chunks()))
+        .collect();
+    let outcome = tokio::select! {
+        outcome = receive_chunks(reader, &mut checkers, extra, offer, held, progress) => outcome,
+        _ = cancelled.cancelled() => Err(Failure::kept(anyhow!("a newer transfer of the same file took over"))),
+    };
+    let mut drained = Ok(());
+    for mut checker in checkers {
+        let result = checker.drain().await;
+        if drained.is_ok() {
+            drained = result;
+        }
+    }
+    let Ok(Ok(sink)) = Arc::try_unwrap(sink).map(Mutex::into_inner) else {
+        return Err(lost().error);
+    };
+    match drained.and(outcome) {
+        Ok((hash, received_bytes)) => Ok((sink, hash, received_bytes)),
+        Err(failure) => {
+            sink.abandon(failure.keep_partial);
+            Err(failure.error)
+        }
+    }
+}
+
+/// Receives every chunk, on the offer's stream and on the extra streams of a
+/// striped transfer, then the file hash; each stream's data is checked by its
+/// own checker.
+async fn receive_chunks(
+    reader: &mut FrameReader,
+    checkers: &mut [Checker],
+    extra: ExtraStreams,
+    offer: &Offer,
+    held: &HashMap<u32, Hash>,
+    progress: &Progress,
+) -> Result<(Hash, u64), Failure> {
+    let stripes = checkers.len() as u32;
+    let ExtraStreams {
+        opened,
+        mut joining,
+        liveness,
+    } = extra;
+    let streams = match &mut joining {
+        Some(joining) => collect_stripes(joining, stripes, &liveness)
+            .await
+            .map_err(Failure::kept)?,
+        None => opened,
+    };
+    // The receiver never writes on an extra stream.
+    let mut extra_readers: Vec<FrameReader> = streams
+        .into_iter()
+        .map(|mut stream| {
+            stream.writer.finish();
+            stream.reader
+        })
+        .collect();
+    let receiving = std::iter::once(&mut *reader)
+        .chain(extra_readers.iter_mut())
+        .zip(checkers.iter_mut())
+        .zip(0..)
+        .map(|((reader, checker), stripe)| {
+            receive_stripe(reader, checker, offer, held, progress, stripe, stripes)
+        });
+    let done = tokio::select! {
+        done = try_join_all(receiving) => done?,
+        stream = next_stream(&mut joining) => {
+            return Err(Failure::kept(unexpected_stripe(stream.stripe, stripes)));
+        }
+    };
+    for checker in checkers.iter_mut() {
+        checker.drain().await?;
+    }
+    let hash = file_hash_frame(reader, offer.chunks()).await?;
+    if file_hash(offer.size, &merge_hashes(offer.chunks(), &done)) != hash {
+        return Err(Failure::dropped(anyhow!(
+            "the file hash does not match its chunks"
+        )));
+    }
+    Ok((hash, done.iter().map(|stripe| stripe.bytes).sum()))
+}
+
+/// The next stream that names the transfer; never, without a registry. Once
+/// every stripe has its stream, any other is a protocol violation.
+async fn next_stream(joining: &mut Option<Joining>) -> StripeStream {
+    match joining {
+        Some(joining) => match joining.streams.recv().await {
+            Some(stream) => stream,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// The file hash that ends the offer's stream after its last chunk.
+async fn file_hash_frame(reader: &mut FrameReader, chunks: u64) -> Result<Hash, Failure> {
+    match reader.next().await.map_err(Failure::kept)? {
+        Some(Frame::End { hash }) => Ok(hash),
+        None => Err(Failure::kept(anyhow!(
+            "the sender stopped after its last chunk, before the file hash"
+        ))),
+        Some(_) => Err(Failure::kept(anyhow!(
+            "protocol violation: more than the offered {chunks} chunks"
+        ))),
+    }
+}
+
+/// Receives the chunks of `stripe` from `reader`, in order, into `checker`:
+/// their hashes as the sender claimed them (the checker verifies each) and the
+/// data bytes received. An extra stream ends there; the offer's stream (stripe
+/// 0) goes on with the file hash.
+async fn receive_stripe(
+    reader: &mut FrameReader,
+    checker: &mut Checker,
+    offer: &Offer,
+    held: &HashMap<u32, Hash>,
+    progress: &Progress,
+    stripe: u32,
+    stripes: u32,
+) -> Result<StripeDone, Failure> {
+    let mut hashes = Vec::new();
+    let mut received = 0u64;
+    for next in stripe_chunks(stripe, stripes, offer.chunks()) {
+        let (hash, bytes) = receive_chunk(reader, checker, offer, held, progress, next).await?;
+        hashes.push(hash);
+        received += bytes;
+    }
+    if stripe != 0 && reader.next().await.map_err(Failure::kept)?.is_some() {
+        return Err(Failure::kept(anyhow!(
+            "protocol violation: more on stream {stripe} after its last chunk"
+        )));
+    }
+    Ok(StripeDone {
+        hashes,
+        bytes: received,
+    })
+}
+
+/// Receives chunk `next`: as data into `checker`, or as a chunk this side holds
+/// (`KEPT`). Returns the chunk's hash, as claimed or held, and the data bytes
+/// received.
+async fn receive_chunk(
+    reader: &mut FrameReader,
+    checker: &mut Checker,
+    offer: &Offer,
+    held: &HashMap<u32, Hash>,
+    progress: &Progress,
+    next: u64,
+) -> Result<(Hash, u64), Failure> {
+    let chunks = offer.chunks();
+    let start = next * CHUNK_SIZE;
+    let expected_len = CHUNK_SIZE.min(offer.size - start);
+    match reader.next().await.map_err(Failure::kept)? {
+        Some(Frame::Chunk { index, len }) => {
+            if u64::from(index) != next || u64::from(len) != expected_len {
+                return Err(Failure::kept(anyhow!(
+                    "protocol violation: chunk {index} of {len} bytes where chunk {next} of {expected_len} belongs"
+                )));
+            }
+            let claimed =
+                receive_chunk_data(reader, checker, next, start, expected_len, progress).await?;
+            Ok((claimed, expected_len))
+        }
+        Some(Frame::Kept { index }) => {
+            let hash = held.get(&index).filter(|_| u64::from(index) == next);
+            let Some(hash) = hash else {
+                return Err(Failure::kept(anyhow!(
+                    "protocol violation: kept chunk {index} was not offered"
+                )));
+            };
+            progress.add(expected_len);
+            Ok((*hash, 0))
+        }
+        Some(Frame::End { .. }) => Err(Failure::kept(anyhow!(
+            "the sender ended the file before chunk {next} of {chunks}"
+        ))),
+        Some(Frame::Message(message)) => Err(Failure::kept(anyhow!(
+            "protocol violation: message {message:?} inside the data"
+        ))),
+        None => Err(Failure::kept(anyhow!(
+            "the sender stopped before chunk {next} of {chunks}"
+        ))),
+    }
+}
+
+/// Receives the `len` data bytes of chunk `index`, which start at `start` in the
+/// file, and the hash the sender claims for them, into `checker` batch by
+/// batch; returns the claimed hash.
+async fn receive_chunk_data(
+    reader: &mut FrameReader,
+    checker: &mut Checker,
+    index: u64,
+    start: u64,
+    len: u64,
+    progress: &Progress,
+) -> Result<Hash, Failure> {
+    let mut read = 0u64;
+    let mut batch = checker.buffer();
+    loop {
+        // Packets arrive a kilobyte at a time; the checker takes them in
+        // batches so BLAKE3 can use its wide SIMD path and writes are few.
+        let room = (BATCH - batch.len()).min((len - read) as usize);
+        let got = reader
+            .data_into(batch.appender(), room)
+            .await
+            .map_err(Failure::kept)? as u64;
+        read += got;
+        progress.add(got);
+        let ended = read == len;
+        if batch.len() == BATCH || ended {
+            let claimed = if ended {
+                Some(reader.hash().await.map_err(Failure::kept)?)
+            } else {
+                None
+            };
+            let offset = start + read - batch.len() as u64;
+            let data = std::mem::replace(&mut batch, checker.buffer());
+            checker
+                .submit(Batch {
+                    data,
+                    chunk: index,
+                    offset,
+                    claimed,
+                })
+                .await?;
+            if let Some(claimed) = claimed {
+                return Ok(claimed);
+            }
+        }
+    }
+}
