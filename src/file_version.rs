@@ -1,9 +1,11 @@
 //! Whether a file is still the one it was: a sender checks that the file it
 //! read did not change under it, a listener that a file it serves or a partial
-//! file it wrote is still as it left it.
+//! file it wrote is still as it left it, and that a file it opened is still the
+//! one under its name.
 
 use std::fs::{File, Metadata};
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 /// A file as it was last written: which file (device and inode), its size, and
 /// its modification and change times. The change time catches a writer that
@@ -32,5 +34,13 @@ impl FileVersion {
     /// The version of an open file; `None` where it cannot be read.
     pub fn of(file: &File) -> Option<FileVersion> {
         file.metadata().ok().as_ref().map(FileVersion::of_metadata)
+    }
+}
+
+/// Whether `path` still names the open `file` (not a file that replaced it, or nothing).
+pub fn still_at(file: &File, path: &Path) -> bool {
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        _ => false,
     }
 }
