@@ -63,6 +63,7 @@ Register-ArgumentCompleter -Native -CommandName 'tensor-iroh' -ScriptBlock {
         'tensor-iroh;send' {
             [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'Name the receiver stores the file under (one file only)')
             [CompletionResult]::new('--to', '--to', [CompletionResultType]::ParameterName, 'Another listener to send the same files to, concurrently (repeatable)')
+            [CompletionResult]::new('--compress', '--compress', [CompletionResultType]::ParameterName, 'Compress tensor data on the way, losslessly (floats by byte planes): `auto` does while the link is slower than this machine compresses, `on` always, `off` never')
             [CompletionResult]::new('--relay', '--relay', [CompletionResultType]::ParameterName, 'Relay servers: `default` (iroh''s public relays), `disabled`, or a relay URL')
             [CompletionResult]::new('--key', '--key', [CompletionResultType]::ParameterName, 'Secret key file (64 hex characters), created with mode 0600 when missing; without it, IROH_SECRET or a fresh key')
             [CompletionResult]::new('--congestion', '--congestion', [CompletionResultType]::ParameterName, 'Congestion controller: `auto` is BBR on paths of 4 ms or more (it holds its rate through random loss) and CUBIC on shorter ones; `bbr` or `cubic` everywhere')
@@ -79,6 +80,7 @@ Register-ArgumentCompleter -Native -CommandName 'tensor-iroh' -ScriptBlock {
         }
         'tensor-iroh;pull' {
             [CompletionResult]::new('--out', '--out', [CompletionResultType]::ParameterName, 'Directory to write to [default: the current directory]')
+            [CompletionResult]::new('--compress', '--compress', [CompletionResultType]::ParameterName, 'Compress tensor data on the way, losslessly (floats by byte planes): `auto` does while the link is slower than this machine compresses, `on` always, `off` never')
             [CompletionResult]::new('--relay', '--relay', [CompletionResultType]::ParameterName, 'Relay servers: `default` (iroh''s public relays), `disabled`, or a relay URL')
             [CompletionResult]::new('--key', '--key', [CompletionResultType]::ParameterName, 'Secret key file (64 hex characters), created with mode 0600 when missing; without it, IROH_SECRET or a fresh key')
             [CompletionResult]::new('--congestion', '--congestion', [CompletionResultType]::ParameterName, 'Congestion controller: `auto` is BBR on paths of 4 ms or more (it holds its rate through random loss) and CUBIC on shorter ones; `bbr` or `cubic` everywhere')
@@ -100,6 +102,7 @@ Register-ArgumentCompleter -Native -CommandName 'tensor-iroh' -ScriptBlock {
             [CompletionResult]::new('--sizes', '--sizes', [CompletionResultType]::ParameterName, 'Sizes to measure, with K, M, G or T suffixes (binary; 1.5M is fine)')
             [CompletionResult]::new('--iters', '--iters', [CompletionResultType]::ParameterName, 'Round trips per size [default: enough to move 768 MiB, between 3 and 200]')
             [CompletionResult]::new('--concurrency', '--concurrency', [CompletionResultType]::ParameterName, 'Small tensors in flight at once for the tensors-per-second figure')
+            [CompletionResult]::new('--compress', '--compress', [CompletionResultType]::ParameterName, 'Compress on the way (the data is then synthetic bf16 weights, not random bytes): `on` measures the codec, `auto` the default of send and pull; `off` measures the transport alone')
             [CompletionResult]::new('--relay', '--relay', [CompletionResultType]::ParameterName, 'Relay servers: `default` (iroh''s public relays), `disabled`, or a relay URL')
             [CompletionResult]::new('--key', '--key', [CompletionResultType]::ParameterName, 'Secret key file (64 hex characters), created with mode 0600 when missing; without it, IROH_SECRET or a fresh key')
             [CompletionResult]::new('--congestion', '--congestion', [CompletionResultType]::ParameterName, 'Congestion controller: `auto` is BBR on paths of 4 ms or more (it holds its rate through random loss) and CUBIC on shorter ones; `bbr` or `cubic` everywhere')

@@ -83,7 +83,7 @@ _tensor__iroh() {
             return 0
             ;;
         tensor__subcmd__iroh__subcmd__bench)
-            opts="-v -q -h --sizes --iters --concurrency --raw --json --relay --key --congestion --timeout --verbose --quiet --color --help"
+            opts="-v -q -h --sizes --iters --concurrency --raw --json --compress --relay --key --congestion --timeout --verbose --quiet --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -98,6 +98,10 @@ _tensor__iroh() {
                     return 0
                     ;;
                 --concurrency)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --compress)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -327,13 +331,17 @@ _tensor__iroh() {
             return 0
             ;;
         tensor__subcmd__iroh__subcmd__pull)
-            opts="-v -q -h --out --stdout --list --json --force --relay --key --congestion --timeout --verbose --quiet --color --help"
+            opts="-v -q -h --out --stdout --list --json --force --compress --relay --key --congestion --timeout --verbose --quiet --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --out)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --compress)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -365,7 +373,7 @@ _tensor__iroh() {
             return 0
             ;;
         tensor__subcmd__iroh__subcmd__send)
-            opts="-v -q -h --name --to --json --relay --key --congestion --timeout --verbose --quiet --color --help"
+            opts="-v -q -h --name --to --json --compress --relay --key --congestion --timeout --verbose --quiet --color --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -376,6 +384,10 @@ _tensor__iroh() {
                     return 0
                     ;;
                 --to)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --compress)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

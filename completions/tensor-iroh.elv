@@ -58,6 +58,7 @@ set edit:completion:arg-completer[tensor-iroh] = {|@words|
         &'tensor-iroh;send'= {
             cand --name 'Name the receiver stores the file under (one file only)'
             cand --to 'Another listener to send the same files to, concurrently (repeatable)'
+            cand --compress 'Compress tensor data on the way, losslessly (floats by byte planes): `auto` does while the link is slower than this machine compresses, `on` always, `off` never'
             cand --relay 'Relay servers: `default` (iroh''s public relays), `disabled`, or a relay URL'
             cand --key 'Secret key file (64 hex characters), created with mode 0600 when missing; without it, IROH_SECRET or a fresh key'
             cand --congestion 'Congestion controller: `auto` is BBR on paths of 4 ms or more (it holds its rate through random loss) and CUBIC on shorter ones; `bbr` or `cubic` everywhere'
@@ -73,6 +74,7 @@ set edit:completion:arg-completer[tensor-iroh] = {|@words|
         }
         &'tensor-iroh;pull'= {
             cand --out 'Directory to write to [default: the current directory]'
+            cand --compress 'Compress tensor data on the way, losslessly (floats by byte planes): `auto` does while the link is slower than this machine compresses, `on` always, `off` never'
             cand --relay 'Relay servers: `default` (iroh''s public relays), `disabled`, or a relay URL'
             cand --key 'Secret key file (64 hex characters), created with mode 0600 when missing; without it, IROH_SECRET or a fresh key'
             cand --congestion 'Congestion controller: `auto` is BBR on paths of 4 ms or more (it holds its rate through random loss) and CUBIC on shorter ones; `bbr` or `cubic` everywhere'
@@ -93,6 +95,7 @@ set edit:completion:arg-completer[tensor-iroh] = {|@words|
             cand --sizes 'Sizes to measure, with K, M, G or T suffixes (binary; 1.5M is fine)'
             cand --iters 'Round trips per size [default: enough to move 768 MiB, between 3 and 200]'
             cand --concurrency 'Small tensors in flight at once for the tensors-per-second figure'
+            cand --compress 'Compress on the way (the data is then synthetic bf16 weights, not random bytes): `on` measures the codec, `auto` the default of send and pull; `off` measures the transport alone'
             cand --relay 'Relay servers: `default` (iroh''s public relays), `disabled`, or a relay URL'
             cand --key 'Secret key file (64 hex characters), created with mode 0600 when missing; without it, IROH_SECRET or a fresh key'
             cand --congestion 'Congestion controller: `auto` is BBR on paths of 4 ms or more (it holds its rate through random loss) and CUBIC on shorter ones; `bbr` or `cubic` everywhere'

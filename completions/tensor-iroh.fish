@@ -57,6 +57,7 @@ complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand listen" -s q -l 
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand listen" -s h -l help -d 'Print help'
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand send" -l name -d 'Name the receiver stores the file under (one file only)' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand send" -l to -d 'Another listener to send the same files to, concurrently (repeatable)' -r
+complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand send" -l compress -d 'Compress tensor data on the way, losslessly (floats by byte planes): `auto` does while the link is slower than this machine compresses, `on` always, `off` never' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand send" -l relay -d 'Relay servers: `default` (iroh\'s public relays), `disabled`, or a relay URL' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand send" -l key -d 'Secret key file (64 hex characters), created with mode 0600 when missing; without it, IROH_SECRET or a fresh key' -r -F
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand send" -l congestion -d 'Congestion controller: `auto` is BBR on paths of 4 ms or more (it holds its rate through random loss) and CUBIC on shorter ones; `bbr` or `cubic` everywhere' -r
@@ -69,6 +70,7 @@ complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand send" -s v -l ve
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand send" -s q -l quiet -d 'Only errors and warnings on stderr; no progress bars'
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand send" -s h -l help -d 'Print help'
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand pull" -l out -d 'Directory to write to [default: the current directory]' -r -F
+complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand pull" -l compress -d 'Compress tensor data on the way, losslessly (floats by byte planes): `auto` does while the link is slower than this machine compresses, `on` always, `off` never' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand pull" -l relay -d 'Relay servers: `default` (iroh\'s public relays), `disabled`, or a relay URL' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand pull" -l key -d 'Secret key file (64 hex characters), created with mode 0600 when missing; without it, IROH_SECRET or a fresh key' -r -F
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand pull" -l congestion -d 'Congestion controller: `auto` is BBR on paths of 4 ms or more (it holds its rate through random loss) and CUBIC on shorter ones; `bbr` or `cubic` everywhere' -r
@@ -86,6 +88,7 @@ complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand pull" -s h -l he
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -l sizes -d 'Sizes to measure, with K, M, G or T suffixes (binary; 1.5M is fine)' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -l iters -d 'Round trips per size [default: enough to move 768 MiB, between 3 and 200]' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -l concurrency -d 'Small tensors in flight at once for the tensors-per-second figure' -r
+complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -l compress -d 'Compress on the way (the data is then synthetic bf16 weights, not random bytes): `on` measures the codec, `auto` the default of send and pull; `off` measures the transport alone' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -l relay -d 'Relay servers: `default` (iroh\'s public relays), `disabled`, or a relay URL' -r
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -l key -d 'Secret key file (64 hex characters), created with mode 0600 when missing; without it, IROH_SECRET or a fresh key' -r -F
 complete -c tensor-iroh -n "__fish_tensor_iroh_using_subcommand bench" -l congestion -d 'Congestion controller: `auto` is BBR on paths of 4 ms or more (it holds its rate through random loss) and CUBIC on shorter ones; `bbr` or `cubic` everywhere' -r

@@ -10,7 +10,8 @@ use std::sync::{Arc, RwLock};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 
-use crate::formats::{Format, SafetensorsBuilder, TensorFile, files_in};
+use crate::codec::{Kind, Layout};
+use crate::formats::{Format, SafetensorsBuilder, TensorFile, coding_kind, files_in};
 use crate::protocol::transfer::{Segment, Source, file_offer};
 use crate::protocol::wire::{CatalogFile, Offer, TensorEntry, TensorRef};
 
@@ -121,7 +122,7 @@ impl Catalog {
         let handle = Arc::new(open(&file)?);
         let mut builder = SafetensorsBuilder::new(file.metadata.clone());
         let mut segments = Vec::new();
-        let mut count = 0;
+        let mut kinds = Vec::new();
         for tensor in file.tensors.iter().filter(|t| names.contains(&t.name)) {
             builder.push(
                 &tensor.name,
@@ -130,8 +131,9 @@ impl Catalog {
                 tensor.byte_len(),
             )?;
             push_range(&mut segments, &handle, tensor.data.start, tensor.byte_len());
-            count += 1;
+            kinds.push((tensor.byte_len(), coding_kind(&tensor.dtype)));
         }
+        let count = kinds.len();
         if count != names.len() {
             let missing = names
                 .iter()
@@ -141,6 +143,7 @@ impl Catalog {
             bail!("{name} has no tensor named {missing:?}");
         }
         let header = builder.header();
+        let layout = layout_after(header.len() as u64, &kinds);
         segments.insert(0, Segment::Bytes(Bytes::from(header.clone())));
         Ok(Source::new(
             format!("{}.safetensors", file.stem()),
@@ -148,7 +151,8 @@ impl Catalog {
             count as u64,
             &header,
             segments,
-        ))
+        )
+        .with_layout(layout))
     }
 
     /// One safetensors file holding the given tensors of any served files, in the
@@ -178,6 +182,7 @@ impl Catalog {
         }
         let mut builder = SafetensorsBuilder::new(metadata);
         let mut segments = Vec::new();
+        let mut kinds = Vec::new();
         for (file, tensor) in &parts {
             let tensor = &file.tensors[*tensor];
             builder.push(
@@ -186,6 +191,8 @@ impl Catalog {
                 &tensor.shape,
                 tensor.byte_len(),
             )?;
+            // Converted .npy data is little-endian like any other here.
+            kinds.push((tensor.byte_len(), coding_kind(&tensor.dtype)));
             let handle = Arc::new(open(file)?);
             match &file.npy {
                 Some(_) if tensor.dtype == "C128" => {
@@ -203,6 +210,7 @@ impl Catalog {
             }
         }
         let header = builder.header();
+        let layout = layout_after(header.len() as u64, &kinds);
         segments.insert(0, Segment::Bytes(Bytes::from(header.clone())));
         Ok(Source::new(
             "selection.safetensors".to_string(),
@@ -210,7 +218,8 @@ impl Catalog {
             parts.len() as u64,
             &header,
             segments,
-        ))
+        )
+        .with_layout(layout))
     }
 }
 
@@ -235,7 +244,20 @@ pub fn whole_file(file: &TensorFile, offer: Offer) -> Result<Source> {
             offset: 0,
             len: file.size,
         }],
-    ))
+    )
+    .with_layout(file.layout()))
+}
+
+/// The layout of tensors of `(bytes, kind)` laid end to end after a header
+/// of `header_len` bytes, as a built safetensors file has them.
+fn layout_after(header_len: u64, kinds: &[(u64, Kind)]) -> Layout {
+    let mut layout = Layout::default();
+    let mut at = header_len;
+    for &(len, kind) in kinds {
+        layout.push(at, len, kind);
+        at += len;
+    }
+    layout
 }
 
 fn open(file: &TensorFile) -> Result<File> {

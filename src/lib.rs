@@ -1,10 +1,12 @@
 //! tensor-iroh moves `.npy` and `.safetensors` files between machines over iroh.
 //!
 //! The binary's subcommands live in [`commands`]; they wire together the file
-//! [`formats`], the network [`protocol`], the listener's [`service`], its output
-//! [`store`] and served [`catalog`], and the terminal [`ui`].
+//! [`formats`], their lossless [`codec`], the network [`protocol`], the
+//! listener's [`service`], its output [`store`] and served [`catalog`], and the
+//! terminal [`ui`].
 
 pub mod catalog;
+pub mod codec;
 pub mod commands;
 pub mod file_version;
 pub mod formats;

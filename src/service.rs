@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::catalog::Catalog;
+use crate::protocol::coding::{Coding, Compress};
+use crate::protocol::governor::Governor;
 use crate::protocol::liveness::Liveness;
 use crate::protocol::pool::peer_answers;
 use crate::protocol::stream::{FrameReader, FrameWriter};
@@ -99,6 +101,8 @@ pub struct Service {
     stdout_lock: Arc<tokio::sync::Mutex<()>>,
     /// The listener's budget of extra streams for striped transfers.
     extra_streams: Arc<Semaphore>,
+    /// Decides for the pulls that ask `--compress auto` whether coding pays.
+    governor: Arc<Governor>,
 }
 
 /// What the streams of one connection share.
@@ -125,6 +129,7 @@ impl Service {
             stdout_spoiled: Arc::default(),
             stdout_lock: Arc::new(tokio::sync::Mutex::new(())),
             extra_streams: Arc::new(Semaphore::new(EXTRA_STREAMS)),
+            governor: Arc::default(),
         })
     }
 
@@ -334,6 +339,11 @@ impl Service {
         Ok(())
     }
 
+    /// How a pull that asked for `compress` is coded.
+    fn coding(&self, compress: Compress) -> Coding {
+        Coding::new(compress, self.governor.clone())
+    }
+
     async fn serve_fetch(
         &self,
         peer: EndpointId,
@@ -345,10 +355,19 @@ impl Service {
         let started = Instant::now();
         let source = match (&self.catalog, request) {
             (None, _) => Err(anyhow!(NOTHING_SERVED)),
-            (Some(catalog), Message::Fetch { file, tensors }) => {
-                catalog.source(file, tensors.as_deref())
-            }
-            (Some(catalog), Message::FetchMerged { tensors }) => catalog.merged(tensors),
+            (
+                Some(catalog),
+                Message::Fetch {
+                    file,
+                    tensors,
+                    compress,
+                },
+            ) => catalog
+                .source(file, tensors.as_deref())
+                .map(|source| source.coded_by(self.coding(*compress))),
+            (Some(catalog), Message::FetchMerged { tensors, compress }) => catalog
+                .merged(tensors)
+                .map(|source| source.coded_by(self.coding(*compress))),
             _ => unreachable!("serve_fetch is called for fetch requests"),
         };
         let source = match source {

@@ -11,7 +11,7 @@ use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, Prog
 use serde_json::Value;
 
 use crate::protocol::path::{PathReport, PeerPath};
-use crate::protocol::transfer::Progress;
+use crate::protocol::transfer::{Progress, Traffic};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ColorChoice {
@@ -170,9 +170,23 @@ pub struct Totals {
     pub files: u64,
     /// File bytes.
     pub bytes: u64,
-    /// Data bytes that crossed the network (fewer after a resume).
+    /// The bytes of data that crossed the network, on the wire: fewer after a
+    /// resume, and fewer where chunks were coded.
     pub sent_bytes: u64,
+    /// The file bytes those carried.
+    pub data_bytes: u64,
     pub failed: usize,
+}
+
+impl Totals {
+    /// File bytes per wire byte, as in the `compression` of JSON events.
+    pub fn compression(&self) -> f64 {
+        Traffic {
+            data_bytes: self.data_bytes,
+            wire_bytes: self.sent_bytes,
+        }
+        .compression()
+    }
 }
 
 /// Files counted as each finishes, for the closing line of a send or pull,
@@ -197,12 +211,13 @@ impl Tally {
         }
     }
 
-    /// A file of `bytes` is stored; `sent_bytes` of its data crossed the network.
-    pub fn stored(&self, bytes: u64, sent_bytes: u64) {
+    /// A file of `bytes` is stored, after `traffic` crossed the network.
+    pub fn stored(&self, bytes: u64, traffic: Traffic) {
         if let Ok(mut counted) = self.0.lock() {
             counted.totals.files += 1;
             counted.totals.bytes += bytes;
-            counted.totals.sent_bytes += sent_bytes;
+            counted.totals.sent_bytes += traffic.wire_bytes;
+            counted.totals.data_bytes += traffic.data_bytes;
         }
     }
 
@@ -226,7 +241,10 @@ impl Tally {
         };
         let mut totals = counted.totals.clone();
         totals.failed = counted.planned.saturating_sub(totals.files as usize).max(1);
-        totals.sent_bytes = counted.progress.as_ref().map_or(0, Progress::get);
+        if let Some(progress) = &counted.progress {
+            totals.sent_bytes = progress.wire();
+            totals.data_bytes = progress.get();
+        }
         totals
     }
 }
@@ -257,6 +275,7 @@ impl Ui {
                 "failed": totals.failed,
                 "bytes": totals.bytes,
                 "sent_bytes": totals.sent_bytes,
+                "compression": rounded(totals.compression()),
                 "seconds": elapsed.as_secs_f64(),
                 "mb_per_s": mb_per_s(totals.bytes, elapsed),
                 "error": error.map(|err| one_line(&format!("{err:#}"))),
@@ -420,6 +439,11 @@ pub fn moved_note(moved: u64, size: u64, verb: &str) -> String {
 }
 
 /// Megabytes (10^6 bytes) per second, the unit of every rate we print.
+/// A ratio to three decimals, as JSON events give it.
+pub fn rounded(ratio: f64) -> f64 {
+    (ratio * 1000.0).round() / 1000.0
+}
+
 pub fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
     let seconds = elapsed.as_secs_f64();
     if seconds <= 0.0 {

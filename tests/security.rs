@@ -15,13 +15,14 @@ use bytes::Bytes;
 use common::*;
 use iroh::EndpointAddr;
 use tensor_iroh::catalog::whole_file_offer;
+use tensor_iroh::codec::{Encoder, Kind, Region};
 use tensor_iroh::formats::TensorFile;
 use tensor_iroh::protocol::endpoint::{self, EndpointOptions, Relay, parse_ticket};
 use tensor_iroh::protocol::pool::Pool;
 use tensor_iroh::protocol::stream::{Frame, FrameReader, FrameWriter};
 use tensor_iroh::protocol::transport::{Congestion, Transport};
 use tensor_iroh::protocol::wire::{
-    CHUNK_SIZE, Hash, Message, Offer, chunk_header, end_frame, kept_frame,
+    CHUNK_SIZE, Hash, Message, Offer, chunk_header, coded_block_header, end_frame, kept_frame,
 };
 
 const IDENTITY: &str = "0123456789abcdef0123456789abcdef";
@@ -350,7 +351,7 @@ fn upload(offer: Offer) -> Vec<Vec<u8>> {
 /// `data` (one chunk) as an honest sender frames it after its offer.
 fn chunk(index: u32, data: &[u8], hash: &Hash) -> Vec<Vec<u8>> {
     vec![
-        chunk_header(index, data.len() as u32).to_vec(),
+        chunk_header(index, data.len() as u32, false).to_vec(),
         data.to_vec(),
         hash.to_vec(),
     ]
@@ -554,10 +555,10 @@ async fn malformed_frames_and_silent_peers_do_not_stop_the_listener() {
     let mut wrong_index = upload(offer("index.npy", 4, true));
     wrong_index.extend(chunk(3, &data, &hash));
     let mut wrong_length = upload(offer("length.npy", 4, true));
-    wrong_length.push(chunk_header(0, 5).to_vec());
+    wrong_length.push(chunk_header(0, 5, false).to_vec());
     wrong_length.push(vec![0; 5]);
     let mut endless = upload(offer("endless.npy", 4, true));
-    endless.push(chunk_header(0, u32::MAX).to_vec());
+    endless.push(chunk_header(0, u32::MAX, false).to_vec());
     let mut kept = upload(offer("kept.npy", 4, true));
     kept.push(kept_frame(0).to_vec());
     let mut early_end = upload(offer("early.npy", 4, true));
@@ -591,6 +592,12 @@ async fn malformed_frames_and_silent_peers_do_not_stop_the_listener() {
         failed_with(&answers, &["badend.npy", "hash"]),
         "{answers:?}"
     );
+
+    // Coded chunks that lie: about their length, their coding or their data.
+    for (frames, name, says) in coded_lies() {
+        let answers = hostile.exchange(&frames).await;
+        assert!(failed_with(&answers, &[name, says]), "{name}: {answers:?}");
+    }
 
     // A striped upload whose sender opens the same stripe twice fails, and the
     // listener says why on the offer's stream.
@@ -700,4 +707,62 @@ async fn malformed_frames_and_silent_peers_do_not_stop_the_listener() {
     );
     hostile.pool.close().await;
     crowd.pool.close().await;
+}
+
+/// Uploads of one coded chunk that an honest sender never sends, the file
+/// each names and what the listener's failure must say.
+fn coded_lies() -> Vec<(Vec<Vec<u8>>, &'static str, &'static str)> {
+    let data = vec![0u8; 4096];
+    let hash = *blake3::hash(&data).as_bytes();
+    let mut coded = Vec::new();
+    let region = Region {
+        len: data.len(),
+        kind: Kind::General,
+    };
+    assert!(Encoder::new().unwrap().encode(&data, &[region], &mut coded));
+    let coded_upload = |name: &str, block: Vec<Vec<u8>>, hash: &Hash| {
+        let mut frames = upload(offer(name, data.len() as u64, true));
+        frames.push(chunk_header(0, data.len() as u32, true).to_vec());
+        frames.extend(block);
+        frames.push(hash.to_vec());
+        frames.push(end_frame(hash).to_vec());
+        frames
+    };
+    let block = |len: u32, payload: &[u8]| {
+        vec![
+            coded_block_header(len, payload.len() as u32).to_vec(),
+            payload.to_vec(),
+        ]
+    };
+    let mut garbage = coded.clone();
+    let middle = garbage.len() / 2;
+    garbage[middle] ^= 0x55;
+    let other = *blake3::hash(b"other").as_bytes();
+    vec![
+        (
+            coded_upload("longer.npy", block(8192, &coded), &hash),
+            "longer.npy",
+            "block",
+        ),
+        (
+            coded_upload("bomb.npy", block(64 << 20, &coded), &hash),
+            "bomb.npy",
+            "out of bounds",
+        ),
+        (
+            coded_upload("garbled.npy", block(4096, &garbage), &hash),
+            "garbled.npy",
+            "corrupted",
+        ),
+        (
+            coded_upload("forged.npy", block(4096, &coded), &other),
+            "forged.npy",
+            "hash",
+        ),
+        (
+            coded_upload("inflated.npy", block(4096, &vec![0; 4096]), &hash),
+            "inflated.npy",
+            "out of bounds",
+        ),
+    ]
 }

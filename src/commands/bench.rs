@@ -16,15 +16,17 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::{NetArgs, TimeoutArgs, parse_tickets};
+use crate::codec::{Kind, Layout};
 use crate::protocol::client;
+use crate::protocol::coding::{Coding, Compress};
 use crate::protocol::endpoint::{self, EndpointOptions, Relay};
 use crate::protocol::path::{PathReport, PeerPath};
 use crate::protocol::pool::Pool;
 use crate::protocol::stripes::Striping;
-use crate::protocol::transfer::{Progress, Segment, Source};
+use crate::protocol::transfer::{Progress, Segment, Source, Traffic};
 use crate::protocol::transport::{Congestion, Transport};
 use crate::service::{STALL_TIMEOUT, Service, Uploads};
-use crate::ui::{Ui, human_bytes, mb_per_s};
+use crate::ui::{Ui, human_bytes, mb_per_s, rounded};
 
 const EXAMPLES: &str = "Examples:
   tensor-iroh bench                                   # against a listener in this process
@@ -64,6 +66,11 @@ pub struct BenchArgs {
     /// One JSON object per size on stdout and nothing else
     #[arg(long)]
     pub json: bool,
+    /// Compress on the way (the data is then synthetic bf16 weights, not random
+    /// bytes): `on` measures the codec, `auto` the default of send and pull;
+    /// `off` measures the transport alone
+    #[arg(long, default_value = "off", value_name = "auto|on|off")]
+    pub compress: Compress,
     #[command(flatten)]
     pub net: NetArgs,
     #[command(flatten)]
@@ -130,6 +137,8 @@ struct Row {
     p50: Duration,
     p99: Duration,
     mb_per_s: f64,
+    /// File bytes per wire byte.
+    compression: f64,
     /// The path to the listener after this size: counters cover the run so far.
     path: Option<PathReport>,
 }
@@ -178,10 +187,18 @@ async fn measure(args: &BenchArgs, ui: &Ui, pool: &Arc<Pool>, addr: &EndpointAdd
     let started = Instant::now();
     pool.connection(addr).await?;
     let connect = started.elapsed();
-    let block = random_block();
-
+    let coding = Coding::new(args.compress, Arc::default());
+    let block = if coding.in_blocks() {
+        weights_block()
+    } else {
+        random_block()
+    };
+    let how = How {
+        raw: args.raw,
+        coding,
+    };
     let tensors_per_s =
-        small_tensor_rate(pool, addr, &block, args.concurrency as usize, args.raw).await?;
+        small_tensor_rate(pool, addr, &block, args.concurrency as usize, &how).await?;
     // Each size is reported as soon as it is measured: a run that fails later
     // keeps what it measured.
     report_header(ui, connect, tensors_per_s);
@@ -192,10 +209,13 @@ async fn measure(args: &BenchArgs, ui: &Ui, pool: &Arc<Pool>, addr: &EndpointAdd
         );
         let pieces = pieces_of(&block, size);
         let mut times = Vec::with_capacity(iters);
+        let mut traffic = Traffic::default();
         for _ in 0..iters {
             let started = Instant::now();
-            one_transfer(pool, addr, &pieces, args.raw).await?;
+            let sent = one_transfer(pool, addr, &pieces, &how).await?;
             times.push(started.elapsed());
+            traffic.data_bytes += sent.data_bytes;
+            traffic.wire_bytes += sent.wire_bytes;
         }
         let total: Duration = times.iter().sum();
         times.sort();
@@ -205,6 +225,7 @@ async fn measure(args: &BenchArgs, ui: &Ui, pool: &Arc<Pool>, addr: &EndpointAdd
             p50: percentile(&times, 50),
             p99: percentile(&times, 99),
             mb_per_s: mb_per_s(size * iters as u64, total),
+            compression: traffic.compression(),
             path: PathReport::to_peer(pool, &addr.id).await,
         };
         report_row(ui, args.raw, connect, tensors_per_s, &row);
@@ -212,22 +233,44 @@ async fn measure(args: &BenchArgs, ui: &Ui, pool: &Arc<Pool>, addr: &EndpointAdd
     Ok(())
 }
 
-/// Sends one file of `pieces` (checked and acknowledged), or one bare stream.
-async fn one_transfer(pool: &Pool, addr: &EndpointAddr, pieces: &[Bytes], raw: bool) -> Result<()> {
-    if raw {
-        return client::raw_upload(pool, addr, pieces).await;
+/// How each transfer goes: on a bare stream, or as a file coded by `coding`.
+#[derive(Clone)]
+struct How {
+    raw: bool,
+    coding: Coding,
+}
+
+/// Sends one file of `pieces` (checked and acknowledged), or one bare stream;
+/// returns what crossed the network.
+async fn one_transfer(
+    pool: &Pool,
+    addr: &EndpointAddr,
+    pieces: &[Bytes],
+    how: &How,
+) -> Result<Traffic> {
+    let size = pieces.iter().map(|piece| piece.len() as u64).sum();
+    if how.raw {
+        client::raw_upload(pool, addr, pieces).await?;
+        return Ok(Traffic {
+            data_bytes: size,
+            wire_bytes: size,
+        });
     }
     let segments = pieces.iter().cloned().map(Segment::Bytes).collect();
+    let mut layout = Layout::default();
+    layout.push(0, size, Kind::Float { width: 2 });
     let mut source = Source::new(
         "bench.safetensors".into(),
         "safetensors",
         1,
         b"bench",
         segments,
-    );
+    )
+    .with_layout(layout)
+    .coded_by(how.coding.clone());
     source.offer.discard = true;
     // Timed one at a time, so each takes the streams a lone file gets.
-    client::upload(
+    let sent = client::upload(
         pool,
         addr,
         &source,
@@ -235,7 +278,7 @@ async fn one_transfer(pool: &Pool, addr: &EndpointAddr, pieces: &[Bytes], raw: b
         &Progress::default(),
     )
     .await?;
-    Ok(())
+    Ok(sent.traffic)
 }
 
 /// Tensors per second for many small files, `concurrency` of them in flight.
@@ -244,17 +287,23 @@ async fn small_tensor_rate(
     addr: &EndpointAddr,
     block: &Bytes,
     concurrency: usize,
-    raw: bool,
+    how: &How,
 ) -> Result<f64> {
     let pieces = Arc::new(pieces_of(block, SMALL_TENSOR_BYTES as u64));
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut workers = JoinSet::new();
     for _ in 0..concurrency {
-        let (pool, addr, pieces, next) = (pool.clone(), addr.clone(), pieces.clone(), next.clone());
+        let (pool, addr, pieces, next, how) = (
+            pool.clone(),
+            addr.clone(),
+            pieces.clone(),
+            next.clone(),
+            how.clone(),
+        );
         workers.spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < SMALL_TENSORS {
-                one_transfer(&pool, &addr, &pieces, raw).await?;
+                one_transfer(&pool, &addr, &pieces, &how).await?;
             }
             anyhow::Ok(())
         });
@@ -274,6 +323,27 @@ fn pieces_of(block: &Bytes, size: u64) -> Vec<Bytes> {
         left -= take as u64;
     }
     pieces
+}
+
+/// Bench data that compresses like trained weights: bf16 values spread around
+/// zero as a normal distribution of deviation 0.02 (an initialised layer).
+fn weights_block() -> Bytes {
+    let mut state = 0x2545_f491_4f6c_dd1du64 ^ std::process::id() as u64;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut block = Vec::with_capacity(BLOCK);
+    while block.len() < BLOCK {
+        // Box-Muller: two uniforms make a normal sample.
+        let (u, v) = (uniform().max(f64::MIN_POSITIVE), uniform());
+        let normal = (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos();
+        let bits = ((normal * 0.02) as f32).to_bits();
+        block.extend_from_slice(&((bits >> 16) as u16).to_le_bytes());
+    }
+    Bytes::from(block)
 }
 
 fn random_block() -> Bytes {
@@ -324,6 +394,7 @@ fn report_row(ui: &Ui, raw: bool, connect: Duration, tensors_per_s: f64, row: &R
             "connect_ms": connect.as_secs_f64() * 1e3,
             "tensors_per_s": tensors_per_s,
             "raw": raw,
+            "compression": rounded(row.compression),
             "path": row.path,
         }));
         return;

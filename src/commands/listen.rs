@@ -18,7 +18,7 @@ use crate::catalog::Catalog;
 use crate::protocol::endpoint::{self, AllowList, EndpointOptions};
 use crate::service::{Event, STALL_TIMEOUT, Service, Uploads};
 use crate::store::Store;
-use crate::ui::{Ui, count, human_bytes, mb_per_s};
+use crate::ui::{Ui, count, human_bytes, mb_per_s, rounded};
 
 const EXAMPLES: &str = "Examples:
   tensor-iroh listen --out ./incoming
@@ -241,12 +241,13 @@ fn report(ui: &Ui, event: Event) {
                     "sent_name": offer.name,
                     "tensors": offer.tensors,
                     "bytes": offer.size,
-                    "received_bytes": received.received_bytes,
+                    "received_bytes": received.traffic.wire_bytes,
+                    "compression": rounded(received.traffic.compression()),
                     "blake3": received.hash,
                     "replaced": received.replaced,
                     "peer": peer.to_string(),
                     "seconds": elapsed.as_secs_f64(),
-                    "mb_per_s": mb_per_s(received.received_bytes, elapsed),
+                    "mb_per_s": mb_per_s(received.traffic.data_bytes, elapsed),
                 }));
             } else {
                 let renamed = if received.replaced {
@@ -263,7 +264,7 @@ fn report(ui: &Ui, event: Event) {
                     count(offer.tensors, "tensor"),
                     human_bytes(offer.size),
                     peer.fmt_short(),
-                    mb_per_s(received.received_bytes, elapsed),
+                    mb_per_s(received.traffic.data_bytes, elapsed),
                 ));
             }
         }

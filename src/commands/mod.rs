@@ -16,6 +16,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use iroh::{Endpoint, EndpointAddr, EndpointId};
 
+use crate::protocol::coding::{Coding, Compress};
 use crate::protocol::endpoint::{self, EndpointOptions, KeySource, Relay};
 use crate::protocol::path::PeerPath;
 use crate::protocol::pool::Pool;
@@ -80,6 +81,23 @@ pub struct NetArgs {
     /// `cubic` everywhere
     #[arg(long, default_value = "auto", value_name = "auto|bbr|cubic")]
     pub congestion: Congestion,
+}
+
+/// Whether data is compressed on the way.
+#[derive(Debug, Clone, Args)]
+pub struct CompressArgs {
+    /// Compress tensor data on the way, losslessly (floats by byte planes):
+    /// `auto` does while the link is slower than this machine compresses, `on`
+    /// always, `off` never
+    #[arg(long, default_value = "auto", value_name = "auto|on|off")]
+    pub compress: Compress,
+}
+
+impl CompressArgs {
+    /// The coding stage for this command's transfers.
+    pub fn coding(&self) -> Coding {
+        Coding::new(self.compress, Arc::default())
+    }
 }
 
 /// Bounds on a dialer's waits.

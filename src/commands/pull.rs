@@ -15,10 +15,12 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::{
-    NetArgs, Reached, TimeoutArgs, first_failure, interrupted, parse_tickets, paths_then_close,
+    CompressArgs, NetArgs, Reached, TimeoutArgs, first_failure, interrupted, parse_tickets,
+    paths_then_close,
 };
 use crate::formats::Format;
 use crate::protocol::client;
+use crate::protocol::coding::Compress;
 use crate::protocol::path::PathReport;
 use crate::protocol::pool::Pool;
 use crate::protocol::stripes::Striping;
@@ -26,7 +28,9 @@ use crate::protocol::transfer::{Progress, Received, Sink};
 use crate::protocol::wire::{CatalogFile, Message, Offer, TensorRef};
 use crate::service::StdoutSink;
 use crate::store::Store;
-use crate::ui::{Moved, Tally, Totals, Ui, count, human_bytes, mb_per_s, moved_note, printable};
+use crate::ui::{
+    Moved, Tally, Totals, Ui, count, human_bytes, mb_per_s, moved_note, printable, rounded,
+};
 
 /// Files fetched at once, each on its own stream.
 const FILES_IN_FLIGHT: usize = 4;
@@ -62,6 +66,8 @@ pub struct PullArgs {
     /// Overwrite files of the same name instead of choosing a new name
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub compress: CompressArgs,
     #[command(flatten)]
     pub net: NetArgs,
     #[command(flatten)]
@@ -143,14 +149,15 @@ async fn pull_all(
         let catalog = client::catalog(&pool, &addr).await?;
         let wanted = patterns.select(&catalog, args.stdout)?;
         let outcomes = if args.stdout {
-            let outcome = fetch_to_stdout(&pool, &addr, &wanted).await;
+            let outcome = fetch_to_stdout(&pool, &addr, &wanted, args.compress.compress).await;
             if let Ok((received, _)) = &outcome {
-                tally.stored(received.offer.size, received.received_bytes);
+                tally.stored(received.offer.size, received.traffic);
             }
             vec![outcome]
         } else {
             let store = Store::open(&args.out.clone().unwrap_or_else(|| ".".into()), args.force)?;
-            fetch_to_store(&pool, &addr, store, wanted, ui, tally).await
+            let compress = args.compress.compress;
+            fetch_to_store(&pool, &addr, store, wanted, compress, ui, tally).await
         };
         let failures: Vec<_> = outcomes.into_iter().filter_map(Result::err).collect();
         Ok((tally.finished(failures.len()), first_failure(failures)))
@@ -277,7 +284,12 @@ fn selects(text: &str, glob: &GlobMatcher, name: &str) -> bool {
 
 type Outcome = Result<(Received, std::time::Duration)>;
 
-async fn fetch_to_stdout(pool: &Pool, addr: &iroh::EndpointAddr, wanted: &[Wanted]) -> Outcome {
+async fn fetch_to_stdout(
+    pool: &Pool,
+    addr: &iroh::EndpointAddr,
+    wanted: &[Wanted],
+    compress: Compress,
+) -> Outcome {
     let mut seen: HashMap<&str, &str> = HashMap::new();
     let mut refs = Vec::new();
     for file in wanted {
@@ -303,8 +315,12 @@ async fn fetch_to_stdout(pool: &Pool, addr: &iroh::EndpointAddr, wanted: &[Wante
         [one] if Format::from_name(&one.file) == Some(Format::Safetensors) => Message::Fetch {
             file: one.file.clone(),
             tensors: one.tensors.clone(),
+            compress,
         },
-        _ => Message::FetchMerged { tensors: refs },
+        _ => Message::FetchMerged {
+            tensors: refs,
+            compress,
+        },
     };
     let started = Instant::now();
     let received = client::fetch(
@@ -324,6 +340,7 @@ async fn fetch_to_store(
     addr: &iroh::EndpointAddr,
     store: Arc<Store>,
     wanted: Vec<Wanted>,
+    compress: Compress,
     ui: &Ui,
     tally: &Tally,
 ) -> Vec<Outcome> {
@@ -350,6 +367,7 @@ async fn fetch_to_store(
             let request = Message::Fetch {
                 file: item.file.clone(),
                 tensors: item.tensors,
+                compress,
             };
             let received = client::fetch(
                 &pool,
@@ -375,7 +393,7 @@ async fn fetch_to_store(
         let outcome =
             joined.unwrap_or_else(|err| Err(anyhow::anyhow!("a pull task failed: {err}")));
         if let Ok((received, elapsed)) = &outcome {
-            tally.stored(received.offer.size, received.received_bytes);
+            tally.stored(received.offer.size, received.traffic);
             let path = if ui.json_mode() {
                 PathReport::to_peer(pool, &addr.id).await
             } else {
@@ -405,8 +423,9 @@ fn report_file(
             "stored_as": received.stored_as,
             "tensors": offer.tensors,
             "bytes": offer.size,
-            "sent_bytes": received.received_bytes,
-            "moved": Moved::of(received.received_bytes, offer.size).as_str(),
+            "sent_bytes": received.traffic.wire_bytes,
+            "compression": rounded(received.traffic.compression()),
+            "moved": Moved::of(received.traffic.data_bytes, offer.size).as_str(),
             "blake3": received.hash,
             "replaced": received.replaced,
             "seconds": elapsed.as_secs_f64(),
@@ -420,7 +439,7 @@ fn report_file(
             ui.bold(&received.stored_as),
             count(offer.tensors, "tensor"),
             human_bytes(offer.size),
-            moved_note(received.received_bytes, offer.size, "received"),
+            moved_note(received.traffic.data_bytes, offer.size, "received"),
             if received.replaced {
                 " (replacing the file that was there)"
             } else {

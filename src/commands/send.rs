@@ -12,17 +12,21 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::{
-    NetArgs, Reached, TimeoutArgs, first_failure, interrupted, parse_tickets, paths_then_close,
+    CompressArgs, NetArgs, Reached, TimeoutArgs, first_failure, interrupted, parse_tickets,
+    paths_then_close,
 };
 use crate::catalog::{whole_file, whole_file_offer};
 use crate::formats::{Format, TensorFile, files_in};
 use crate::protocol::client;
+use crate::protocol::coding::Coding;
 use crate::protocol::path::PathReport;
 use crate::protocol::pool::Pool;
 use crate::protocol::stripes::Striping;
 use crate::protocol::transfer::Progress;
 use crate::protocol::wire::Offer;
-use crate::ui::{Moved, Tally, Totals, Ui, count, human_bytes, mb_per_s, moved_note, one_line};
+use crate::ui::{
+    Moved, Tally, Totals, Ui, count, human_bytes, mb_per_s, moved_note, one_line, rounded,
+};
 
 /// Files in flight at once to one listener, each on its own stream.
 const FILES_IN_FLIGHT: usize = 4;
@@ -51,6 +55,8 @@ pub struct SendArgs {
     /// JSON lines on stdout: one object per file, then a summary
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub compress: CompressArgs,
     #[command(flatten)]
     pub net: NetArgs,
     #[command(flatten)]
@@ -87,7 +93,8 @@ pub async fn run(args: SendArgs, ui: Ui) -> Result<()> {
             Ok((targets, sources, pool)) => {
                 let peers = targets.iter().map(|target| target.id).collect();
                 reached.set((peers, pool.clone())).ok();
-                send_everywhere(targets, sources, pool, &ui, &tally).await
+                let coding = args.compress.coding();
+                send_everywhere(targets, sources, pool, coding, &ui, &tally).await
             }
             // Nothing was sent: every file named is one that failed.
             Err(err) => (
@@ -152,6 +159,7 @@ async fn send_everywhere(
     targets: Vec<EndpointAddr>,
     sources: Arc<Vec<Planned>>,
     pool: Arc<Pool>,
+    coding: Coding,
     ui: &Ui,
     tally: &Tally,
 ) -> (Totals, Result<()>) {
@@ -165,6 +173,7 @@ async fn send_everywhere(
             pool.clone(),
             addr,
             sources.clone(),
+            coding.clone(),
             progress.clone(),
             ui.clone(),
             tally.clone(),
@@ -181,7 +190,8 @@ async fn send_everywhere(
     // The pool stays open until the summary has read the paths off it.
     let mut totals = tally.finished(failures.len());
     // Counted as data goes out, so files that failed midway count too.
-    totals.sent_bytes = progress.get();
+    totals.sent_bytes = progress.wire();
+    totals.data_bytes = progress.get();
     (totals, first_failure(failures))
 }
 
@@ -242,6 +252,7 @@ async fn send_all(
     pool: Arc<Pool>,
     addr: EndpointAddr,
     sources: Arc<Vec<Planned>>,
+    coding: Coding,
     progress: Progress,
     ui: Ui,
     tally: Tally,
@@ -253,10 +264,11 @@ async fn send_all(
     let (shards_done, shards_failed) = watch::channel(if shards == 0 { Some(0) } else { None });
     let mut uploads = JoinSet::new();
     for index in 0..sources.len() {
-        let (pool, addr, sources, progress, slots, ui, mut shards_failed) = (
+        let (pool, addr, sources, coding, progress, slots, ui, mut shards_failed) = (
             pool.clone(),
             addr.clone(),
             sources.clone(),
+            coding.clone(),
             progress.clone(),
             slots.clone(),
             ui.clone(),
@@ -289,7 +301,7 @@ async fn send_all(
             let sent = async {
                 // The file must still be the one validated when the send began.
                 source.file.check_unchanged()?;
-                let opened = whole_file(&source.file, source.offer.clone())?;
+                let opened = whole_file(&source.file, source.offer.clone())?.coded_by(coding);
                 let striping = Striping::SharedAmong(sources.len().min(FILES_IN_FLIGHT));
                 client::upload(&pool, &addr, &opened, striping, &file_progress).await
             }
@@ -322,7 +334,7 @@ async fn send_all(
         }
         let offer = &sources[index].offer;
         if let Ok(sent) = &sent {
-            tally.stored(offer.size, sent.sent_bytes);
+            tally.stored(offer.size, sent.traffic);
             if ui.json_mode() {
                 let path = PathReport::to_peer(&pool, &addr.id).await;
                 ui.json(json!({
@@ -332,8 +344,9 @@ async fn send_all(
                     "peer": addr.id.to_string(),
                     "tensors": offer.tensors,
                     "bytes": offer.size,
-                    "sent_bytes": sent.sent_bytes,
-                    "moved": Moved::of(sent.sent_bytes, offer.size).as_str(),
+                    "sent_bytes": sent.traffic.wire_bytes,
+                    "compression": rounded(sent.traffic.compression()),
+                    "moved": Moved::of(sent.traffic.data_bytes, offer.size).as_str(),
                     "blake3": sent.hash,
                     "seconds": elapsed.as_secs_f64(),
                     "mb_per_s": mb_per_s(offer.size, elapsed),
@@ -345,7 +358,7 @@ async fn send_all(
                 } else {
                     String::new()
                 };
-                let resumed = moved_note(sent.sent_bytes, offer.size, "sent");
+                let resumed = moved_note(sent.traffic.data_bytes, offer.size, "sent");
                 ui.say(format!(
                     "{} {}{renamed} to {}: {}, {}{resumed}",
                     ui.green("sent"),

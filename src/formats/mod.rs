@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use crate::codec::{Kind, Layout};
 use crate::file_version::FileVersion;
 
 pub use self::safetensors::SafetensorsBuilder;
@@ -74,6 +75,21 @@ pub struct Tensor {
 impl Tensor {
     pub fn byte_len(&self) -> u64 {
         self.data.end - self.data.start
+    }
+}
+
+/// How the codec treats elements of `dtype` (safetensors spelling) stored
+/// little-endian: floats by their byte planes, fp8 and smaller floats as they
+/// are (their bytes hold little redundancy), anything else as general data.
+pub fn coding_kind(dtype: &str) -> Kind {
+    match dtype {
+        "BF16" | "F16" => Kind::Float { width: 2 },
+        "F32" | "C64" => Kind::Float { width: 4 },
+        "F64" | "C128" => Kind::Float { width: 8 },
+        small if small.starts_with("F8") || small.starts_with("F6") || small.starts_with("F4") => {
+            Kind::Stored
+        }
+        _ => Kind::General,
     }
 }
 
@@ -161,6 +177,24 @@ impl TensorFile {
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or_default()
+    }
+
+    /// Where this file's tensors lie by kind, to code pieces of it as it is
+    /// sent. Big-endian `.npy` data is left to general coding: byte planes
+    /// assume little-endian elements.
+    pub fn layout(&self) -> Layout {
+        let mut layout = Layout::default();
+        if self.npy.as_ref().is_some_and(|npy| npy.big_endian) {
+            return layout;
+        }
+        for tensor in &self.tensors {
+            layout.push(
+                tensor.data.start,
+                tensor.byte_len(),
+                coding_kind(&tensor.dtype),
+            );
+        }
+        layout
     }
 
     /// Fails when the file on disk is no longer the one that was validated.

@@ -48,6 +48,11 @@ impl Liveness {
         Liveness { connection, stall }
     }
 
+    /// The connection whose progress bounds the waits.
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
     /// How long the connection may stand still before its peer counts as gone.
     pub fn stall(&self) -> Duration {
         self.stall

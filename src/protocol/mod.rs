@@ -3,8 +3,10 @@
 //! the terminal or about where files live on disk.
 
 pub mod client;
+pub mod coding;
 pub mod congestion;
 pub mod endpoint;
+pub mod governor;
 pub mod hashing;
 pub mod liveness;
 pub mod path;
@@ -16,7 +18,7 @@ pub mod transport;
 pub mod wire;
 
 /// The versioned ALPN of this build's protocol.
-pub const ALPN: &[u8] = b"tensor-iroh/1";
+pub const ALPN: &[u8] = b"tensor-iroh/2";
 /// A version-neutral ALPN on which two builds of different versions can still
 /// tell each other which protocol they speak.
 pub const HELLO_ALPN: &[u8] = b"tensor-iroh/hello";

@@ -11,7 +11,8 @@ use tokio::io::AsyncReadExt;
 use super::explain;
 use super::liveness::Liveness;
 use super::wire::{
-    Hash, MAX_MESSAGE_BYTES, Message, TAG_CHUNK, TAG_END, TAG_KEPT, TAG_MESSAGE, WireError,
+    BLOCK_CODED, BLOCK_STORED, Hash, MAX_BLOCK, MAX_MESSAGE_BYTES, Message, TAG_CHUNK,
+    TAG_CODED_CHUNK, TAG_END, TAG_KEPT, TAG_MESSAGE, WireError,
 };
 
 /// Largest piece handed out of a chunk at once.
@@ -19,10 +20,12 @@ const MAX_READ: usize = 1 << 20;
 
 pub enum Frame {
     Message(Message),
-    /// A chunk's data follows: read it with [`FrameReader::data`], then its hash.
+    /// A chunk's data follows: read it with [`FrameReader::data_into`] (as
+    /// [`Block`]s where `coded`), then its hash.
     Chunk {
         index: u32,
         len: u32,
+        coded: bool,
     },
     Kept {
         index: u32,
@@ -30,6 +33,24 @@ pub enum Frame {
     End {
         hash: Hash,
     },
+}
+
+/// The header of a block of a coded chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Block {
+    /// `len` bytes follow as they are.
+    Stored { len: u32 },
+    /// `coded_len` bytes follow that decode to `len`.
+    Coded { len: u32, coded_len: u32 },
+}
+
+impl Block {
+    /// The bytes the block holds once decoded (never none: the header is checked).
+    pub fn decoded_len(&self) -> u32 {
+        match *self {
+            Block::Stored { len } | Block::Coded { len, .. } => len,
+        }
+    }
 }
 
 pub struct FrameReader {
@@ -102,10 +123,14 @@ impl FrameReader {
                 message.validate()?;
                 Frame::Message(message)
             }
-            TAG_CHUNK => {
+            TAG_CHUNK | TAG_CODED_CHUNK => {
                 let index = self.read_u32().await?;
                 let len = self.read_u32().await?;
-                Frame::Chunk { index, len }
+                Frame::Chunk {
+                    index,
+                    len,
+                    coded: tag == TAG_CODED_CHUNK,
+                }
             }
             TAG_KEPT => Frame::Kept {
                 index: self.read_u32().await?,
@@ -162,6 +187,38 @@ impl FrameReader {
             bail!("stream ended in the middle of a chunk");
         }
         Ok(read)
+    }
+
+    /// The header of the next block of a coded chunk, its lengths bounded: a
+    /// block decodes to at most [`MAX_BLOCK`] bytes, and a coded block is
+    /// smaller than what it decodes to (else it would have been stored).
+    pub async fn block(&mut self) -> Result<Block> {
+        let mut kind = [0u8];
+        self.read_exact(&mut kind).await?;
+        let len = self.read_u32().await?;
+        if len == 0 || len > MAX_BLOCK {
+            return Err(WireError::Bound("block length", len.into()).into());
+        }
+        match kind[0] {
+            BLOCK_STORED => Ok(Block::Stored { len }),
+            BLOCK_CODED => {
+                let coded_len = self.read_u32().await?;
+                if coded_len >= len {
+                    return Err(WireError::Bound("coded block length", coded_len.into()).into());
+                }
+                Ok(Block::Coded { len, coded_len })
+            }
+            other => Err(WireError::UnknownTag(other).into()),
+        }
+    }
+
+    /// Appends exactly `len` bytes of the current block to `buf`.
+    pub async fn exact_into(&mut self, buf: &mut Vec<u8>, len: usize) -> Result<()> {
+        let mut read = 0;
+        while read < len {
+            read += self.data_into(buf, len - read).await?;
+        }
+        Ok(())
     }
 
     pub async fn hash(&mut self) -> Result<Hash> {

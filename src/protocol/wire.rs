@@ -4,15 +4,25 @@
 //! - `MESSAGE`: a little-endian u32 length and that many bytes of JSON ([`Message`]);
 //! - `CHUNK`: u32 chunk index, u32 data length, the data, then the 32-byte hash of
 //!   the data (after it, so a sender can stream a chunk while it hashes it);
+//! - `CODED_CHUNK`: u32 chunk index, u32 data length, then the data as blocks of
+//!   at most [`MAX_BLOCK`] bytes, then the hash of the (decoded) data. A block is
+//!   `STORED`, a u32 length and the bytes, or `CODED`, a u32 decoded length, a
+//!   u32 coded length and the coding ([`crate::codec`]);
 //! - `KEPT`: u32 chunk index: the receiver already holds that chunk;
 //! - `END`: the 32-byte BLAKE3 hash of the whole file.
 
 use serde::{Deserialize, Serialize};
 
+use super::coding::Compress;
+
 /// The protocol this build speaks, carried in the ALPN and in [`Message::Hello`].
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2 added coded chunks.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Data chunks are at most this long; each is hashed and checked on its own.
 pub const CHUNK_SIZE: u64 = 8 << 20;
+/// A block of a coded chunk decodes to at most this many bytes, so a peer
+/// cannot make a receiver decode without bound.
+pub const MAX_BLOCK: u32 = 1 << 20;
 /// A JSON message longer than this is a broken or hostile peer.
 pub const MAX_MESSAGE_BYTES: u32 = 32 << 20;
 /// Bounds on what one offer may describe, so a peer cannot make us allocate
@@ -24,6 +34,10 @@ pub const TAG_MESSAGE: u8 = 1;
 pub const TAG_CHUNK: u8 = 2;
 pub const TAG_KEPT: u8 = 3;
 pub const TAG_END: u8 = 4;
+pub const TAG_CODED_CHUNK: u8 = 5;
+
+pub const BLOCK_STORED: u8 = 0;
+pub const BLOCK_CODED: u8 = 1;
 
 pub type Hash = [u8; 32];
 
@@ -121,10 +135,15 @@ pub enum Message {
     Fetch {
         file: String,
         tensors: Option<Vec<String>>,
+        /// Whether the listener codes what it sends (the puller's `--compress`).
+        #[serde(default)]
+        compress: Compress,
     },
     /// The dialer asks for one safetensors file holding tensors of several files.
     FetchMerged {
         tensors: Vec<TensorRef>,
+        #[serde(default)]
+        compress: Compress,
     },
     /// `size` bytes of bench data follow on the stream, with no framing or
     /// hashing: the bare-stream ceiling `bench --raw` measures.
@@ -223,11 +242,33 @@ fn check_name(name: &str) -> Result<(), WireError> {
     Ok(())
 }
 
-pub fn chunk_header(index: u32, len: u32) -> [u8; 9] {
+/// The frame header of a chunk of `len` bytes: `coded` when its data follows
+/// as blocks.
+pub fn chunk_header(index: u32, len: u32, coded: bool) -> [u8; 9] {
     let mut header = [0u8; 9];
-    header[0] = TAG_CHUNK;
+    header[0] = if coded { TAG_CODED_CHUNK } else { TAG_CHUNK };
     header[1..5].copy_from_slice(&index.to_le_bytes());
     header[5..9].copy_from_slice(&len.to_le_bytes());
+    header
+}
+
+/// The header of a block of a coded chunk that holds `len` bytes as they are.
+pub fn stored_block_header(len: u32) -> [u8; 5] {
+    let mut header = [0u8; 5];
+    header[0] = BLOCK_STORED;
+    header[1..5].copy_from_slice(&len.to_le_bytes());
+    header
+}
+
+/// The length of a coded block's header, counted with its bytes on the wire.
+pub const CODED_BLOCK_HEADER: u64 = 9;
+
+/// The header of a block that decodes to `len` bytes from `coded_len`.
+pub fn coded_block_header(len: u32, coded_len: u32) -> [u8; CODED_BLOCK_HEADER as usize] {
+    let mut header = [0u8; CODED_BLOCK_HEADER as usize];
+    header[0] = BLOCK_CODED;
+    header[1..5].copy_from_slice(&len.to_le_bytes());
+    header[5..9].copy_from_slice(&coded_len.to_le_bytes());
     header
 }
 
@@ -331,7 +372,7 @@ mod tests {
 
         #[test]
         fn decoding_mangled_messages_never_panics(cut in 0usize..200, byte in any::<u8>(), at in 0usize..200) {
-            let mut body = Message::Fetch { file: "a.npy".into(), tensors: Some(vec!["t".into()]) }.encode()[5..].to_vec();
+            let mut body = Message::Fetch { file: "a.npy".into(), tensors: Some(vec!["t".into()]), compress: Compress::Auto }.encode()[5..].to_vec();
             body.truncate(cut.min(body.len()));
             if !body.is_empty() {
                 let at = at % body.len();

@@ -13,6 +13,7 @@ use anyhow::anyhow;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::protocol::coding;
 use crate::protocol::hashing::ChunkHasher;
 use crate::protocol::wire::Hash;
 
@@ -69,7 +70,11 @@ impl BatchBuf {
 
 /// One batch of a chunk's data, and the sender's hash when it ends the chunk.
 pub struct Batch {
+    /// The batch's data; empty where it arrived coded, until decoded.
     pub data: BatchBuf,
+    /// A coded block and the length it decodes to: decoded here, on the
+    /// checking thread, before it is hashed.
+    pub coded: Option<(Vec<u8>, usize)>,
     pub chunk: u64,
     pub offset: u64,
     pub claimed: Option<Hash>,
@@ -106,7 +111,9 @@ impl Work {
     /// Checks and writes `batch` unless an earlier one failed; gives its buffer back.
     fn run(&mut self, mut batch: Batch) -> BatchBuf {
         if self.failure.is_none() {
-            self.failure = self.check_and_write(&batch).err();
+            self.failure = decode(&mut batch)
+                .and_then(|()| self.check_and_write(&batch))
+                .err();
         }
         batch.data.clear();
         batch.data
@@ -138,6 +145,20 @@ impl Work {
         }
         Ok(())
     }
+}
+
+/// Decodes a coded batch into its data buffer. A block that does not decode
+/// fails the file like a chunk that does not match its hash.
+fn decode(batch: &mut Batch) -> Result<(), Failure> {
+    let Some((coded, len)) = batch.coded.take() else {
+        return Ok(());
+    };
+    coding::decode(&coded, len, batch.data.appender()).map_err(|err| {
+        Failure::kept(anyhow!(
+            "chunk {} does not decode ({err}); the data was corrupted on the way",
+            batch.chunk
+        ))
+    })
 }
 
 impl Checker {

@@ -38,31 +38,88 @@ const REASON_WAIT: Duration = Duration::from_secs(2);
 /// Stream error code for a receiver that gave up on a file.
 pub const CODE_FAILED: u32 = 1;
 
-/// Counts bytes as they cross the network, for progress displays; a child
-/// counter (one file) also adds to its parent (all files).
+/// Counts a file's bytes as they cross the network (decoded, for progress
+/// displays) and the bytes on the wire; a child counter (one file) also adds
+/// to its parent (all files).
 #[derive(Debug, Clone, Default)]
 pub struct Progress {
-    bytes: Arc<AtomicU64>,
-    parent: Option<Arc<AtomicU64>>,
+    counts: Arc<Counts>,
+    parent: Option<Arc<Counts>>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    bytes: AtomicU64,
+    wire: AtomicU64,
+}
+
+impl Counts {
+    fn add(&self, bytes: u64, wire: u64) {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.wire.fetch_add(wire, Ordering::Relaxed);
+    }
 }
 
 impl Progress {
     pub fn child(&self) -> Progress {
         Progress {
-            bytes: Arc::default(),
-            parent: Some(self.bytes.clone()),
+            counts: Arc::default(),
+            parent: Some(self.counts.clone()),
         }
     }
 
-    pub fn add(&self, bytes: u64) {
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    /// `bytes` of a file moved, in `wire` bytes on the network.
+    pub fn add(&self, bytes: u64, wire: u64) {
+        self.counts.add(bytes, wire);
         if let Some(parent) = &self.parent {
-            parent.fetch_add(bytes, Ordering::Relaxed);
+            parent.add(bytes, wire);
         }
     }
 
+    /// The file bytes moved so far.
     pub fn get(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
+        self.counts.bytes.load(Ordering::Relaxed)
+    }
+
+    /// The bytes they took on the wire.
+    pub fn wire(&self) -> u64 {
+        self.counts.wire.load(Ordering::Relaxed)
+    }
+}
+
+/// The data a file's transfer put on the network: fewer bytes than the file
+/// after a resume, and fewer still on the wire where chunks were coded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// File bytes that crossed the network, as decoded.
+    pub data_bytes: u64,
+    /// The bytes they took on the wire.
+    pub wire_bytes: u64,
+}
+
+impl Traffic {
+    fn add(&mut self, wire: u64, data: u64, progress: &Progress) {
+        self.wire_bytes += wire;
+        self.data_bytes += data;
+        progress.add(data, wire);
+    }
+
+    fn total(stripes: &[StripeDone]) -> Traffic {
+        stripes
+            .iter()
+            .fold(Traffic::default(), |sum, stripe| Traffic {
+                data_bytes: sum.data_bytes + stripe.traffic.data_bytes,
+                wire_bytes: sum.wire_bytes + stripe.traffic.wire_bytes,
+            })
+    }
+
+    /// File bytes per wire byte: 1 where nothing was coded (or nothing moved).
+    pub fn compression(&self) -> f64 {
+        if self.wire_bytes == 0 {
+            1.0
+        } else {
+            self.data_bytes as f64 / self.wire_bytes as f64
+        }
     }
 }
 
@@ -71,8 +128,7 @@ impl Progress {
 pub struct Sent {
     pub stored_as: String,
     pub hash: String,
-    /// Data bytes that crossed the network (less than the size after a resume).
-    pub sent_bytes: u64,
+    pub traffic: Traffic,
 }
 
 /// What a receiver reports about a stored file.
@@ -82,14 +138,14 @@ pub struct Received {
     pub stored_as: String,
     pub replaced: bool,
     pub hash: String,
-    pub received_bytes: u64,
+    pub traffic: Traffic,
 }
 
 /// What one stream of a transfer carried: the hashes of its chunks, in order,
-/// and the data bytes that crossed the network.
+/// and the data that crossed the network.
 struct StripeDone {
     hashes: Vec<Hash>,
-    bytes: u64,
+    traffic: Traffic,
 }
 
 /// The hashes of all `chunks` chunks, in order, from those of each stripe.

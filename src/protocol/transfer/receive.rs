@@ -15,7 +15,7 @@ use crate::protocol::wire::{Hash, HeldChunk, Message, Offer, hash_hex};
 
 use super::receive_chunks::{ExtraStreams, receive_checked};
 use super::sink::{Committed, Sink};
-use super::{CODE_FAILED, Progress, REASON_WAIT, Received};
+use super::{CODE_FAILED, Progress, REASON_WAIT, Received, Traffic};
 
 /// Receives one offered file into the sink that `accept` gives for the offer (or
 /// refuses it with the reason `accept` returns).
@@ -48,12 +48,12 @@ where
         }
     };
     let checked = receive_checked(reader, sink, extra, stripes, &offer, &held, progress).await;
-    let (sink, hash, received_bytes) = match checked {
+    let (sink, hash, traffic) = match checked {
         Ok(checked) => checked,
         Err(err) => return fail(writer, reader, &offer, err).await,
     };
     match commit(sink, hash).await {
-        Ok(committed) => answer_stored(writer, offer, committed, hash, received_bytes).await,
+        Ok(committed) => answer_stored(writer, offer, committed, hash, traffic).await,
         Err(err) => fail(writer, reader, &offer, err).await,
     }
 }
@@ -201,7 +201,7 @@ async fn answer_stored(
     offer: Offer,
     committed: Committed,
     hash: Hash,
-    received_bytes: u64,
+    traffic: Traffic,
 ) -> Result<Received> {
     let hash = hash_hex(&hash);
     writer
@@ -216,7 +216,7 @@ async fn answer_stored(
         stored_as: committed.name,
         replaced: committed.replaced,
         hash,
-        received_bytes,
+        traffic,
     })
 }
 

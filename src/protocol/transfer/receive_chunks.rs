@@ -9,16 +9,16 @@ use futures_util::future::try_join_all;
 
 use crate::protocol::hashing::file_hash;
 use crate::protocol::liveness::Liveness;
-use crate::protocol::stream::{Frame, FrameReader};
+use crate::protocol::stream::{Block, Frame, FrameReader};
 use crate::protocol::stripes::{
     Joining, StripeStream, collect_stripes, stripe_chunks, unexpected_stripe,
 };
-use crate::protocol::wire::{CHUNK_SIZE, Hash, Offer};
+use crate::protocol::wire::{CHUNK_SIZE, CODED_BLOCK_HEADER, Hash, Offer};
 
 use super::checker::{BATCH, Batch, Checker, SharedSink};
 use super::failure::{Failure, lost};
 use super::sink::Sink;
-use super::{Progress, StripeDone, merge_hashes};
+use super::{Progress, StripeDone, Traffic, merge_hashes};
 
 /// The extra streams of a striped transfer as a receiver has them: those it
 /// opened, or those to arrive through the registry while the connection lives.
@@ -39,7 +39,7 @@ pub(super) async fn receive_checked(
     offer: &Offer,
     held: &HashMap<u32, Hash>,
     progress: &Progress,
-) -> Result<(Box<dyn Sink>, Hash, u64)> {
+) -> Result<(Box<dyn Sink>, Hash, Traffic)> {
     let cancelled = sink.cancelled();
     let sink: SharedSink = Arc::new(Mutex::new(sink));
     let mut checkers: Vec<Checker> = (0..stripes)
@@ -60,7 +60,7 @@ pub(super) async fn receive_checked(
         return Err(lost().error);
     };
     match drained.and(outcome) {
-        Ok((hash, received_bytes)) => Ok((sink, hash, received_bytes)),
+        Ok((hash, traffic)) => Ok((sink, hash, traffic)),
         Err(failure) => {
             sink.abandon(failure.keep_partial);
             Err(failure.error)
@@ -78,7 +78,7 @@ async fn receive_chunks(
     offer: &Offer,
     held: &HashMap<u32, Hash>,
     progress: &Progress,
-) -> Result<(Hash, u64), Failure> {
+) -> Result<(Hash, Traffic), Failure> {
     let stripes = checkers.len() as u32;
     let ExtraStreams {
         opened,
@@ -121,7 +121,7 @@ async fn receive_chunks(
             "the file hash does not match its chunks"
         )));
     }
-    Ok((hash, done.iter().map(|stripe| stripe.bytes).sum()))
+    Ok((hash, Traffic::total(&done)))
 }
 
 /// The next stream that names the transfer; never, without a registry. Once
@@ -163,47 +163,52 @@ async fn receive_stripe(
     stripes: u32,
 ) -> Result<StripeDone, Failure> {
     let mut hashes = Vec::new();
-    let mut received = 0u64;
+    let mut traffic = Traffic::default();
     for next in stripe_chunks(stripe, stripes, offer.chunks()) {
-        let (hash, bytes) = receive_chunk(reader, checker, offer, held, progress, next).await?;
+        let hash =
+            receive_chunk(reader, checker, offer, held, &mut traffic, progress, next).await?;
         hashes.push(hash);
-        received += bytes;
     }
     if stripe != 0 && reader.next().await.map_err(Failure::kept)?.is_some() {
         return Err(Failure::kept(anyhow!(
             "protocol violation: more on stream {stripe} after its last chunk"
         )));
     }
-    Ok(StripeDone {
-        hashes,
-        bytes: received,
-    })
+    Ok(StripeDone { hashes, traffic })
 }
 
-/// Receives chunk `next`: as data into `checker`, or as a chunk this side holds
-/// (`KEPT`). Returns the chunk's hash, as claimed or held, and the data bytes
-/// received.
+/// Receives chunk `next`: as data (stored or in blocks) into `checker`, or as a
+/// chunk this side holds (`KEPT`). Returns the chunk's hash, as claimed or
+/// held; the data received is counted in `traffic`.
 async fn receive_chunk(
     reader: &mut FrameReader,
     checker: &mut Checker,
     offer: &Offer,
     held: &HashMap<u32, Hash>,
+    traffic: &mut Traffic,
     progress: &Progress,
     next: u64,
-) -> Result<(Hash, u64), Failure> {
+) -> Result<Hash, Failure> {
     let chunks = offer.chunks();
     let start = next * CHUNK_SIZE;
     let expected_len = CHUNK_SIZE.min(offer.size - start);
     match reader.next().await.map_err(Failure::kept)? {
-        Some(Frame::Chunk { index, len }) => {
+        Some(Frame::Chunk { index, len, coded }) => {
             if u64::from(index) != next || u64::from(len) != expected_len {
                 return Err(Failure::kept(anyhow!(
                     "protocol violation: chunk {index} of {len} bytes where chunk {next} of {expected_len} belongs"
                 )));
             }
-            let claimed =
-                receive_chunk_data(reader, checker, next, start, expected_len, progress).await?;
-            Ok((claimed, expected_len))
+            let chunk = ChunkAt {
+                index: next,
+                start,
+                len: expected_len,
+            };
+            if coded {
+                receive_blocks(reader, checker, chunk, traffic, progress).await
+            } else {
+                receive_chunk_data(reader, checker, chunk, traffic, progress).await
+            }
         }
         Some(Frame::Kept { index }) => {
             let hash = held.get(&index).filter(|_| u64::from(index) == next);
@@ -212,8 +217,8 @@ async fn receive_chunk(
                     "protocol violation: kept chunk {index} was not offered"
                 )));
             };
-            progress.add(expected_len);
-            Ok((*hash, 0))
+            progress.add(expected_len, 0);
+            Ok(*hash)
         }
         Some(Frame::End { .. }) => Err(Failure::kept(anyhow!(
             "the sender ended the file before chunk {next} of {chunks}"
@@ -227,17 +232,24 @@ async fn receive_chunk(
     }
 }
 
-/// Receives the `len` data bytes of chunk `index`, which start at `start` in the
-/// file, and the hash the sender claims for them, into `checker` batch by
-/// batch; returns the claimed hash.
-async fn receive_chunk_data(
-    reader: &mut FrameReader,
-    checker: &mut Checker,
+/// A chunk being received: its index, where it starts in the file, its length.
+#[derive(Clone, Copy)]
+struct ChunkAt {
     index: u64,
     start: u64,
     len: u64,
+}
+
+/// Receives the data bytes of `chunk` and the hash the sender claims for them
+/// into `checker` batch by batch; returns the claimed hash.
+async fn receive_chunk_data(
+    reader: &mut FrameReader,
+    checker: &mut Checker,
+    chunk: ChunkAt,
+    traffic: &mut Traffic,
     progress: &Progress,
 ) -> Result<Hash, Failure> {
+    let ChunkAt { index, start, len } = chunk;
     let mut read = 0u64;
     let mut batch = checker.buffer();
     loop {
@@ -249,7 +261,7 @@ async fn receive_chunk_data(
             .await
             .map_err(Failure::kept)? as u64;
         read += got;
-        progress.add(got);
+        traffic.add(got, got, progress);
         let ended = read == len;
         if batch.len() == BATCH || ended {
             let claimed = if ended {
@@ -262,6 +274,7 @@ async fn receive_chunk_data(
             checker
                 .submit(Batch {
                     data,
+                    coded: None,
                     chunk: index,
                     offset,
                     claimed,
@@ -272,4 +285,70 @@ async fn receive_chunk_data(
             }
         }
     }
+}
+
+/// Receives `chunk` as blocks, each a batch for `checker` (a coded one is
+/// decoded there), then the hash the sender claims for it; returns that hash.
+async fn receive_blocks(
+    reader: &mut FrameReader,
+    checker: &mut Checker,
+    chunk: ChunkAt,
+    traffic: &mut Traffic,
+    progress: &Progress,
+) -> Result<Hash, Failure> {
+    let mut read = 0u64;
+    while read < chunk.len {
+        let block = reader.block().await.map_err(Failure::kept)?;
+        let len = u64::from(block.decoded_len());
+        if len > chunk.len - read {
+            return Err(Failure::kept(anyhow!(
+                "protocol violation: a block of {len} bytes where chunk {} has {} left",
+                chunk.index,
+                chunk.len - read
+            )));
+        }
+        let mut data = checker.buffer();
+        let coded = match block {
+            Block::Stored { .. } => {
+                reader
+                    .exact_into(data.appender(), len as usize)
+                    .await
+                    .map_err(Failure::kept)?;
+                traffic.add(len, len, progress);
+                None
+            }
+            Block::Coded { coded_len, .. } => {
+                let mut coded = Vec::with_capacity(coded_len as usize);
+                reader
+                    .exact_into(&mut coded, coded_len as usize)
+                    .await
+                    .map_err(Failure::kept)?;
+                traffic.add(CODED_BLOCK_HEADER + u64::from(coded_len), len, progress);
+                Some((coded, len as usize))
+            }
+        };
+        let offset = chunk.start + read;
+        read += len;
+        let claimed = if read == chunk.len {
+            Some(reader.hash().await.map_err(Failure::kept)?)
+        } else {
+            None
+        };
+        checker
+            .submit(Batch {
+                data,
+                coded,
+                chunk: chunk.index,
+                offset,
+                claimed,
+            })
+            .await?;
+        if let Some(claimed) = claimed {
+            return Ok(claimed);
+        }
+    }
+    Err(Failure::kept(anyhow!(
+        "protocol violation: chunk {} of no data",
+        chunk.index
+    )))
 }

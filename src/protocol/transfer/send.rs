@@ -18,11 +18,12 @@ use crate::protocol::stripes::{
 };
 use crate::protocol::wire::{
     Hash, HeldChunk, Message, Offer, end_frame, hash_hex, kept_frame, parse_hash,
+    stored_block_header,
 };
 use crate::protocol::{CODE_SOURCE_CHANGED, CODE_SOURCE_UNREADABLE};
 
 use super::source::{PIECE, Piece, PiecePool, Source, read_chunks};
-use super::{Progress, REASON_WAIT, Sent, StripeDone, merge_hashes};
+use super::{Progress, REASON_WAIT, Sent, StripeDone, Traffic, merge_hashes};
 
 /// Pieces read ahead of the network by one stream's reader: the most, and the
 /// least when a file is on many streams (bounds the sender's memory per file).
@@ -153,9 +154,16 @@ async fn send_small_inline(
     held: &HashMap<u32, Hash>,
     progress: &Progress,
 ) -> Result<(Vec<StripeDone>, Hash), StripeFailed> {
-    let mut sent_bytes = 0;
+    let mut traffic = Traffic::default();
+    let connection = writer.liveness().connection().clone();
     let hashes = read_chunks(source, held, &PiecePool::default(), 0, 1, &mut |piece| {
-        opening.push(piece_bytes(piece, &mut sent_bytes, progress));
+        let coded = match &piece {
+            Piece::Data { bytes, offset } if source.coding.should_code(Some(&connection)) => {
+                source.coding.code(bytes, *offset, &source.layout)
+            }
+            _ => None,
+        };
+        opening.extend(traffic.on_wire(piece, coded, source, progress));
         Ok(())
     })
     .map_err(|err| StripeFailed::Read(err.into()))?;
@@ -168,11 +176,7 @@ async fn send_small_inline(
         .write_all(&mut opening)
         .await
         .map_err(StripeFailed::Write)?;
-    let done = StripeDone {
-        hashes,
-        bytes: sent_bytes,
-    };
-    Ok((vec![done], hash))
+    Ok((vec![StripeDone { hashes, traffic }], hash))
 }
 
 /// The writers of the extra streams the receiver took: opened by this side as
@@ -271,11 +275,12 @@ async fn send_stripe(
             })
         })
     };
-    let mut sent_bytes = 0;
+    let mut traffic = Traffic::default();
     let mut written = Ok(());
     while let Some(piece) = rx.recv().await {
+        let coded = code_on_the_way(&piece, source, writer.liveness()).await;
         written = writer
-            .write(piece_bytes(piece, &mut sent_bytes, progress))
+            .write_all(&mut traffic.on_wire(piece, coded, source, progress))
             .await;
         if written.is_err() {
             break;
@@ -287,23 +292,60 @@ async fn send_stripe(
         .map_err(|_| StripeFailed::Read(anyhow!("the reading task failed")))?;
     written.map_err(StripeFailed::Write)?;
     let hashes = read.map_err(|err| StripeFailed::Read(err.into()))?;
-    Ok(StripeDone {
-        hashes,
-        bytes: sent_bytes,
-    })
+    Ok(StripeDone { hashes, traffic })
 }
 
-/// The bytes `piece` puts on the stream; its data is counted as sent.
-fn piece_bytes(piece: Piece, sent_bytes: &mut u64, progress: &Progress) -> Bytes {
-    match piece {
-        Piece::Header(bytes) => bytes,
-        Piece::Data(bytes) => {
-            *sent_bytes += bytes.len() as u64;
-            progress.add(bytes.len() as u64);
-            bytes
+/// The coded block for `piece` where it is data, its chunk goes as blocks
+/// and coding pays now: decided as the piece goes out, so that `auto` judges
+/// by the pace of the network, and coded on a blocking thread.
+async fn code_on_the_way(piece: &Piece, source: &Source, liveness: &Liveness) -> Option<Bytes> {
+    let Piece::Data { bytes, offset } = piece else {
+        return None;
+    };
+    if !source.coding.should_code(Some(liveness.connection())) {
+        return None;
+    }
+    let (bytes, offset) = (bytes.clone(), *offset);
+    let (coding, layout) = (source.coding.clone(), source.layout.clone());
+    tokio::task::spawn_blocking(move || coding.code(&bytes, offset, &layout))
+        .await
+        .ok()
+        .flatten()
+}
+
+impl Traffic {
+    /// The bytes `piece` puts on the stream, its data counted as sent: in a
+    /// chunk sent as blocks, `coded` where it was coded, else a stored block.
+    fn on_wire(
+        &mut self,
+        piece: Piece,
+        coded: Option<Bytes>,
+        source: &Source,
+        progress: &Progress,
+    ) -> Vec<Bytes> {
+        match piece {
+            Piece::Header(bytes) => vec![bytes],
+            Piece::Data { bytes, .. } => {
+                let len = bytes.len() as u64;
+                match coded {
+                    Some(block) => {
+                        self.add(block.len() as u64, len, progress);
+                        vec![block]
+                    }
+                    None if source.coding.in_blocks() => {
+                        self.add(len, len, progress);
+                        let header = stored_block_header(len as u32);
+                        vec![Bytes::copy_from_slice(&header), bytes]
+                    }
+                    None => {
+                        self.add(len, len, progress);
+                        vec![bytes]
+                    }
+                }
+            }
+            Piece::Hash(hash) => vec![Bytes::copy_from_slice(&hash)],
+            Piece::Kept(index) => vec![Bytes::copy_from_slice(&kept_frame(index))],
         }
-        Piece::Hash(hash) => Bytes::copy_from_slice(&hash),
-        Piece::Kept(index) => Bytes::copy_from_slice(&kept_frame(index)),
     }
 }
 
@@ -374,7 +416,7 @@ async fn await_verdict(
             Ok(Sent {
                 stored_as: name,
                 hash,
-                sent_bytes: sent.iter().map(|stripe| stripe.bytes).sum(),
+                traffic: Traffic::total(sent),
             })
         }
         Message::Failed { reason } | Message::Refused { reason } => bail!("{reason}"),

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 
+use crate::codec::Layout;
 use crate::file_version::FileVersion;
+use crate::protocol::coding::Coding;
 use crate::protocol::hashing::ChunkHasher;
 use crate::protocol::stripes::{MAX_STRIPES, stripe_chunks};
 use crate::protocol::wire::{CHUNK_SIZE, Hash, Offer, chunk_header};
@@ -40,13 +42,17 @@ impl Segment {
     }
 }
 
-/// A file to send: its offer and the segments its bytes are read from.
+/// A file to send: its offer, the segments its bytes are read from, and how
+/// its pieces are coded on the way.
 #[derive(Clone)]
 pub struct Source {
     pub offer: Offer,
     segments: Vec<Segment>,
     /// Each file read from, as it was when the source was made.
     versions: Vec<(Arc<File>, Option<FileVersion>)>,
+    /// What the file's bytes hold, for coding them.
+    pub(super) layout: Arc<Layout>,
+    pub(super) coding: Coding,
 }
 
 impl Source {
@@ -79,7 +85,21 @@ impl Source {
             offer,
             segments,
             versions,
+            layout: Arc::default(),
+            coding: Coding::off(),
         }
+    }
+
+    /// The source, its bytes described by `layout` for coding.
+    pub fn with_layout(mut self, layout: Layout) -> Source {
+        self.layout = Arc::new(layout);
+        self
+    }
+
+    /// The source, its pieces coded by `coding` on the way.
+    pub fn coded_by(mut self, coding: Coding) -> Source {
+        self.coding = coding;
+        self
     }
 
     /// Whether no file was written to since the source was made. Checked once
@@ -269,7 +289,12 @@ fn read_exact_at(file: &File, buf: &mut Vec<u8>, len: usize, offset: u64) -> std
 /// What a stripe's reading hands on to be sent, in stream order.
 pub(super) enum Piece {
     Header(Bytes),
-    Data(Bytes),
+    /// File bytes from `offset`: in a chunk sent as blocks, they become a
+    /// block (coded or stored) on their way to the stream.
+    Data {
+        bytes: Bytes,
+        offset: u64,
+    },
     Hash(Hash),
     Kept(u32),
 }
@@ -294,6 +319,7 @@ pub(super) fn read_chunks(
         let header = Piece::Header(Bytes::copy_from_slice(&chunk_header(
             index as u32,
             len as u32,
+            source.coding.in_blocks(),
         )));
         let hash = if let Some(theirs) = held.get(&(index as u32)) {
             // Kept until compared, so a chunk that differs is not read twice.
@@ -334,10 +360,11 @@ fn hash_chunk(
     let mut done = 0;
     while done < len {
         let take = (len - done).min(PIECE as u64) as usize;
-        let piece = source.piece(start + done, take, pool)?;
-        hasher.update(&piece);
+        let offset = start + done;
+        let bytes = source.piece(offset, take, pool)?;
+        hasher.update(&bytes);
         done += take as u64;
-        emit(Piece::Data(piece))?;
+        emit(Piece::Data { bytes, offset })?;
     }
     Ok(hasher.finalize())
 }
