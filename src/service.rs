@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::catalog::Catalog;
+use crate::escape::printable;
 use crate::protocol::liveness::Liveness;
 use crate::protocol::pool::peer_answers;
 use crate::protocol::stream::{FrameReader, FrameWriter};
@@ -147,7 +148,10 @@ impl Service {
                 let connection = match incoming.await {
                     Ok(connection) => connection,
                     Err(err) => {
-                        tracing::debug!("incoming connection failed: {err:#}");
+                        tracing::debug!(
+                            "incoming connection failed: {}",
+                            printable(&format!("{err:#}"))
+                        );
                         return;
                     }
                 };
@@ -181,7 +185,11 @@ impl Service {
                 streams = connection.accept_bi() => match streams {
                     Ok(streams) => streams,
                     Err(err) => {
-                        tracing::debug!(peer = %peer.fmt_short(), "connection ended: {err:#}");
+                        tracing::debug!(
+                            peer = %peer.fmt_short(),
+                            "connection ended: {}",
+                            printable(&format!("{err:#}"))
+                        );
                         return;
                     }
                 },
@@ -207,7 +215,11 @@ impl Service {
                     .serve_request(&connection, streams, writer, reader)
                     .await
                 {
-                    tracing::debug!(peer = %peer.fmt_short(), "request failed: {err:#}");
+                    tracing::debug!(
+                        peer = %peer.fmt_short(),
+                        "request failed: {}",
+                        printable(&format!("{err:#}"))
+                    );
                 }
             });
         }

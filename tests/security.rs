@@ -701,3 +701,51 @@ async fn malformed_frames_and_silent_peers_do_not_stop_the_listener() {
     hostile.pool.close().await;
     crowd.pool.close().await;
 }
+
+/// Asserts `shown` (what a command printed on stderr) holds no control or
+/// bidirectional character but the line breaks between its lines.
+fn assert_escaped(shown: &str, whose: &str) {
+    let raw: Vec<char> = shown
+        .chars()
+        .filter(|&c| c != '\n' && tensor_iroh::escape::is_unprintable(c))
+        .collect();
+    assert!(raw.is_empty(), "{whose} printed {raw:?} raw: {shown:?}");
+}
+
+#[test]
+fn names_and_reasons_from_a_peer_reach_the_terminal_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let listener = Listener::start(&["--out", out.to_str().unwrap()]);
+    let file = tiny_npy(&dir.path().join("t.npy"));
+    // Retitles the terminal and turns what follows red; forges a log line.
+    for (name, escaped) in [
+        (
+            "\u{1b}]0;pwned\u{7}\u{1b}[31mx.npy",
+            r"\u{1b}]0;pwned\u{7}\u{1b}[31mx.npy",
+        ),
+        ("x\nwarning: forged.npy", r"x\nwarning: forged.npy"),
+    ] {
+        let sent = send(&listener.ticket, &[&file], &["--name", name]);
+        assert_one_line_error(&sent, "control characters");
+        let error = text(&sent.stderr);
+        assert_escaped(&error, "send");
+        assert!(error.contains(escaped), "{error}");
+        wait_until(Duration::from_secs(20), "the listener's warning", || {
+            listener.stderr().contains(escaped)
+        });
+    }
+    let warnings = listener.stderr();
+    assert_escaped(&warnings, "listen");
+    assert!(
+        !warnings
+            .lines()
+            .any(|line| line.starts_with("warning: forged")),
+        "{warnings}"
+    );
+    assert!(
+        visible_files(&out).is_empty(),
+        "names with control characters are refused: {:?}",
+        visible_files(&out)
+    );
+}

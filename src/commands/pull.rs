@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use super::{
     NetArgs, Reached, TimeoutArgs, first_failure, interrupted, parse_tickets, paths_then_close,
 };
+use crate::escape::printable;
 use crate::formats::Format;
 use crate::protocol::client;
 use crate::protocol::path::PathReport;
@@ -26,7 +27,7 @@ use crate::protocol::transfer::{Progress, Received, Sink};
 use crate::protocol::wire::{CatalogFile, Message, Offer, TensorRef};
 use crate::service::StdoutSink;
 use crate::store::Store;
-use crate::ui::{Moved, Tally, Totals, Ui, count, human_bytes, mb_per_s, moved_note, printable};
+use crate::ui::{Moved, Tally, Totals, Ui, count, human_bytes, mb_per_s, moved_note};
 
 /// Files fetched at once, each on its own stream.
 const FILES_IN_FLIGHT: usize = 4;
@@ -417,7 +418,7 @@ fn report_file(
         ui.say(format!(
             "{} {}: {}, {}{}{}",
             ui.green("pulled"),
-            ui.bold(&received.stored_as),
+            ui.bold(printable(&received.stored_as)),
             count(offer.tensors, "tensor"),
             human_bytes(offer.size),
             moved_note(received.received_bytes, offer.size, "received"),

@@ -15,6 +15,7 @@ use super::{
     NetArgs, Reached, TimeoutArgs, first_failure, interrupted, parse_tickets, paths_then_close,
 };
 use crate::catalog::{whole_file, whole_file_offer};
+use crate::escape::printable;
 use crate::formats::{Format, TensorFile, files_in};
 use crate::protocol::client;
 use crate::protocol::path::PathReport;
@@ -22,7 +23,7 @@ use crate::protocol::pool::Pool;
 use crate::protocol::stripes::Striping;
 use crate::protocol::transfer::Progress;
 use crate::protocol::wire::Offer;
-use crate::ui::{Moved, Tally, Totals, Ui, count, human_bytes, mb_per_s, moved_note, one_line};
+use crate::ui::{Moved, Tally, Totals, Ui, count, error_text, human_bytes, mb_per_s, moved_note};
 
 /// Files in flight at once to one listener, each on its own stream.
 const FILES_IN_FLIGHT: usize = 4;
@@ -341,7 +342,7 @@ async fn send_all(
                 }));
             } else {
                 let renamed = if sent.stored_as != offer.name {
-                    format!(" (stored as {})", ui.bold(&sent.stored_as))
+                    format!(" (stored as {})", ui.bold(printable(&sent.stored_as)))
                 } else {
                     String::new()
                 };
@@ -361,12 +362,12 @@ async fn send_all(
                     "event": "file_failed",
                     "name": offer.name,
                     "peer": addr.id.to_string(),
-                    "error": one_line(&format!("{err:#}")),
+                    "error": error_text(err),
                 }));
             } else if sources.len() > 1 {
                 // The closing error names only the first failure; even with
                 // --quiet, every failed file must be named somewhere.
-                ui.warn(one_line(&format!("{err:#}")));
+                ui.warn(format!("{err:#}"));
             }
         }
         outcomes.push(sent.map(|_| ()));
