@@ -416,6 +416,7 @@ async fn names_from_the_network_cannot_leave_the_output_directory() {
         "new\nline.npy".into(),
         "tab\t.npy".into(),
         "esc\u{1b}[31m.npy".into(),
+        "bidi\u{202e}ypn.npy".into(),
         format!("{}.npy", "x".repeat(10_000)),
         format!("{}.npy", "y".repeat(300)),
     ];
@@ -464,7 +465,7 @@ async fn names_from_the_network_cannot_leave_the_output_directory() {
     for file in files_below(&out) {
         let name = file.to_string_lossy();
         assert!(
-            !name.chars().any(char::is_control) && !name.starts_with('.'),
+            !name.chars().any(tensor_iroh::escape::is_unprintable) && !name.starts_with('.'),
             "{name:?} in --out"
         );
     }
@@ -718,13 +719,15 @@ fn names_and_reasons_from_a_peer_reach_the_terminal_escaped() {
     let out = dir.path().join("out");
     let listener = Listener::start(&["--out", out.to_str().unwrap()]);
     let file = tiny_npy(&dir.path().join("t.npy"));
-    // Retitles the terminal and turns what follows red; forges a log line.
+    // Retitles the terminal and turns what follows red; forges a log line;
+    // makes a name read backwards.
     for (name, escaped) in [
         (
             "\u{1b}]0;pwned\u{7}\u{1b}[31mx.npy",
             r"\u{1b}]0;pwned\u{7}\u{1b}[31mx.npy",
         ),
         ("x\nwarning: forged.npy", r"x\nwarning: forged.npy"),
+        ("model\u{202e}ypn.npy", r"model\u{202e}ypn.npy"),
     ] {
         let sent = send(&listener.ticket, &[&file], &["--name", name]);
         assert_one_line_error(&sent, "control characters");

@@ -47,7 +47,7 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
 /// components (`file` or `dir/file`), or says why it cannot be used.
 pub fn safe_name(name: &str) -> Result<PathBuf> {
     ensure!(
-        !name.chars().any(|c| c.is_control()),
+        !name.chars().any(crate::escape::is_unprintable),
         "name {name:?} holds control characters"
     );
     ensure!(!name.starts_with('/'), "name {name:?} is an absolute path");
