@@ -7,7 +7,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 
 use crate::formats::{Format, SafetensorsBuilder, TensorFile, files_in};
@@ -89,6 +89,7 @@ impl Catalog {
             return Ok(file);
         }
         let fresh = TensorFile::open(&file.path)
+            .map_err(|err| by_served_name(&file, err))
             .with_context(|| format!("{name} changed on disk and cannot be served as it is now"))?;
         if fresh.format != file.format {
             bail!("{name} changed on disk into another format");
@@ -196,7 +197,8 @@ impl Catalog {
                     )
                 }
                 Some(layout) if layout.big_endian || layout.fortran_order => {
-                    let data = crate::formats::npy_to_little_endian_c(file, &handle)?;
+                    let data = crate::formats::npy_to_little_endian_c(file, &handle)
+                        .map_err(|err| by_served_name(file, err))?;
                     segments.push(Segment::Bytes(Bytes::from(data)));
                 }
                 _ => push_range(&mut segments, &handle, tensor.data.start, tensor.byte_len()),
@@ -238,6 +240,13 @@ pub fn whole_file(file: &TensorFile, offer: Offer) -> Result<Source> {
     ))
 }
 
+/// `err` naming `file` as it is served rather than by its path here: a
+/// refusal's reason goes to the puller, who has no business with our paths.
+fn by_served_name(file: &TensorFile, err: anyhow::Error) -> anyhow::Error {
+    let path = file.path.to_string_lossy();
+    anyhow!("{}", format!("{err:#}").replace(&*path, file.file_name()))
+}
+
 fn open(file: &TensorFile) -> Result<File> {
     File::open(&file.path).with_context(|| format!("cannot open {}", file.file_name()))
 }
@@ -260,4 +269,41 @@ fn push_range(segments: &mut Vec<Segment>, handle: &Arc<File>, start: u64, len: 
         offset: start,
         len,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_names_a_served_file_by_its_served_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.npy");
+        let npy = |shape: &str, data: &[u8]| {
+            let mut dict =
+                format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({shape}), }}");
+            while !(10 + dict.len() + 1).is_multiple_of(64) {
+                dict.push(' ');
+            }
+            dict.push('\n');
+            let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+            bytes.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+            bytes.extend_from_slice(dict.as_bytes());
+            bytes.extend_from_slice(data);
+            bytes
+        };
+        std::fs::write(&path, npy("1,", &[0; 4])).unwrap();
+        let catalog = Catalog::open(std::slice::from_ref(&path)).unwrap();
+        // Rewritten into a broken file: its header claims more data than it has.
+        std::fs::write(&path, npy("3,", &[0; 4])).unwrap();
+        let refusal = format!("{:#}", catalog.source("w.npy", None).err().unwrap());
+        assert!(
+            refusal.starts_with("w.npy changed on disk and cannot be served as it is now: w.npy is not a valid npy file"),
+            "{refusal}"
+        );
+        assert!(
+            !refusal.contains(&*dir.path().to_string_lossy()),
+            "{refusal}"
+        );
+    }
 }

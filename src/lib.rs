@@ -2,14 +2,16 @@
 //!
 //! The binary's subcommands live in [`commands`]; they wire together the file
 //! [`formats`], the network [`protocol`], the listener's [`service`], its output
-//! [`store`] and served [`catalog`], and the terminal [`ui`], which prints a
-//! peer's text only through [`escape`].
+//! [`store`] (whose errors a peer is told through [`peer_errors`]) and served
+//! [`catalog`], and the terminal [`ui`], which prints a peer's text only through
+//! [`escape`].
 
 pub mod catalog;
 pub mod commands;
 pub mod escape;
 pub mod file_version;
 pub mod formats;
+pub mod peer_errors;
 pub mod protocol;
 pub mod service;
 pub mod store;

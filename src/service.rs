@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::catalog::Catalog;
 use crate::escape::printable;
+use crate::peer_errors;
 use crate::protocol::liveness::Liveness;
 use crate::protocol::pool::peer_answers;
 use crate::protocol::stream::{FrameReader, FrameWriter};
@@ -410,7 +411,7 @@ impl Service {
                     let connection = connection.clone();
                     Box::pin(async move { peer_answers(&connection).await })
                 });
-                store.accept(offer, alive).await
+                peer_errors::accept(store, offer, alive).await
             }
             Uploads::Stdout => {
                 // Files joined on one stream would read as the first alone.

@@ -752,3 +752,39 @@ fn names_and_reasons_from_a_peer_reach_the_terminal_escaped() {
         visible_files(&out)
     );
 }
+
+#[test]
+fn a_refused_directory_send_names_the_directory_as_the_sender_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let out = root.join("srv/in");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::create_dir(root.join("elsewhere")).unwrap();
+    // A link an operator left where the send's directory would go.
+    std::os::unix::fs::symlink(root.join("elsewhere"), out.join("ckpt")).unwrap();
+    let ckpt = root.join("ckpt");
+    std::fs::create_dir(&ckpt).unwrap();
+    tiny_npy(&ckpt.join("a.npy"));
+    let listener = Listener::start(&["--out", out.to_str().unwrap()]);
+
+    let sent = send(&listener.ticket, &[&ckpt], &["--json"]);
+    assert_one_line_error(&sent, "ckpt is not a plain directory");
+    let error = text(&sent.stderr);
+    let failed = json_lines(&sent)
+        .into_iter()
+        .find(|line| line["event"] == "file_failed")
+        .expect("a file_failed event");
+    let told = failed["error"].as_str().unwrap();
+    for shown in [error.as_str(), told] {
+        assert!(
+            !shown.contains(out.to_str().unwrap()),
+            "the listener's path reached the sender: {shown}"
+        );
+    }
+    assert!(
+        std::fs::read_dir(root.join("elsewhere"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}

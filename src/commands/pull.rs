@@ -19,6 +19,7 @@ use super::{
 };
 use crate::escape::printable;
 use crate::formats::Format;
+use crate::peer_errors;
 use crate::protocol::client;
 use crate::protocol::path::PathReport;
 use crate::protocol::pool::Pool;
@@ -361,9 +362,7 @@ async fn fetch_to_store(
                 async |offer: &Offer| {
                     // Within one pull every fetch is live; two fetches of one file
                     // get sibling partial files rather than taking over.
-                    store
-                        .accept(offer, Arc::new(|| Box::pin(async { true })))
-                        .await
+                    peer_errors::accept(&store, offer, Arc::new(|| Box::pin(async { true }))).await
                 },
             )
             .await
