@@ -22,7 +22,7 @@ use crate::protocol::pool::peer_answers;
 use crate::protocol::stream::{FrameReader, FrameWriter};
 use crate::protocol::stripes::{StripeLink, StripeRegistry, StripeStream, link_stripes};
 use crate::protocol::transfer::{Committed, Progress, Received, Sink, receive_file, send_file};
-use crate::protocol::wire::{CHUNK_SIZE, Hash, Message, Offer, PROTOCOL_VERSION};
+use crate::protocol::wire::{CHUNK_SIZE, Hash, Message, Offer, PROTOCOL_VERSION, WireError};
 use crate::protocol::{CODE_SHUTDOWN, HELLO_ALPN};
 use crate::store::{AliveProbe, Store};
 
@@ -234,7 +234,19 @@ impl Service {
         mut reader: FrameReader,
     ) -> Result<()> {
         let peer = connection.remote_id();
-        let request = reader.message().await?;
+        let request = match reader.message().await {
+            Ok(request) => request,
+            Err(err) => {
+                // A request that breaks a bound (too many tensors, say) is
+                // answered, so the peer learns which.
+                if err.is::<WireError>() {
+                    let reason = format!("{err:#}");
+                    writer.message(&Message::Refused { reason }).await.ok();
+                    writer.finish();
+                }
+                return Err(err);
+            }
+        };
         if streams.hello_only && !matches!(request, Message::Hello { .. }) {
             bail!("request on the version-neutral protocol");
         }

@@ -21,7 +21,8 @@ use tensor_iroh::protocol::pool::Pool;
 use tensor_iroh::protocol::stream::{Frame, FrameReader, FrameWriter};
 use tensor_iroh::protocol::transport::{Congestion, Transport};
 use tensor_iroh::protocol::wire::{
-    CHUNK_SIZE, Hash, Message, Offer, chunk_header, end_frame, kept_frame,
+    CHUNK_SIZE, Hash, MAX_REQUEST_TENSORS, Message, Offer, TensorRef, chunk_header, end_frame,
+    kept_frame,
 };
 
 const IDENTITY: &str = "0123456789abcdef0123456789abcdef";
@@ -787,4 +788,48 @@ fn a_refused_directory_send_names_the_directory_as_the_sender_does() {
             .next()
             .is_none()
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_naming_too_many_tensors_is_refused_naming_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = tiny_npy(&dir.path().join("t.npy"));
+    let listener = Listener::start(&["--serve", served.to_str().unwrap()]);
+    let hostile = Hostile::connect(&listener.ticket, Duration::from_secs(20)).await;
+    let names = vec!["t".to_string(); MAX_REQUEST_TENSORS + 1];
+    let refs = vec![
+        TensorRef {
+            file: "t.npy".into(),
+            tensor: "t".into(),
+        };
+        MAX_REQUEST_TENSORS + 1
+    ];
+    for request in [
+        Message::Fetch {
+            file: "t.npy".into(),
+            tensors: Some(names),
+        },
+        Message::FetchMerged { tensors: refs },
+    ] {
+        let answers = hostile.exchange(&[request.encode()]).await;
+        assert!(
+            refused_with(
+                &answers,
+                &[&format!("at most {MAX_REQUEST_TENSORS} in one request")]
+            ),
+            "{answers:?}"
+        );
+    }
+    let answers = hostile
+        .exchange(&[Message::Fetch {
+            file: "t.npy".into(),
+            tensors: Some(vec!["t".into(); 3]),
+        }
+        .encode()])
+        .await;
+    assert!(
+        matches!(answers.as_slice(), [Message::Offer(offer)] if offer.name == "t.npy"),
+        "a request within the bound is served: {answers:?}"
+    );
+    hostile.pool.close().await;
 }

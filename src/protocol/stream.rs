@@ -94,7 +94,12 @@ impl FrameReader {
             TAG_MESSAGE => {
                 let len = self.read_u32().await?;
                 if len > MAX_MESSAGE_BYTES {
-                    return Err(WireError::Bound("message length", len.into()).into());
+                    return Err(WireError::Bound(
+                        "message length",
+                        len.into(),
+                        MAX_MESSAGE_BYTES.into(),
+                    )
+                    .into());
                 }
                 let mut body = vec![0u8; len as usize];
                 self.read_exact(&mut body).await?;
