@@ -2,12 +2,13 @@
 //! pull: a whole file, a safetensors file of selected tensors, or one safetensors
 //! file merging tensors of several files.
 
-use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 
 use crate::codec::{Kind, Layout};
@@ -19,12 +20,17 @@ pub struct Catalog {
     /// A file found changed on disk is validated again and served as it is
     /// now: a checkpoint rewritten under a running listener stays pullable.
     files: RwLock<Vec<Arc<TensorFile>>>,
+    /// Each file's place in `files` by its served name, which never changes:
+    /// a request names files, and a scan per name would make a pull of many
+    /// files quadratic.
+    places: HashMap<String, usize>,
 }
 
 impl Catalog {
     /// Validates every file named or found (not recursively) in a named directory.
     pub fn open(paths: &[PathBuf]) -> Result<Catalog> {
         let mut files: Vec<TensorFile> = Vec::new();
+        let mut places: HashMap<String, usize> = HashMap::new();
         for path in paths {
             let found = if path.is_dir() {
                 files_in(path, false)?
@@ -36,18 +42,20 @@ impl Catalog {
                 if file.format == Format::Index {
                     bail!("{}: index files are not served", path.display());
                 }
-                if let Some(twin) = files.iter().find(|f| f.file_name() == file.file_name()) {
+                if let Some(&twin) = places.get(file.file_name()) {
                     bail!(
                         "{} and {} have the same name; serve files with distinct names",
-                        twin.path.display(),
+                        files[twin].path.display(),
                         path.display()
                     );
                 }
+                places.insert(file.file_name().to_string(), files.len());
                 files.push(file);
             }
         }
         Ok(Catalog {
             files: RwLock::new(files.into_iter().map(Arc::new).collect()),
+            places,
         })
     }
 
@@ -81,24 +89,25 @@ impl Catalog {
 
     /// The served file `name`, validated again if it changed on disk.
     fn file(&self, name: &str) -> Result<Arc<TensorFile>> {
-        let file = self
-            .files()
-            .into_iter()
-            .find(|f| f.file_name() == name)
+        let place = *self
+            .places
+            .get(name)
             .with_context(|| format!("no served file is named {name:?}"))?;
+        let file = self.files.read().expect("catalog lock")[place].clone();
         if file.check_unchanged().is_ok() {
             return Ok(file);
         }
         let fresh = TensorFile::open(&file.path)
+            .map_err(|err| by_served_name(&file, err))
             .with_context(|| format!("{name} changed on disk and cannot be served as it is now"))?;
         if fresh.format != file.format {
             bail!("{name} changed on disk into another format");
         }
         let fresh = Arc::new(fresh);
-        for served in self.files.write().expect("catalog lock").iter_mut() {
-            if Arc::ptr_eq(served, &file) {
-                *served = fresh.clone();
-            }
+        let served = &mut self.files.write().expect("catalog lock")[place];
+        // Unless another request validated it again meanwhile.
+        if Arc::ptr_eq(served, &file) {
+            *served = fresh.clone();
         }
         Ok(fresh)
     }
@@ -109,11 +118,15 @@ impl Catalog {
         let Some(names) = tensors else {
             return whole_file(&file, whole_file_offer(&file, name.to_string()));
         };
+        let held: HashSet<&str> = file.tensors.iter().map(|t| t.name.as_str()).collect();
+        if let Some(missing) = names.iter().find(|n| !held.contains(n.as_str())) {
+            bail!("{name} has no tensor named {missing:?}");
+        }
+        let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
         // Every tensor of the file is the file itself (the one selection an .npy
         // file has): sent as it is, it arrives byte for byte, where a rebuilt
         // header would differ in key order.
-        if names.len() == file.tensors.len() && file.tensors.iter().all(|t| names.contains(&t.name))
-        {
+        if wanted.len() == held.len() {
             return whole_file(&file, whole_file_offer(&file, name.to_string()));
         }
         if file.format == Format::Npy {
@@ -123,7 +136,11 @@ impl Catalog {
         let mut builder = SafetensorsBuilder::new(file.metadata.clone());
         let mut segments = Vec::new();
         let mut kinds = Vec::new();
-        for tensor in file.tensors.iter().filter(|t| names.contains(&t.name)) {
+        for tensor in file
+            .tensors
+            .iter()
+            .filter(|t| wanted.contains(t.name.as_str()))
+        {
             builder.push(
                 &tensor.name,
                 &tensor.dtype,
@@ -133,22 +150,13 @@ impl Catalog {
             push_range(&mut segments, &handle, tensor.data.start, tensor.byte_len());
             kinds.push((tensor.byte_len(), coding_kind(&tensor.dtype)));
         }
-        let count = kinds.len();
-        if count != names.len() {
-            let missing = names
-                .iter()
-                .find(|n| !file.tensors.iter().any(|t| &&t.name == n))
-                .cloned()
-                .unwrap_or_default();
-            bail!("{name} has no tensor named {missing:?}");
-        }
         let header = builder.header();
         let layout = layout_after(header.len() as u64, &kinds);
         segments.insert(0, Segment::Bytes(Bytes::from(header.clone())));
         Ok(Source::new(
             format!("{}.safetensors", file.stem()),
             "safetensors",
-            count as u64,
+            wanted.len() as u64,
             &header,
             segments,
         )
@@ -158,31 +166,42 @@ impl Catalog {
     /// One safetensors file holding the given tensors of any served files, in the
     /// order given; `.npy` tensors become little-endian C order.
     pub fn merged(&self, refs: &[TensorRef]) -> Result<Source> {
+        // Each file once, with its tensors by name: a request names thousands.
+        let mut files: HashMap<&str, (Arc<TensorFile>, HashMap<String, usize>)> = HashMap::new();
         let mut metadata: Option<BTreeMap<String, String>> = None;
         let mut parts = Vec::new();
         for reference in refs {
-            let file = self.file(&reference.file)?;
-            let tensor = file
-                .tensors
-                .iter()
-                .position(|t| t.name == reference.tensor)
-                .with_context(|| {
-                    format!(
-                        "{} has no tensor named {:?}",
-                        reference.file, reference.tensor
-                    )
-                })?;
-            if let Some(map) = &file.metadata {
-                let merged = metadata.get_or_insert_with(BTreeMap::new);
-                for (key, value) in map {
-                    merged.entry(key.clone()).or_insert_with(|| value.clone());
+            let (file, tensors) = match files.entry(&reference.file) {
+                Entry::Occupied(known) => known.into_mut(),
+                Entry::Vacant(new) => {
+                    let file = self.file(&reference.file)?;
+                    if let Some(map) = &file.metadata {
+                        let merged = metadata.get_or_insert_with(BTreeMap::new);
+                        for (key, value) in map {
+                            merged.entry(key.clone()).or_insert_with(|| value.clone());
+                        }
+                    }
+                    let tensors = (0..)
+                        .zip(&file.tensors)
+                        .map(|(place, tensor)| (tensor.name.clone(), place))
+                        .collect();
+                    new.insert((file, tensors))
                 }
-            }
-            parts.push((file, tensor));
+            };
+            let tensor = *tensors.get(&reference.tensor).with_context(|| {
+                format!(
+                    "{} has no tensor named {:?}",
+                    reference.file, reference.tensor
+                )
+            })?;
+            parts.push((file.clone(), tensor));
         }
         let mut builder = SafetensorsBuilder::new(metadata);
         let mut segments = Vec::new();
         let mut kinds = Vec::new();
+        // One descriptor per file, also for thousands of its tensors; one
+        // handle lets `push_range` join neighbouring tensors into one read.
+        let mut handles: HashMap<&str, Arc<File>> = HashMap::new();
         for (file, tensor) in &parts {
             let tensor = &file.tensors[*tensor];
             builder.push(
@@ -193,7 +212,10 @@ impl Catalog {
             )?;
             // Converted .npy data is little-endian like any other here.
             kinds.push((tensor.byte_len(), coding_kind(&tensor.dtype)));
-            let handle = Arc::new(open(file)?);
+            let handle = match handles.entry(file.file_name()) {
+                Entry::Occupied(open) => open.get().clone(),
+                Entry::Vacant(new) => new.insert(Arc::new(open(file)?)).clone(),
+            };
             match &file.npy {
                 Some(_) if tensor.dtype == "C128" => {
                     bail!(
@@ -203,7 +225,8 @@ impl Catalog {
                     )
                 }
                 Some(layout) if layout.big_endian || layout.fortran_order => {
-                    let data = crate::formats::npy_to_little_endian_c(file, &handle)?;
+                    let data = crate::formats::npy_to_little_endian_c(file, &handle)
+                        .map_err(|err| by_served_name(file, err))?;
                     segments.push(Segment::Bytes(Bytes::from(data)));
                 }
                 _ => push_range(&mut segments, &handle, tensor.data.start, tensor.byte_len()),
@@ -260,6 +283,13 @@ fn layout_after(header_len: u64, kinds: &[(u64, Kind)]) -> Layout {
     layout
 }
 
+/// `err` naming `file` as it is served rather than by its path here: a
+/// refusal's reason goes to the puller, who has no business with our paths.
+fn by_served_name(file: &TensorFile, err: anyhow::Error) -> anyhow::Error {
+    let path = file.path.to_string_lossy();
+    anyhow!("{}", format!("{err:#}").replace(&*path, file.file_name()))
+}
+
 fn open(file: &TensorFile) -> Result<File> {
     File::open(&file.path).with_context(|| format!("cannot open {}", file.file_name()))
 }
@@ -282,4 +312,115 @@ fn push_range(segments: &mut Vec<Segment>, handle: &Arc<File>, start: u64, len: 
         offset: start,
         len,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::patterns::tests::finishes_within;
+
+    /// A catalog serving one safetensors file of `n` tiny tensors, all named
+    /// alike but for a number, and their names.
+    fn many_tensors(dir: &std::path::Path, n: usize) -> (Catalog, Vec<String>) {
+        let path = dir.join("model.safetensors");
+        let names: Vec<String> = (0..n)
+            .map(|i| format!("model.layers.{i:06}.mlp.weight"))
+            .collect();
+        let mut builder = SafetensorsBuilder::new(None);
+        for name in &names {
+            builder.push(name, "F32", &[1], 4).unwrap();
+        }
+        let mut bytes = builder.header();
+        bytes.resize(bytes.len() + 4 * n, 0);
+        std::fs::write(&path, bytes).unwrap();
+        (Catalog::open(&[path]).unwrap(), names)
+    }
+
+    fn refs(names: impl IntoIterator<Item = String>) -> Vec<TensorRef> {
+        names
+            .into_iter()
+            .map(|tensor| TensorRef {
+                file: "model.safetensors".into(),
+                tensor,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_request_naming_many_tensors_costs_their_number() {
+        const N: usize = 100_000;
+        let dir = tempfile::tempdir().unwrap();
+        let (catalog, names) = many_tensors(dir.path(), N);
+        let catalog = Arc::new(catalog);
+        // The last tensor, named N times: a scan of the file per name, or of
+        // the names per tensor, would compare N * N names (25 s here).
+        let last = vec![names[N - 1].clone(); N];
+        let (one, twice) = finishes_within(
+            Duration::from_secs(5),
+            &format!("requests naming one tensor {N} times"),
+            {
+                let catalog = catalog.clone();
+                move || {
+                    let one = catalog.source("model.safetensors", Some(&last)).unwrap();
+                    let twice = catalog.merged(&refs(last)).err().unwrap();
+                    (one.offer, format!("{twice:#}"))
+                }
+            },
+        );
+        assert_eq!(one.tensors, 1);
+        assert!(
+            twice.starts_with("two selected tensors are named"),
+            "{twice}"
+        );
+
+        // Every tensor, last first, whole and merged.
+        let (whole, merged) = finishes_within(
+            Duration::from_secs(30),
+            &format!("requests for {N} tensors"),
+            move || {
+                let backwards: Vec<String> = names.into_iter().rev().collect();
+                let whole = catalog
+                    .source("model.safetensors", Some(&backwards))
+                    .unwrap();
+                let merged = catalog.merged(&refs(backwards)).unwrap();
+                (whole.offer, merged.offer)
+            },
+        );
+        assert_eq!(whole.tensors, N as u64);
+        assert_eq!(merged.tensors, N as u64);
+    }
+
+    #[test]
+    fn a_refusal_names_a_served_file_by_its_served_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.npy");
+        let npy = |shape: &str, data: &[u8]| {
+            let mut dict =
+                format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({shape}), }}");
+            while !(10 + dict.len() + 1).is_multiple_of(64) {
+                dict.push(' ');
+            }
+            dict.push('\n');
+            let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+            bytes.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+            bytes.extend_from_slice(dict.as_bytes());
+            bytes.extend_from_slice(data);
+            bytes
+        };
+        std::fs::write(&path, npy("1,", &[0; 4])).unwrap();
+        let catalog = Catalog::open(std::slice::from_ref(&path)).unwrap();
+        // Rewritten into a broken file: its header claims more data than it has.
+        std::fs::write(&path, npy("3,", &[0; 4])).unwrap();
+        let refusal = format!("{:#}", catalog.source("w.npy", None).err().unwrap());
+        assert!(
+            refusal.starts_with("w.npy changed on disk and cannot be served as it is now: w.npy is not a valid npy file"),
+            "{refusal}"
+        );
+        assert!(
+            !refusal.contains(&*dir.path().to_string_lossy()),
+            "{refusal}"
+        );
+    }
 }

@@ -2,14 +2,18 @@
 //!
 //! The binary's subcommands live in [`commands`]; they wire together the file
 //! [`formats`], their lossless [`codec`], the network [`protocol`], the
-//! listener's [`service`], its output [`store`] and served [`catalog`], and the
-//! terminal [`ui`].
+//! listener's [`service`], its output [`store`] (whose errors a peer is told
+//! through [`peer_errors`]) and served [`catalog`], a pull's [`patterns`], and
+//! the terminal [`ui`], which prints a peer's text only through [`escape`].
 
 pub mod catalog;
 pub mod codec;
 pub mod commands;
+pub mod escape;
 pub mod file_version;
 pub mod formats;
+pub mod patterns;
+pub mod peer_errors;
 pub mod protocol;
 pub mod service;
 pub mod store;

@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::catalog::Catalog;
+use crate::escape::printable;
+use crate::peer_errors;
 use crate::protocol::coding::{Coding, Compress};
 use crate::protocol::governor::Governor;
 use crate::protocol::liveness::Liveness;
@@ -22,7 +24,7 @@ use crate::protocol::pool::peer_answers;
 use crate::protocol::stream::{FrameReader, FrameWriter};
 use crate::protocol::stripes::{StripeLink, StripeRegistry, StripeStream, link_stripes};
 use crate::protocol::transfer::{Committed, Progress, Received, Sink, receive_file, send_file};
-use crate::protocol::wire::{CHUNK_SIZE, Hash, Message, Offer, PROTOCOL_VERSION};
+use crate::protocol::wire::{CHUNK_SIZE, Hash, Message, Offer, PROTOCOL_VERSION, WireError};
 use crate::protocol::{CODE_SHUTDOWN, HELLO_ALPN};
 use crate::store::{AliveProbe, Store};
 
@@ -152,7 +154,10 @@ impl Service {
                 let connection = match incoming.await {
                     Ok(connection) => connection,
                     Err(err) => {
-                        tracing::debug!("incoming connection failed: {err:#}");
+                        tracing::debug!(
+                            "incoming connection failed: {}",
+                            printable(&format!("{err:#}"))
+                        );
                         return;
                     }
                 };
@@ -186,7 +191,11 @@ impl Service {
                 streams = connection.accept_bi() => match streams {
                     Ok(streams) => streams,
                     Err(err) => {
-                        tracing::debug!(peer = %peer.fmt_short(), "connection ended: {err:#}");
+                        tracing::debug!(
+                            peer = %peer.fmt_short(),
+                            "connection ended: {}",
+                            printable(&format!("{err:#}"))
+                        );
                         return;
                     }
                 },
@@ -212,7 +221,11 @@ impl Service {
                     .serve_request(&connection, streams, writer, reader)
                     .await
                 {
-                    tracing::debug!(peer = %peer.fmt_short(), "request failed: {err:#}");
+                    tracing::debug!(
+                        peer = %peer.fmt_short(),
+                        "request failed: {}",
+                        printable(&format!("{err:#}"))
+                    );
                 }
             });
         }
@@ -226,7 +239,19 @@ impl Service {
         mut reader: FrameReader,
     ) -> Result<()> {
         let peer = connection.remote_id();
-        let request = reader.message().await?;
+        let request = match reader.message().await {
+            Ok(request) => request,
+            Err(err) => {
+                // A request that breaks a bound (too many tensors, say) is
+                // answered, so the peer learns which.
+                if err.is::<WireError>() {
+                    let reason = format!("{err:#}");
+                    writer.message(&Message::Refused { reason }).await.ok();
+                    writer.finish();
+                }
+                return Err(err);
+            }
+        };
         if streams.hello_only && !matches!(request, Message::Hello { .. }) {
             bail!("request on the version-neutral protocol");
         }
@@ -417,7 +442,7 @@ impl Service {
                     let connection = connection.clone();
                     Box::pin(async move { peer_answers(&connection).await })
                 });
-                store.accept(offer, alive).await
+                peer_errors::accept(store, offer, alive).await
             }
             Uploads::Stdout => {
                 // Files joined on one stream would read as the first alone.

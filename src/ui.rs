@@ -10,6 +10,7 @@ use console::Style;
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 
+use crate::escape::printable;
 use crate::protocol::path::{PathReport, PeerPath};
 use crate::protocol::transfer::{Progress, Traffic};
 
@@ -77,12 +78,13 @@ impl Ui {
         }
     }
 
-    /// A warning on stderr, shown even when quiet.
+    /// A warning on stderr, shown even when quiet; it often quotes a peer, so
+    /// it is escaped.
     pub fn warn(&self, line: impl AsRef<str>) {
         let text = format!(
             "{} {}",
             Style::new().yellow().bold().apply_to("warning:"),
-            line.as_ref()
+            printable_line(line.as_ref())
         );
         match &self.bars {
             Some(bars) => bars.suspend(|| to_stderr(&text)),
@@ -130,7 +132,8 @@ impl Ui {
                     .expect("valid template"),
             ),
         };
-        let bar = bars.add(bar.with_prefix(label.to_string()));
+        // Labels are file names, a peer's on a listener or a puller.
+        let bar = bars.add(bar.with_prefix(printable(label).into_owned()));
         let ticker = {
             let bar = bar.clone();
             let counter = counter.clone();
@@ -278,7 +281,7 @@ impl Ui {
                 "compression": rounded(totals.compression()),
                 "seconds": elapsed.as_secs_f64(),
                 "mb_per_s": mb_per_s(totals.bytes, elapsed),
-                "error": error.map(|err| one_line(&format!("{err:#}"))),
+                "error": error.map(error_text),
                 "path": paths.first().and_then(|p| p.path.as_ref()),
                 "paths": each,
             }));
@@ -365,23 +368,16 @@ pub fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// `text` with control characters escaped (`\n`, `\u{1b}`), so a name from the
-/// network cannot break a line or drive the terminal.
-pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.chars().any(char::is_control) {
-        text.chars()
-            .map(|c| {
-                if c.is_control() {
-                    c.escape_default().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect::<String>()
-            .into()
-    } else {
-        text.into()
-    }
+/// An error and its context chain as one line, a peer's text in it escaped:
+/// what the `error:` line, warnings and JSON `error` keys show.
+pub fn error_text(err: &anyhow::Error) -> String {
+    printable_line(&format!("{err:#}"))
+}
+
+/// `text` on one line, escaped: errors often carry a peer's words (a refusal
+/// reason, a name), and every such line is printed through here.
+fn printable_line(text: &str) -> String {
+    one_line(&printable(text))
 }
 
 /// The line a failed command ends with, `error:` coloured like `warning:`.
@@ -389,7 +385,7 @@ pub fn error_line(message: &str) -> String {
     format!(
         "{} {}",
         Style::new().for_stderr().red().bold().apply_to("error:"),
-        one_line(message)
+        printable_line(message)
     )
 }
 
@@ -472,6 +468,21 @@ mod tests {
     use iroh::TransportAddr;
 
     use super::*;
+
+    #[test]
+    fn an_error_carrying_a_peers_text_is_one_escaped_line() {
+        console::set_colors_enabled_stderr(false);
+        let reason = "refused \u{1b}]0;pwned\u{7}x.npy: name \"x\nforged\u{202e}.npy\" is taken";
+        let err = anyhow::anyhow!("{reason}").context("sending x.npy to 3f9a2c81d0");
+        assert_eq!(
+            error_line(&format!("{err:#}")),
+            r#"error: sending x.npy to 3f9a2c81d0: refused \u{1b}]0;pwned\u{7}x.npy: name "x\nforged\u{202e}.npy" is taken"#
+        );
+        assert_eq!(
+            error_text(&anyhow::anyhow!("cannot   read w.npy:\n  gone")),
+            r"cannot read w.npy:\n gone"
+        );
+    }
 
     #[test]
     fn numbers_are_grouped_by_thousands() {

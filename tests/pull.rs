@@ -452,3 +452,29 @@ fn bad_tickets_and_unreachable_servers() {
         "could not reach",
     );
 }
+
+#[test]
+fn a_served_name_that_would_drive_the_terminal_reaches_it_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = dir.path().join("serve");
+    std::fs::create_dir(&serve).unwrap();
+    std::fs::write(
+        serve.join("\u{1b}[31mred.safetensors"),
+        safetensors_bytes(&[("w", "U8", &[2], &[1, 2])], None),
+    )
+    .unwrap();
+    let listener = Listener::start(&["--serve", serve.to_str().unwrap()]);
+    let out = dir.path().join("out");
+    let pulled = pull(&listener.ticket, &["--out", out.to_str().unwrap()]);
+    assert_one_line_error(&pulled, r"\u{1b}[31mred.safetensors");
+    let error = text(&pulled.stderr);
+    assert!(!error.contains('\u{1b}'), "{error:?}");
+    wait_until(
+        std::time::Duration::from_secs(20),
+        "the listener's warning",
+        || listener.stderr().contains("red.safetensors"),
+    );
+    let warning = listener.stderr();
+    assert!(!warning.contains('\u{1b}'), "{warning:?}");
+    assert!(files_below(&out).is_empty(), "{:?}", files_below(&out));
+}

@@ -17,12 +17,14 @@ use iroh::EndpointAddr;
 use tensor_iroh::catalog::whole_file_offer;
 use tensor_iroh::codec::{Encoder, Kind, Region};
 use tensor_iroh::formats::TensorFile;
+use tensor_iroh::protocol::coding::Compress;
 use tensor_iroh::protocol::endpoint::{self, EndpointOptions, Relay, parse_ticket};
 use tensor_iroh::protocol::pool::Pool;
 use tensor_iroh::protocol::stream::{Frame, FrameReader, FrameWriter};
 use tensor_iroh::protocol::transport::{Congestion, Transport};
 use tensor_iroh::protocol::wire::{
-    CHUNK_SIZE, Hash, Message, Offer, chunk_header, coded_block_header, end_frame, kept_frame,
+    CHUNK_SIZE, Hash, MAX_REQUEST_TENSORS, Message, Offer, TensorRef, chunk_header,
+    coded_block_header, end_frame, kept_frame,
 };
 
 const IDENTITY: &str = "0123456789abcdef0123456789abcdef";
@@ -417,6 +419,7 @@ async fn names_from_the_network_cannot_leave_the_output_directory() {
         "new\nline.npy".into(),
         "tab\t.npy".into(),
         "esc\u{1b}[31m.npy".into(),
+        "bidi\u{202e}ypn.npy".into(),
         format!("{}.npy", "x".repeat(10_000)),
         format!("{}.npy", "y".repeat(300)),
     ];
@@ -465,7 +468,7 @@ async fn names_from_the_network_cannot_leave_the_output_directory() {
     for file in files_below(&out) {
         let name = file.to_string_lossy();
         assert!(
-            !name.chars().any(char::is_control) && !name.starts_with('.'),
+            !name.chars().any(tensor_iroh::escape::is_unprintable) && !name.starts_with('.'),
             "{name:?} in --out"
         );
     }
@@ -765,4 +768,139 @@ fn coded_lies() -> Vec<(Vec<Vec<u8>>, &'static str, &'static str)> {
             "out of bounds",
         ),
     ]
+}
+
+/// Asserts `shown` (what a command printed on stderr) holds no control or
+/// bidirectional character but the line breaks between its lines.
+fn assert_escaped(shown: &str, whose: &str) {
+    let raw: Vec<char> = shown
+        .chars()
+        .filter(|&c| c != '\n' && tensor_iroh::escape::is_unprintable(c))
+        .collect();
+    assert!(raw.is_empty(), "{whose} printed {raw:?} raw: {shown:?}");
+}
+
+#[test]
+fn names_and_reasons_from_a_peer_reach_the_terminal_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let listener = Listener::start(&["--out", out.to_str().unwrap()]);
+    let file = tiny_npy(&dir.path().join("t.npy"));
+    // Retitles the terminal and turns what follows red; forges a log line;
+    // makes a name read backwards.
+    for (name, escaped) in [
+        (
+            "\u{1b}]0;pwned\u{7}\u{1b}[31mx.npy",
+            r"\u{1b}]0;pwned\u{7}\u{1b}[31mx.npy",
+        ),
+        ("x\nwarning: forged.npy", r"x\nwarning: forged.npy"),
+        ("model\u{202e}ypn.npy", r"model\u{202e}ypn.npy"),
+    ] {
+        let sent = send(&listener.ticket, &[&file], &["--name", name]);
+        assert_one_line_error(&sent, "control characters");
+        let error = text(&sent.stderr);
+        assert_escaped(&error, "send");
+        assert!(error.contains(escaped), "{error}");
+        wait_until(Duration::from_secs(20), "the listener's warning", || {
+            listener.stderr().contains(escaped)
+        });
+    }
+    let warnings = listener.stderr();
+    assert_escaped(&warnings, "listen");
+    assert!(
+        !warnings
+            .lines()
+            .any(|line| line.starts_with("warning: forged")),
+        "{warnings}"
+    );
+    assert!(
+        visible_files(&out).is_empty(),
+        "names with control characters are refused: {:?}",
+        visible_files(&out)
+    );
+}
+
+#[test]
+fn a_refused_directory_send_names_the_directory_as_the_sender_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let out = root.join("srv/in");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::create_dir(root.join("elsewhere")).unwrap();
+    // A link an operator left where the send's directory would go.
+    std::os::unix::fs::symlink(root.join("elsewhere"), out.join("ckpt")).unwrap();
+    let ckpt = root.join("ckpt");
+    std::fs::create_dir(&ckpt).unwrap();
+    tiny_npy(&ckpt.join("a.npy"));
+    let listener = Listener::start(&["--out", out.to_str().unwrap()]);
+
+    let sent = send(&listener.ticket, &[&ckpt], &["--json"]);
+    assert_one_line_error(&sent, "ckpt is not a plain directory");
+    let error = text(&sent.stderr);
+    let failed = json_lines(&sent)
+        .into_iter()
+        .find(|line| line["event"] == "file_failed")
+        .expect("a file_failed event");
+    let told = failed["error"].as_str().unwrap();
+    for shown in [error.as_str(), told] {
+        assert!(
+            !shown.contains(out.to_str().unwrap()),
+            "the listener's path reached the sender: {shown}"
+        );
+    }
+    assert!(
+        std::fs::read_dir(root.join("elsewhere"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_naming_too_many_tensors_is_refused_naming_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = tiny_npy(&dir.path().join("t.npy"));
+    let listener = Listener::start(&["--serve", served.to_str().unwrap()]);
+    let hostile = Hostile::connect(&listener.ticket, Duration::from_secs(20)).await;
+    let names = vec!["t".to_string(); MAX_REQUEST_TENSORS + 1];
+    let refs = vec![
+        TensorRef {
+            file: "t.npy".into(),
+            tensor: "t".into(),
+        };
+        MAX_REQUEST_TENSORS + 1
+    ];
+    for request in [
+        Message::Fetch {
+            file: "t.npy".into(),
+            tensors: Some(names),
+            compress: Compress::Off,
+        },
+        Message::FetchMerged {
+            tensors: refs,
+            compress: Compress::Off,
+        },
+    ] {
+        let answers = hostile.exchange(&[request.encode()]).await;
+        assert!(
+            refused_with(
+                &answers,
+                &[&format!("at most {MAX_REQUEST_TENSORS} in one request")]
+            ),
+            "{answers:?}"
+        );
+    }
+    let answers = hostile
+        .exchange(&[Message::Fetch {
+            file: "t.npy".into(),
+            tensors: Some(vec!["t".into(); 3]),
+            compress: Compress::Off,
+        }
+        .encode()])
+        .await;
+    assert!(
+        matches!(answers.as_slice(), [Message::Offer(offer)] if offer.name == "t.npy"),
+        "a request within the bound is served: {answers:?}"
+    );
+    hostile.pool.close().await;
 }

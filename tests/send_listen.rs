@@ -217,6 +217,57 @@ with safe_open("model.safetensors", "np") as a, safe_open("out/model.safetensors
 }
 
 #[test]
+fn numpys_own_test_files_arrive_byte_identical_or_are_refused_as_object_arrays() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/numpy");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&fixtures)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "npy"))
+        .collect();
+    files.sort();
+    // numpy decides which are numeric: those it loads without unpickling.
+    let numeric = python(
+        r#"
+import os, numpy as np
+for name in sorted(os.listdir(".")):
+    if name.endswith(".npy"):
+        try:
+            np.load(name, allow_pickle=False)
+            print(name)
+        except ValueError:
+            pass
+"#,
+        &fixtures,
+    );
+    let numeric: Vec<&str> = numeric.lines().collect();
+    assert!(numeric.contains(&"win64python2.npy"), "{numeric:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let listener = Listener::start(&["--out", out.to_str().unwrap()]);
+    for file in &files {
+        let name = file.file_name().unwrap().to_str().unwrap();
+        let sent = send(&listener.ticket, &[file], &[]);
+        if numeric.contains(&name) {
+            assert!(sent.status.success(), "{name}: {}", text(&sent.stderr));
+            assert_same(file, &out.join(name));
+        } else {
+            assert_one_line_error(
+                &sent,
+                "object arrays hold pickled Python objects and are not supported",
+            );
+        }
+    }
+    python(
+        r#"
+import numpy as np
+a = np.load("out/win64python2.npy")
+assert a.dtype == np.float64 and a.shape == (2,) and (a == 1).all(), a
+"#,
+        dir.path(),
+    );
+}
+
+#[test]
 fn taken_names_get_new_ones_and_force_overwrites() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");

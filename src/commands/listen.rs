@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{NetArgs, interrupted};
 use crate::catalog::Catalog;
+use crate::escape::printable;
 use crate::protocol::endpoint::{self, AllowList, EndpointOptions};
 use crate::service::{Event, STALL_TIMEOUT, Service, Uploads};
 use crate::store::Store;
@@ -253,14 +254,17 @@ fn report(ui: &Ui, event: Event) {
                 let renamed = if received.replaced {
                     " (replacing the file stored under that name)".to_string()
                 } else if received.stored_as != offer.name && received.stored_as != "<stdout>" {
-                    format!(" (as {}, the name was taken)", ui.bold(&received.stored_as))
+                    format!(
+                        " (as {}, the name was taken)",
+                        ui.bold(printable(&received.stored_as))
+                    )
                 } else {
                     String::new()
                 };
                 ui.say(format!(
                     "{} {}{renamed}: {}, {} from {} at {:.1} MB/s",
                     ui.green("received"),
-                    ui.bold(&offer.name),
+                    ui.bold(printable(&offer.name)),
                     count(offer.tensors, "tensor"),
                     human_bytes(offer.size),
                     peer.fmt_short(),

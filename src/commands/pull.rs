@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use globset::{Glob, GlobMatcher};
 use iroh::EndpointAddr;
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -18,7 +17,10 @@ use super::{
     CompressArgs, NetArgs, Reached, TimeoutArgs, first_failure, interrupted, parse_tickets,
     paths_then_close,
 };
+use crate::escape::printable;
 use crate::formats::Format;
+use crate::patterns::Patterns;
+use crate::peer_errors;
 use crate::protocol::client;
 use crate::protocol::coding::Compress;
 use crate::protocol::path::PathReport;
@@ -28,9 +30,7 @@ use crate::protocol::transfer::{Progress, Received, Sink};
 use crate::protocol::wire::{CatalogFile, Message, Offer, TensorRef};
 use crate::service::StdoutSink;
 use crate::store::Store;
-use crate::ui::{
-    Moved, Tally, Totals, Ui, count, human_bytes, mb_per_s, moved_note, printable, rounded,
-};
+use crate::ui::{Moved, Tally, Totals, Ui, count, human_bytes, mb_per_s, moved_note, rounded};
 
 /// Files fetched at once, each on its own stream.
 const FILES_IN_FLIGHT: usize = 4;
@@ -147,7 +147,7 @@ async fn pull_all(
     reached.set((vec![addr.id], pool.clone())).ok();
     async {
         let catalog = client::catalog(&pool, &addr).await?;
-        let wanted = patterns.select(&catalog, args.stdout)?;
+        let wanted = Wanted::select(&patterns, &catalog, args.stdout)?;
         let outcomes = if args.stdout {
             let outcome = fetch_to_stdout(&pool, &addr, &wanted, args.compress.compress).await;
             if let Ok((received, _)) = &outcome {
@@ -193,11 +193,6 @@ fn list(ui: &Ui, catalog: &[CatalogFile], patterns: &Patterns) {
     }
 }
 
-/// The patterns of a pull: none means every served file, whole.
-struct Patterns {
-    patterns: Vec<(String, GlobMatcher)>,
-}
-
 /// What to fetch from one served file: all of it, or the named tensors.
 struct Wanted {
     file: String,
@@ -206,49 +201,15 @@ struct Wanted {
     bytes: u64,
 }
 
-impl Patterns {
-    fn new(patterns: &[String]) -> Result<Patterns> {
-        let patterns = patterns
-            .iter()
-            .map(|p| {
-                let glob = Glob::new(p).with_context(|| format!("invalid pattern {p:?}"))?;
-                Ok((p.clone(), glob.compile_matcher()))
-            })
-            .collect::<Result<_>>()?;
-        Ok(Patterns { patterns })
-    }
-
-    /// No patterns match every tensor.
-    fn matches(&self, name: &str) -> bool {
-        self.patterns.is_empty()
-            || self
-                .patterns
-                .iter()
-                .any(|(text, glob)| selects(text, glob, name))
-    }
-
-    /// Fails on the first pattern that matches no served tensor.
-    fn all_match(&self, catalog: &[CatalogFile]) -> Result<()> {
-        for (text, glob) in &self.patterns {
-            let found = catalog
-                .iter()
-                .flat_map(|f| &f.tensors)
-                .any(|t| selects(text, glob, &t.name));
-            if !found {
-                bail!("no served tensor matches {text:?}");
-            }
-        }
-        Ok(())
-    }
-
+impl Wanted {
     /// Applies the patterns to the catalog; a pattern that matches nothing is an
     /// error before anything is fetched. Without patterns whole files are
     /// wanted, or, for one `merged` stream, every tensor of every file.
-    fn select(&self, catalog: &[CatalogFile], merged: bool) -> Result<Vec<Wanted>> {
+    fn select(patterns: &Patterns, catalog: &[CatalogFile], merged: bool) -> Result<Vec<Wanted>> {
         if catalog.is_empty() {
             bail!("the listener serves no files");
         }
-        if self.patterns.is_empty() && !merged {
+        if patterns.is_empty() && !merged {
             return Ok(catalog
                 .iter()
                 .map(|f| Wanted {
@@ -258,14 +219,14 @@ impl Patterns {
                 })
                 .collect());
         }
-        self.all_match(catalog)?;
+        patterns.all_match(catalog)?;
         Ok(catalog
             .iter()
             .filter_map(|file| {
                 let chosen: Vec<_> = file
                     .tensors
                     .iter()
-                    .filter(|t| self.matches(&t.name))
+                    .filter(|t| patterns.matches(&t.name))
                     .collect();
                 (!chosen.is_empty()).then(|| Wanted {
                     file: file.name.clone(),
@@ -275,11 +236,6 @@ impl Patterns {
             })
             .collect())
     }
-}
-
-/// A pattern selects a tensor by its exact name, or as a glob.
-fn selects(text: &str, glob: &GlobMatcher, name: &str) -> bool {
-    text == name || glob.is_match(name)
 }
 
 type Outcome = Result<(Received, std::time::Duration)>;
@@ -378,9 +334,7 @@ async fn fetch_to_store(
                 async |offer: &Offer| {
                     // Within one pull every fetch is live; two fetches of one file
                     // get sibling partial files rather than taking over.
-                    store
-                        .accept(offer, Arc::new(|| Box::pin(async { true })))
-                        .await
+                    peer_errors::accept(&store, offer, Arc::new(|| Box::pin(async { true }))).await
                 },
             )
             .await
@@ -436,7 +390,7 @@ fn report_file(
         ui.say(format!(
             "{} {}: {}, {}{}{}",
             ui.green("pulled"),
-            ui.bold(&received.stored_as),
+            ui.bold(printable(&received.stored_as)),
             count(offer.tensors, "tensor"),
             human_bytes(offer.size),
             moved_note(received.traffic.data_bytes, offer.size, "received"),

@@ -16,6 +16,7 @@ use super::{
     paths_then_close,
 };
 use crate::catalog::{whole_file, whole_file_offer};
+use crate::escape::printable;
 use crate::formats::{Format, TensorFile, files_in};
 use crate::protocol::client;
 use crate::protocol::coding::Coding;
@@ -25,7 +26,7 @@ use crate::protocol::stripes::Striping;
 use crate::protocol::transfer::Progress;
 use crate::protocol::wire::Offer;
 use crate::ui::{
-    Moved, Tally, Totals, Ui, count, human_bytes, mb_per_s, moved_note, one_line, rounded,
+    Moved, Tally, Totals, Ui, count, error_text, human_bytes, mb_per_s, moved_note, rounded,
 };
 
 /// Files in flight at once to one listener, each on its own stream.
@@ -354,7 +355,7 @@ async fn send_all(
                 }));
             } else {
                 let renamed = if sent.stored_as != offer.name {
-                    format!(" (stored as {})", ui.bold(&sent.stored_as))
+                    format!(" (stored as {})", ui.bold(printable(&sent.stored_as)))
                 } else {
                     String::new()
                 };
@@ -374,12 +375,12 @@ async fn send_all(
                     "event": "file_failed",
                     "name": offer.name,
                     "peer": addr.id.to_string(),
-                    "error": one_line(&format!("{err:#}")),
+                    "error": error_text(err),
                 }));
             } else if sources.len() > 1 {
                 // The closing error names only the first failure; even with
                 // --quiet, every failed file must be named somewhere.
-                ui.warn(one_line(&format!("{err:#}")));
+                ui.warn(format!("{err:#}"));
             }
         }
         outcomes.push(sent.map(|_| ()));

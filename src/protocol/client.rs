@@ -8,7 +8,7 @@ use super::explain;
 use super::pool::Pool;
 use super::stripes::{StripeLink, Striping, link_stripes};
 use super::transfer::{Progress, Received, Sent, Sink, Source, receive_file, send_file};
-use super::wire::{CatalogFile, Message, Offer};
+use super::wire::{CatalogFile, MAX_MESSAGE_BYTES, MESSAGE_PREFIX, Message, Offer};
 
 /// Sends one file to the listener at `addr` and waits until it is stored.
 pub async fn upload(
@@ -90,8 +90,17 @@ pub async fn fetch<F>(
 where
     F: AsyncFnOnce(&Offer) -> Result<Box<dyn Sink>>,
 {
+    // A listener would stop reading a request this long, and the write fail
+    // before its reason could be read.
+    let encoded = request.encode();
+    let len = encoded.len() - MESSAGE_PREFIX;
+    if len > MAX_MESSAGE_BYTES as usize {
+        bail!(
+            "the request is {len} bytes; a listener takes at most {MAX_MESSAGE_BYTES} in one request (pull fewer tensors at once)"
+        );
+    }
     let (connection, mut writer, mut reader) = pool.open_on_connection(addr).await?;
-    writer.message(request).await.map_err(explain)?;
+    writer.write(encoded.into()).await.map_err(explain)?;
     let link = StripeLink::Dialer {
         connection: &connection,
         stripes: striping.stripes(link_stripes(&connection)),

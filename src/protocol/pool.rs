@@ -189,7 +189,10 @@ impl Pool {
                     ));
                 }
                 Ok(Err(err)) if !retried && !closed_on_purpose(&err) => {
-                    tracing::debug!("pooled connection failed ({err}), redialing");
+                    tracing::debug!(
+                        "pooled connection failed ({}), redialing",
+                        crate::escape::printable(&err.to_string())
+                    );
                     self.forget(addr.id, &connection).await;
                     retried = true;
                 }

@@ -115,7 +115,12 @@ impl FrameReader {
             TAG_MESSAGE => {
                 let len = self.read_u32().await?;
                 if len > MAX_MESSAGE_BYTES {
-                    return Err(WireError::Bound("message length", len.into()).into());
+                    return Err(WireError::Bound(
+                        "message length",
+                        len.into(),
+                        MAX_MESSAGE_BYTES.into(),
+                    )
+                    .into());
                 }
                 let mut body = vec![0u8; len as usize];
                 self.read_exact(&mut body).await?;
@@ -197,14 +202,19 @@ impl FrameReader {
         self.read_exact(&mut kind).await?;
         let len = self.read_u32().await?;
         if len == 0 || len > MAX_BLOCK {
-            return Err(WireError::Bound("block length", len.into()).into());
+            return Err(WireError::Bound("block length", len.into(), MAX_BLOCK.into()).into());
         }
         match kind[0] {
             BLOCK_STORED => Ok(Block::Stored { len }),
             BLOCK_CODED => {
                 let coded_len = self.read_u32().await?;
                 if coded_len >= len {
-                    return Err(WireError::Bound("coded block length", coded_len.into()).into());
+                    return Err(WireError::Bound(
+                        "coded block length",
+                        coded_len.into(),
+                        u64::from(len) - 1,
+                    )
+                    .into());
                 }
                 Ok(Block::Coded { len, coded_len })
             }

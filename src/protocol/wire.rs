@@ -25,10 +25,15 @@ pub const CHUNK_SIZE: u64 = 8 << 20;
 pub const MAX_BLOCK: u32 = 1 << 20;
 /// A JSON message longer than this is a broken or hostile peer.
 pub const MAX_MESSAGE_BYTES: u32 = 32 << 20;
+/// The tag and length before a message's JSON.
+pub const MESSAGE_PREFIX: usize = 5;
 /// Bounds on what one offer may describe, so a peer cannot make us allocate
 /// without limit: 1 PiB in 8 MiB chunks.
 pub const MAX_FILE_BYTES: u64 = 1 << 50;
 pub const MAX_NAME_BYTES: usize = 1024;
+/// The most tensors one pull request may name: ten times the tensors of the
+/// largest checkpoints, few enough that the work of one request is bounded.
+pub const MAX_REQUEST_TENSORS: usize = 1 << 20;
 
 pub const TAG_MESSAGE: u8 = 1;
 pub const TAG_CHUNK: u8 = 2;
@@ -195,7 +200,7 @@ pub enum Message {
 impl Message {
     pub fn encode(&self) -> Vec<u8> {
         let json = serde_json::to_vec(self).expect("messages serialize");
-        let mut frame = Vec::with_capacity(5 + json.len());
+        let mut frame = Vec::with_capacity(MESSAGE_PREFIX + json.len());
         frame.push(TAG_MESSAGE);
         frame.extend_from_slice(&(json.len() as u32).to_le_bytes());
         frame.extend_from_slice(&json);
@@ -222,13 +227,21 @@ impl Message {
             Message::Offer(offer) => {
                 check_name(&offer.name)?;
                 if offer.size > MAX_FILE_BYTES {
-                    return Err(WireError::Bound("file size", offer.size));
+                    return Err(WireError::Bound("file size", offer.size, MAX_FILE_BYTES));
                 }
             }
             Message::Ready { held, .. } if held.len() as u64 > MAX_FILE_BYTES / CHUNK_SIZE => {
-                return Err(WireError::Bound("held chunks", held.len() as u64));
+                return Err(WireError::Bound(
+                    "held chunks",
+                    held.len() as u64,
+                    MAX_FILE_BYTES / CHUNK_SIZE,
+                ));
             }
-            Message::Fetch { file, .. } => check_name(file)?,
+            Message::Fetch { file, tensors, .. } => {
+                check_name(file)?;
+                check_request(tensors.as_ref().map_or(0, Vec::len))?;
+            }
+            Message::FetchMerged { tensors, .. } => check_request(tensors.len())?,
             _ => {}
         }
         Ok(())
@@ -237,7 +250,18 @@ impl Message {
 
 fn check_name(name: &str) -> Result<(), WireError> {
     if name.len() > MAX_NAME_BYTES {
-        return Err(WireError::Bound("name length", name.len() as u64));
+        return Err(WireError::Bound(
+            "name length",
+            name.len() as u64,
+            MAX_NAME_BYTES as u64,
+        ));
+    }
+    Ok(())
+}
+
+fn check_request(tensors: usize) -> Result<(), WireError> {
+    if tensors > MAX_REQUEST_TENSORS {
+        return Err(WireError::RequestTooLarge(tensors));
     }
     Ok(())
 }
@@ -300,7 +324,10 @@ pub fn parse_hash(text: &str) -> Result<Hash, WireError> {
 pub enum WireError {
     UnknownTag(u8),
     BadMessage(String),
-    Bound(&'static str, u64),
+    /// What, its value, and the most it may be.
+    Bound(&'static str, u64, u64),
+    /// A request naming this many tensors.
+    RequestTooLarge(usize),
     Unexpected(&'static str),
 }
 
@@ -309,7 +336,13 @@ impl std::fmt::Display for WireError {
         match self {
             WireError::UnknownTag(tag) => write!(f, "unknown frame tag {tag}"),
             WireError::BadMessage(err) => write!(f, "malformed message: {err}"),
-            WireError::Bound(what, value) => write!(f, "{what} {value} is out of bounds"),
+            WireError::Bound(what, value, limit) => {
+                write!(f, "{what} {value} is out of bounds (at most {limit})")
+            }
+            WireError::RequestTooLarge(tensors) => write!(
+                f,
+                "the request names {tensors} tensors; a listener takes at most {MAX_REQUEST_TENSORS} in one request"
+            ),
             WireError::Unexpected(what) => write!(f, "protocol violation: {what}"),
         }
     }

@@ -13,7 +13,7 @@ const MAX_COMPONENT_BYTES: usize = 200;
 /// components (`file` or `dir/file`), or says why it cannot be used.
 pub fn safe_name(name: &str) -> Result<PathBuf> {
     ensure!(
-        !name.chars().any(|c| c.is_control()),
+        !name.chars().any(crate::escape::is_unprintable),
         "name {name:?} holds control characters"
     );
     ensure!(!name.starts_with('/'), "name {name:?} is an absolute path");
