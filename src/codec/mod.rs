@@ -39,7 +39,7 @@ const MIN_CODED_REGION: usize = 256;
 /// What the bytes of a region hold, as far as coding is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// Little-endian IEEE floats (or bfloat16) of 2, 4 or 8 bytes.
+    /// Little-endian IEEE floats (or bfloat16) of 1, 2, 4 or 8 bytes.
     Float { width: u8 },
     /// Anything else that may repeat: headers, integers, booleans.
     General,
@@ -210,7 +210,7 @@ impl Decoder {
     fn floats(&mut self, input: &mut Input, len: usize, out: &mut Vec<u8>) -> Result<()> {
         let width = usize::from(input.u8()?);
         ensure!(
-            matches!(width, 2 | 4 | 8) && len.is_multiple_of(width),
+            matches!(width, 1 | 2 | 4 | 8) && len.is_multiple_of(width),
             "a float section of {len} bytes in elements of {width}"
         );
         let count = len / width;

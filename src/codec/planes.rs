@@ -15,6 +15,8 @@ pub fn split(data: &[u8], width: usize, planes: &mut Vec<u8>) {
     planes.resize(base + data.len(), 0);
     let out = &mut planes[base..];
     match width {
+        // One plane: rotating each byte would not change its entropy.
+        1 => out.copy_from_slice(data),
         2 => {
             let (low, high) = out.split_at_mut(count);
             for ((element, low), high) in data.chunks_exact(2).zip(low).zip(high) {
@@ -45,6 +47,7 @@ pub fn split(data: &[u8], width: usize, planes: &mut Vec<u8>) {
 pub fn join(planes: &[u8], width: usize, out: &mut [u8]) {
     let count = planes.len() / width;
     match width {
+        1 => out.copy_from_slice(planes),
         2 => {
             let (low, high) = planes.split_at(count);
             for ((element, &low), &high) in out.chunks_exact_mut(2).zip(low).zip(high) {
@@ -113,7 +116,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn planes_join_back(width in prop::sample::select(vec![2usize, 4, 8]), elements in proptest::collection::vec(any::<u8>(), 0..512)) {
+        fn planes_join_back(width in prop::sample::select(vec![1usize, 2, 4, 8]), elements in proptest::collection::vec(any::<u8>(), 0..512)) {
             let data = &elements[..elements.len() / width * width];
             let mut planes = Vec::new();
             split(data, width, &mut planes);

@@ -79,16 +79,16 @@ impl Tensor {
 }
 
 /// How the codec treats elements of `dtype` (safetensors spelling) stored
-/// little-endian: floats by their byte planes, fp8 and smaller floats as they
-/// are (their bytes hold little redundancy), anything else as general data.
+/// little-endian: floats by their byte planes (fp8 is one plane), floats
+/// packed below a byte as they are (their bits cross byte boundaries),
+/// anything else as general data.
 pub fn coding_kind(dtype: &str) -> Kind {
     match dtype {
         "BF16" | "F16" => Kind::Float { width: 2 },
         "F32" | "C64" => Kind::Float { width: 4 },
         "F64" | "C128" => Kind::Float { width: 8 },
-        small if small.starts_with("F8") || small.starts_with("F6") || small.starts_with("F4") => {
-            Kind::Stored
-        }
+        fp8 if fp8.starts_with("F8") => Kind::Float { width: 1 },
+        small if small.starts_with("F6") || small.starts_with("F4") => Kind::Stored,
         _ => Kind::General,
     }
 }

@@ -3,10 +3,9 @@
 //! blocks on the sender and decoding them on the receiver, with
 //! [`crate::codec`].
 
-use std::cell::RefCell;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Result, bail};
@@ -14,7 +13,7 @@ use bytes::Bytes;
 use iroh::endpoint::Connection;
 use serde::{Deserialize, Serialize};
 
-use super::governor::Governor;
+use super::governor::{Governor, cores};
 
 use super::wire::coded_block_header;
 use crate::codec::{Decoder, Encoder, Layout, Region};
@@ -87,12 +86,31 @@ impl Coding {
     /// little, and the piece goes stored. Takes a core for a few milliseconds.
     pub fn code(&self, piece: &[u8], offset: u64, layout: &Layout) -> Option<Bytes> {
         let started = Instant::now();
-        let block = CODER.with_borrow_mut(|coder| coder.code(piece, offset, layout));
+        let block = with_pooled(&CODERS, |coder: &mut PieceCoder| {
+            coder.code(piece, offset, layout)
+        });
         if let Some(governor) = &self.governor {
             let coded_len = block.as_ref().map_or(piece.len(), Bytes::len);
             governor.coded(piece.len(), coded_len, started.elapsed());
         }
         block
+    }
+
+    /// [`Coding::code`] on a blocking thread, with at most as many pieces
+    /// coded at once as the machine has cores.
+    pub async fn code_elsewhere(
+        &self,
+        piece: Bytes,
+        offset: u64,
+        layout: Arc<Layout>,
+    ) -> Option<Bytes> {
+        let governor = self.governor.as_ref()?;
+        let _slot = governor.coding_slot().await;
+        let coding = self.clone();
+        tokio::task::spawn_blocking(move || coding.code(&piece, offset, &layout))
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Whether to code the next piece of data going out now, on `connection`
@@ -109,10 +127,26 @@ impl Coding {
     }
 }
 
-thread_local! {
-    /// Each reading thread keeps its encoder: a zstd context is costly to
-    /// make, and tokio reuses its blocking threads.
-    static CODER: RefCell<PieceCoder> = RefCell::new(PieceCoder::default());
+/// Coders and decoders kept for reuse, a few megabytes each (zstd contexts,
+/// plane buffers): no more than the machine has cores, whatever the threads.
+static CODERS: Mutex<Vec<PieceCoder>> = Mutex::new(Vec::new());
+static DECODERS: Mutex<Vec<Option<Decoder>>> = Mutex::new(Vec::new());
+
+/// Runs `work` with an item of `pool` (a new one where none is free), and
+/// keeps the item for the next caller unless the pool holds enough.
+fn with_pooled<T: Default, R>(pool: &Mutex<Vec<T>>, work: impl FnOnce(&mut T) -> R) -> R {
+    let mut item = pool
+        .lock()
+        .ok()
+        .and_then(|mut free| free.pop())
+        .unwrap_or_default();
+    let result = work(&mut item);
+    if let Ok(mut free) = pool.lock()
+        && (free.len() as f64) < cores()
+    {
+        free.push(item);
+    }
+    result
 }
 
 #[derive(Default)]
@@ -145,17 +179,13 @@ impl PieceCoder {
 /// Decodes a block of `len` bytes coded by [`Coding::code`], appending it to
 /// `out`. Runs on the receiver's checking thread.
 pub fn decode(coded: &[u8], len: usize, out: &mut Vec<u8>) -> Result<()> {
-    DECODER.with_borrow_mut(|decoder| {
+    with_pooled(&DECODERS, |decoder: &mut Option<Decoder>| {
         let decoder = match decoder {
             Some(decoder) => decoder,
             None => decoder.insert(Decoder::new()?),
         };
         decoder.decode(coded, len, out)
     })
-}
-
-thread_local! {
-    static DECODER: RefCell<Option<Decoder>> = const { RefCell::new(None) };
 }
 
 #[cfg(test)]

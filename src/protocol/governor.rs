@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use iroh::endpoint::Connection;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// When the first verdict is checked: long enough for a loopback connection
 /// to show a pace no slow link has.
@@ -54,6 +55,8 @@ pub struct Governor {
     /// Bytes the connections sent, summed over them as last read.
     wire: Mutex<Wire>,
     window: Mutex<Window>,
+    /// A permit per core: pieces coded at once.
+    coding_slots: Semaphore,
 }
 
 /// The bytes each connection had sent when last read, by its id, and their
@@ -88,6 +91,7 @@ impl Default for Governor {
                 coding_nanos: 0,
                 cpu: CpuTimes::read(),
             }),
+            coding_slots: Semaphore::new(cores() as usize),
         }
     }
 }
@@ -100,6 +104,11 @@ impl Governor {
         }
         self.look_again_if_due();
         self.code_now.load(Ordering::Relaxed)
+    }
+
+    /// Waits for a core to code on.
+    pub async fn coding_slot(&self) -> Option<SemaphorePermit<'_>> {
+        self.coding_slots.acquire().await.ok()
     }
 
     /// Records that coding `len` bytes into `coded_len` took `elapsed`.
@@ -192,7 +201,7 @@ impl Decision {
     }
 }
 
-fn cores() -> f64 {
+pub fn cores() -> f64 {
     std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
 }
 

@@ -305,12 +305,11 @@ async fn code_on_the_way(piece: &Piece, source: &Source, liveness: &Liveness) ->
     if !source.coding.should_code(Some(liveness.connection())) {
         return None;
     }
-    let (bytes, offset) = (bytes.clone(), *offset);
-    let (coding, layout) = (source.coding.clone(), source.layout.clone());
-    tokio::task::spawn_blocking(move || coding.code(&bytes, offset, &layout))
+    let layout = source.layout.clone();
+    source
+        .coding
+        .code_elsewhere(bytes.clone(), *offset, layout)
         .await
-        .ok()
-        .flatten()
 }
 
 impl Traffic {
