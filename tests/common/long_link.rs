@@ -2,7 +2,8 @@
 //! process that holds every datagram for half a round-trip time each way and
 //! drops a share of them at random (tc netem is not available everywhere), a
 //! rate cap on each namespace's way out (tc tbf), and one send or pull
-//! across it all.
+//! across it all; or the same send or pull over plain loopback, to measure
+//! against.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
@@ -113,6 +114,19 @@ pub struct Transfer {
     /// namespace sent, what the listener's did (tbf counts GSO batches as
     /// one, so these are packets as the kernel saw them).
     pub bottleneck: Option<[Counts; 2]>,
+    /// What the sending or pulling command wrote on stdout: its events, with
+    /// `--json` among the link's `sender_args`.
+    #[allow(dead_code, reason = "benches/wan.rs does not read it")]
+    pub stdout: String,
+    /// All the sending or pulling command, then the listener, wrote on
+    /// stderr: what a failed run leaves to look into.
+    #[allow(dead_code, reason = "benches/wan.rs does not read it")]
+    pub stderr: [String; 2],
+    /// The most anonymous memory (RssAnon, KiB) the sending or pulling
+    /// command, then the listener, held while the transfer ran, sampled with
+    /// each look at whether it has ended (every 10 ms).
+    #[allow(dead_code, reason = "benches/wan.rs does not read it")]
+    pub rss_anon_kib: [u64; 2],
 }
 
 /// One `send` of `file` (named `w.safetensors`) by `binary` to a listener, or
@@ -128,18 +142,82 @@ pub fn transfer(
     link: &Link,
     how: How,
 ) -> Transfer {
+    run(binary, Place::Namespaces(namespaces), file, out, link, how)
+}
+
+/// One transfer as [`transfer`] makes it, with both commands in this
+/// namespace and nothing between them but loopback: no relay and no cap, so
+/// of `link` only its arguments count (one with a rate, round trip or loss is
+/// refused), and the deadline is that of 100 MB/s.
+#[allow(dead_code, reason = "benches/wan.rs does not call it")]
+pub fn transfer_on_loopback(
+    binary: &Path,
+    file: &Path,
+    out: &Path,
+    link: &Link,
+    how: How,
+) -> Transfer {
+    assert!(
+        link.rate_mbit.is_none() && link.rtt.is_zero() && link.loss == 0.0,
+        "loopback cannot emulate {link:?}"
+    );
+    run(binary, Place::Loopback, file, out, link, how)
+}
+
+/// Where the two commands run.
+#[derive(Clone, Copy)]
+enum Place<'a> {
+    /// Each in its own namespace, the relay between them.
+    Namespaces(&'a Namespaces),
+    /// Both in this namespace, over loopback.
+    Loopback,
+}
+
+impl Place<'_> {
+    /// A command that runs `binary` on the listener's side, or the other.
+    /// `ip netns exec` execs it in place, so the child's id is the binary's.
+    fn command(self, binary: &Path, listener: bool) -> Command {
+        match self {
+            Place::Namespaces(namespaces) => {
+                let namespace = if listener {
+                    &namespaces.listener
+                } else {
+                    &namespaces.sender
+                };
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", namespace]).arg(binary);
+                command
+            }
+            Place::Loopback => Command::new(binary),
+        }
+    }
+}
+
+fn run(binary: &Path, place: Place, file: &Path, out: &Path, link: &Link, how: How) -> Transfer {
     let counts: Arc<[RelayCounts; 2]> = Arc::default();
-    let mut bottleneck = None;
-    let mut elapsed = 0.0;
-    let outcome = (|| {
-        shape(namespaces, link.rate_mbit)?;
+    let mut moved = Transfer {
+        outcome: Ok(0.0),
+        elapsed: 0.0,
+        relay: Default::default(),
+        bottleneck: None,
+        stdout: String::new(),
+        stderr: Default::default(),
+        rss_anon_kib: [0; 2],
+    };
+    moved.outcome = (|| {
+        let bind = match place {
+            Place::Namespaces(namespaces) => {
+                shape(namespaces, link.rate_mbit)?;
+                "10.202.0.2:0"
+            }
+            Place::Loopback => "127.0.0.1:0",
+        };
         let bytes = std::fs::metadata(file)
             .map_err(|e| format!("the file: {e}"))?
             .len();
-        let mut listener = Command::new("ip")
-            .args(["netns", "exec", &namespaces.listener])
-            .arg(binary)
-            .args(["listen", "--relay", "disabled", "--bind", "10.202.0.2:0"])
+        let mut listener = place
+            .command(binary, true)
+            .args(["listen", "--relay", "disabled", "--bind", bind])
             .arg("--out")
             .arg(out)
             .arg("--serve")
@@ -150,10 +228,10 @@ pub fn transfer(
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("listen does not start: {e}"))?;
-        let listener_errors = last_line(listener.stderr.take());
+        let listener_errors = all_of(listener.stderr.take());
         let result = across(
             binary,
-            namespaces,
+            place,
             file,
             out,
             link,
@@ -161,33 +239,32 @@ pub fn transfer(
             bytes,
             &counts,
             &mut listener,
-            &mut elapsed,
+            &mut moved,
         );
         listener.kill().ok();
         listener.wait().ok();
-        let listener_said = listener_errors.join().unwrap_or_default();
-        if link.rate_mbit.is_some() {
-            bottleneck = bottleneck_counts(namespaces);
+        moved.stderr[1] = listener_errors.join().unwrap_or_default();
+        if let (Place::Namespaces(namespaces), Some(_)) = (place, link.rate_mbit) {
+            moved.bottleneck = bottleneck_counts(namespaces);
         }
         match result {
-            Err(reason) if reason.is_empty() => Err(format!("listener: {listener_said}")),
+            Err(reason) if reason.is_empty() => {
+                Err(format!("listener: {}", gist(&moved.stderr[1])))
+            }
             other => other,
         }
     })();
-    Transfer {
-        outcome,
-        elapsed,
-        relay: [counts[0].get(), counts[1].get()],
-        bottleneck,
-    }
+    moved.relay = [counts[0].get(), counts[1].get()];
+    moved
 }
 
-/// The transfer itself, once the listener runs: an empty error means "ask the
+/// The transfer itself, once the listener runs, filling in what `moved`
+/// tells of the sending or pulling command: an empty error means "ask the
 /// listener".
 #[allow(clippy::too_many_arguments)]
 fn across(
     binary: &Path,
-    namespaces: &Namespaces,
+    place: Place,
     file: &Path,
     out: &Path,
     link: &Link,
@@ -195,46 +272,50 @@ fn across(
     bytes: u64,
     counts: &Arc<[RelayCounts; 2]>,
     listener: &mut Child,
-    elapsed: &mut f64,
+    moved: &mut Transfer,
 ) -> Result<f64, String> {
     let ticket_line = first_line(listener.stdout.take(), Duration::from_secs(30));
     let real: EndpointTicket = ticket_line.trim().parse().map_err(|_| String::new())?;
-    let target = *real
-        .endpoint_addr()
-        .ip_addrs()
-        .next()
-        .ok_or("the listener's ticket has no address")?;
-    let outer = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::new(10, 201, 0, 1), 0))
-        .map_err(|e| format!("relay socket: {e}"))?;
-    let inner = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::new(10, 202, 0, 1), 0))
-        .map_err(|e| format!("relay socket: {e}"))?;
-    let ticket = EndpointTicket::new(
-        EndpointAddr::new(real.endpoint_addr().id)
-            .with_ip_addr(outer.local_addr().map_err(|e| e.to_string())?),
-    );
-    let stop = Arc::new(AtomicBool::new(false));
-    // Stops the relay however this function ends.
+    // Stops the relay, where there is one, however this function ends.
     struct Stop(Arc<AtomicBool>);
     impl Drop for Stop {
         fn drop(&mut self) {
             self.0.store(true, Ordering::Relaxed);
         }
     }
-    let _stop = Stop(stop.clone());
-    relay(
-        outer,
-        inner,
-        target,
-        link.rtt / 2,
-        link.loss,
-        counts.clone(),
-        stop,
-    );
+    let _stop;
+    let ticket = match place {
+        Place::Loopback => real,
+        Place::Namespaces(_) => {
+            let target = *real
+                .endpoint_addr()
+                .ip_addrs()
+                .next()
+                .ok_or("the listener's ticket has no address")?;
+            let outer = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::new(10, 201, 0, 1), 0))
+                .map_err(|e| format!("relay socket: {e}"))?;
+            let inner = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::new(10, 202, 0, 1), 0))
+                .map_err(|e| format!("relay socket: {e}"))?;
+            let ticket = EndpointTicket::new(
+                EndpointAddr::new(real.endpoint_addr().id)
+                    .with_ip_addr(outer.local_addr().map_err(|e| e.to_string())?),
+            );
+            let stop = Arc::new(AtomicBool::new(false));
+            _stop = Stop(stop.clone());
+            relay(
+                outer,
+                inner,
+                target,
+                link.rtt / 2,
+                link.loss,
+                counts.clone(),
+                stop,
+            );
+            ticket
+        }
+    };
 
-    let mut command = Command::new("ip");
-    command
-        .args(["netns", "exec", &namespaces.sender])
-        .arg(binary);
+    let mut command = place.command(binary, false);
     command.arg(match how {
         How::Send => "send",
         How::Pull => "pull",
@@ -259,12 +340,16 @@ fn across(
     let started = Instant::now();
     let mut child = command
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("{how:?} does not start: {e}"))?;
-    let said = last_line(child.stderr.take());
+    let (said, printed) = (all_of(child.stderr.take()), all_of(child.stdout.take()));
+    let ids = [child.id(), listener.id()];
     let status = loop {
+        for (peak, id) in moved.rss_anon_kib.iter_mut().zip(ids) {
+            *peak = (*peak).max(rss_anon_kib(id));
+        }
         match child.try_wait() {
             Ok(Some(status)) => break Some(status),
             Ok(None) if started.elapsed() < deadline => {
@@ -274,24 +359,36 @@ fn across(
         }
     };
     let seconds = started.elapsed().as_secs_f64();
-    *elapsed = seconds;
+    moved.elapsed = seconds;
     if status.is_none() {
         child.kill().ok();
         child.wait().ok();
     }
-    let said = said.join().unwrap_or_default();
+    moved.stderr[0] = said.join().unwrap_or_default();
+    moved.stdout = printed.join().unwrap_or_default();
     match status {
         None => Err(format!("no end after {} s, killed", deadline.as_secs())),
-        Some(status) if !status.success() => Err(if said.is_empty() {
-            format!("{how:?}: {status}")
-        } else {
-            said
+        Some(status) if !status.success() => Err(match gist(&moved.stderr[0]) {
+            said if said.is_empty() => format!("{how:?}: {status}"),
+            said => said,
         }),
         Some(_) if !same_contents(file, &out.join("w.safetensors")) => {
             Err(String::from("the copy differs from the file"))
         }
         Some(_) => Ok(seconds),
     }
+}
+
+/// The anonymous memory (RssAnon) process `id` holds, in KiB; 0 once it has
+/// exited.
+fn rss_anon_kib(id: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{id}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|line| line.starts_with("RssAnon:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 /// Caps what leaves each namespace at `rate_mbit` (or takes the cap off),
@@ -389,27 +486,32 @@ fn first_line(from: Option<impl Read + Send + 'static>, wait: Duration) -> Strin
     first.recv_timeout(wait).unwrap_or_default()
 }
 
-/// What `from` says before it closes: its last line that starts with
+/// All `from` writes before it closes, read as it comes (so the writer never
+/// blocks on a full pipe).
+fn all_of(from: Option<impl Read + Send + 'static>) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut from) = from {
+            from.read_to_end(&mut bytes).ok();
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// What a command's stderr says, in a line: its last line that starts with
 /// "error" (clap follows its own with a hint to try `--help`), or else its
 /// last non-blank line.
-fn last_line(from: Option<impl Read + Send + 'static>) -> JoinHandle<String> {
-    std::thread::spawn(move || {
-        let Some(from) = from else {
-            return String::new();
-        };
-        let (mut error, mut last) = (None, String::new());
-        for line in BufReader::new(from).lines().map_while(Result::ok) {
-            let line = line.trim();
-            if line.is_empty() {
-                continue;
-            }
-            if line.starts_with("error") {
-                error = Some(line.to_string());
-            }
-            last = line.to_string();
-        }
-        error.unwrap_or(last)
-    })
+fn gist(stderr: &str) -> String {
+    let mut lines = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty());
+    lines
+        .clone()
+        .rfind(|line| line.starts_with("error"))
+        .or_else(|| lines.next_back())
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Whether two files hold the same bytes (false if either cannot be read).
