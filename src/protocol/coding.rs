@@ -105,7 +105,7 @@ impl Coding {
         layout: Arc<Layout>,
     ) -> Option<Bytes> {
         let governor = self.governor.as_ref()?;
-        let _slot = governor.coding_slot().await;
+        let _slot = governor.coding_slot(self.mode == Compress::Auto).await?;
         let coding = self.clone();
         tokio::task::spawn_blocking(move || coding.code(&piece, offset, &layout))
             .await

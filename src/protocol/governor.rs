@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 use iroh::endpoint::Connection;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-/// When the first verdict is checked: long enough for a loopback connection
-/// to show a pace no slow link has.
-const FIRST_LOOK: Duration = Duration::from_millis(20);
+/// When the first verdict is checked, after the first piece: long enough for
+/// a loopback connection to show a pace no slow link has.
+const FIRST_LOOK: Duration = Duration::from_millis(10);
 /// How often it is checked after that: long enough for the kernel's CPU
 /// counters, which tick every 10 ms, to say something.
 const WINDOW: Duration = Duration::from_millis(100);
@@ -54,7 +54,9 @@ pub struct Governor {
     coding_nanos: AtomicU64,
     /// Bytes the connections sent, summed over them as last read.
     wire: Mutex<Wire>,
-    window: Mutex<Window>,
+    /// None until the first piece is judged: the first window starts with the
+    /// data, not with the command (connecting takes time and sends nothing).
+    window: Mutex<Option<Window>>,
     /// A permit per core: pieces coded at once.
     coding_slots: Semaphore,
 }
@@ -84,13 +86,7 @@ impl Default for Governor {
             coded_out: AtomicU64::new(0),
             coding_nanos: AtomicU64::new(0),
             wire: Mutex::default(),
-            window: Mutex::new(Window {
-                started: Instant::now(),
-                length: FIRST_LOOK,
-                wire: 0,
-                coding_nanos: 0,
-                cpu: CpuTimes::read(),
-            }),
+            window: Mutex::new(None),
             coding_slots: Semaphore::new(cores() as usize),
         }
     }
@@ -106,9 +102,11 @@ impl Governor {
         self.code_now.load(Ordering::Relaxed)
     }
 
-    /// Waits for a core to code on.
-    pub async fn coding_slot(&self) -> Option<SemaphorePermit<'_>> {
-        self.coding_slots.acquire().await.ok()
+    /// Waits for a core to code on; none where the verdict turned to "do not
+    /// code" meanwhile, so that pieces queued for a core go as they are.
+    pub async fn coding_slot(&self, auto: bool) -> Option<SemaphorePermit<'_>> {
+        let slot = self.coding_slots.acquire().await.ok()?;
+        (!auto || self.code_now.load(Ordering::Relaxed)).then_some(slot)
     }
 
     /// Records that coding `len` bytes into `coded_len` took `elapsed`.
@@ -130,9 +128,16 @@ impl Governor {
     }
 
     fn look_again_if_due(&self) {
-        let Ok(mut window) = self.window.try_lock() else {
+        let Ok(mut slot) = self.window.try_lock() else {
             return;
         };
+        let window = slot.get_or_insert_with(|| Window {
+            started: Instant::now(),
+            length: FIRST_LOOK,
+            wire: self.wire.lock().map_or(0, |wire| wire.total),
+            coding_nanos: self.coding_nanos.load(Ordering::Relaxed),
+            cpu: CpuTimes::read(),
+        });
         let elapsed = window.started.elapsed();
         if elapsed < window.length {
             return;
