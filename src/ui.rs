@@ -424,13 +424,21 @@ impl Moved {
     }
 }
 
-/// What a file's transfer moved, when not all of it: after a resume, or
-/// nothing for a file the other side already held.
-pub fn moved_note(moved: u64, size: u64, verb: &str) -> String {
-    match Moved::of(moved, size) {
+/// What a file's transfer moved, when not all of it (after a resume, or
+/// nothing for a file the other side already held), and how much smaller
+/// compression made it on the wire.
+pub fn moved_note(traffic: Traffic, size: u64, verb: &str) -> String {
+    let moved = traffic.data_bytes;
+    let part = match Moved::of(moved, size) {
         Moved::None => format!(", already there: nothing {verb}"),
         Moved::Rest => format!(", resumed: {} {verb}", human_bytes(moved)),
         Moved::All => String::new(),
+    };
+    let compression = traffic.compression();
+    if compression >= 1.01 {
+        format!("{part}, compressed {compression:.2}x")
+    } else {
+        part
     }
 }
 

@@ -393,7 +393,7 @@ fn report_file(
             ui.bold(printable(&received.stored_as)),
             count(offer.tensors, "tensor"),
             human_bytes(offer.size),
-            moved_note(received.traffic.data_bytes, offer.size, "received"),
+            moved_note(received.traffic, offer.size, "received"),
             if received.replaced {
                 " (replacing the file that was there)"
             } else {

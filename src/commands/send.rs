@@ -359,7 +359,7 @@ async fn send_all(
                 } else {
                     String::new()
                 };
-                let resumed = moved_note(sent.traffic.data_bytes, offer.size, "sent");
+                let resumed = moved_note(sent.traffic, offer.size, "sent");
                 ui.say(format!(
                     "{} {}{renamed} to {}: {}, {}{resumed}",
                     ui.green("sent"),
