@@ -2,8 +2,8 @@
 //!
 //! A piece is described by regions: little-endian floats of a given width are
 //! split into byte planes ([`planes`]) and each plane that pays is entropy
-//! coded ([`rans`]); other data (headers, integers) goes through zstd; fp8
-//! and other data known not to compress is stored as is.
+//! coded ([`rans`]); other data (headers, integers) goes through zstd; floats
+//! packed below a byte are stored as they are.
 //!
 //! A coded piece is a run of sections, each a type byte and a little-endian
 //! u32 decoded length, then:
@@ -43,7 +43,7 @@ pub enum Kind {
     Float { width: u8 },
     /// Anything else that may repeat: headers, integers, booleans.
     General,
-    /// Data that does not compress (fp8 weights): sent as is.
+    /// Data that does not compress (floats packed below a byte): sent as is.
     Stored,
 }
 
@@ -306,7 +306,7 @@ mod tests {
     }
 
     #[test]
-    fn random_and_fp8_pieces_go_as_they_are() {
+    fn random_and_stored_pieces_go_as_they_are() {
         let data: Vec<u8> = (0..1u32 << 16)
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
             .collect();

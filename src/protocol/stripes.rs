@@ -1,7 +1,7 @@
 //! Striping: one file's chunks carried on several streams of a connection.
 //!
 //! A stream moves at most its receive window per round trip, and noq's window
-//! (1.25 MB) cannot safely grow (see the README, "Long links"): one stream holds
+//! (1.25 MB) cannot safely grow (see docs/performance.md, "Long links"): one stream holds
 //! a file to 12 MB/s on a 100 ms link. So the sender offers to stripe (on more
 //! streams the longer the link), the
 //! receiver answers how many streams it takes and a transfer number, and the
