@@ -2,14 +2,17 @@
 //! on stdout. Commands report through this so `--json`, `-q`, `--color` and a
 //! terminal differ only here.
 
+pub mod events;
+
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use console::Style;
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::Value;
+use serde::Serialize;
 
+use self::events::{Event, PathToPeer};
 use crate::escape::printable;
 use crate::protocol::path::{PathReport, PeerPath};
 use crate::protocol::transfer::{Progress, Traffic};
@@ -92,11 +95,10 @@ impl Ui {
         }
     }
 
-    /// One JSON object on its own stdout line.
-    pub fn json(&self, value: Value) {
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "{value}").ok();
-        stdout.flush().ok();
+    /// One JSON event on its own stdout line.
+    pub fn event(&self, event: impl Into<Event>) {
+        let line = serde_json::to_string(&event.into()).expect("events have string keys only");
+        self.out(line);
     }
 
     /// A line on stdout (tickets, ids, listings); machine-readable output.
@@ -268,23 +270,24 @@ impl Ui {
         paths: &[PeerPath],
     ) {
         if self.json {
-            let each: Vec<Value> = paths
-                .iter()
-                .map(|p| serde_json::json!({"peer": p.peer.to_string(), "path": p.path}))
-                .collect();
-            self.json(serde_json::json!({
-                "event": "summary",
-                "files": totals.files,
-                "failed": totals.failed,
-                "bytes": totals.bytes,
-                "sent_bytes": totals.sent_bytes,
-                "compression": rounded(totals.compression()),
-                "seconds": elapsed.as_secs_f64(),
-                "mb_per_s": mb_per_s(totals.bytes, elapsed),
-                "error": error.map(error_text),
-                "path": paths.first().and_then(|p| p.path.as_ref()),
-                "paths": each,
-            }));
+            self.event(events::Summary {
+                files: totals.files,
+                failed: totals.failed,
+                bytes: totals.bytes,
+                sent_bytes: totals.sent_bytes,
+                compression: totals.compression(),
+                seconds: elapsed.as_secs_f64(),
+                mb_per_s: mb_per_s(totals.bytes, elapsed),
+                error: error.map(error_text),
+                path: paths.first().and_then(|p| p.path.clone()),
+                paths: paths
+                    .iter()
+                    .map(|p| PathToPeer {
+                        peer: p.peer.to_string(),
+                        path: p.path.clone(),
+                    })
+                    .collect(),
+            });
             return;
         }
         if totals.failed == 0 {
@@ -395,8 +398,10 @@ pub fn to_stderr(line: &str) {
 }
 
 /// How much of a file crossed the network: all of it, the rest after a
-/// resume, or none where the other side already held it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// resume, or none where the other side already held it: the `moved` key of
+/// JSON file events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Moved {
     All,
     Rest,
@@ -411,15 +416,6 @@ impl Moved {
             Moved::Rest
         } else {
             Moved::All
-        }
-    }
-
-    /// The value of the `moved` key of JSON file events.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Moved::All => "all",
-            Moved::Rest => "rest",
-            Moved::None => "none",
         }
     }
 }
@@ -443,11 +439,6 @@ pub fn moved_note(traffic: Traffic, size: u64, verb: &str) -> String {
 }
 
 /// Megabytes (10^6 bytes) per second, the unit of every rate we print.
-/// A ratio to three decimals, as JSON events give it.
-pub fn rounded(ratio: f64) -> f64 {
-    (ratio * 1000.0).round() / 1000.0
-}
-
 pub fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
     let seconds = elapsed.as_secs_f64();
     if seconds <= 0.0 {

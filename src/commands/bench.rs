@@ -10,7 +10,6 @@ use anyhow::{Result, bail};
 use bytes::Bytes;
 use clap::Args;
 use iroh::EndpointAddr;
-use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +25,7 @@ use crate::protocol::stripes::Striping;
 use crate::protocol::transfer::{Progress, Segment, Source, Traffic};
 use crate::protocol::transport::{Congestion, Transport};
 use crate::service::{STALL_TIMEOUT, Service, Uploads};
-use crate::ui::{Ui, human_bytes, mb_per_s, rounded};
+use crate::ui::{Ui, events, human_bytes, mb_per_s};
 
 const EXAMPLES: &str = "Examples:
   tensor-iroh bench                                   # against a listener in this process
@@ -384,19 +383,18 @@ fn report_header(ui: &Ui, connect: Duration, tensors_per_s: f64) {
 
 fn report_row(ui: &Ui, raw: bool, connect: Duration, tensors_per_s: f64, row: &Row) {
     if ui.json_mode() {
-        ui.json(json!({
-            "event": "size",
-            "size_bytes": row.size,
-            "iters": row.iters,
-            "p50_us": row.p50.as_secs_f64() * 1e6,
-            "p99_us": row.p99.as_secs_f64() * 1e6,
-            "mb_per_s": row.mb_per_s,
-            "connect_ms": connect.as_secs_f64() * 1e3,
-            "tensors_per_s": tensors_per_s,
-            "raw": raw,
-            "compression": rounded(row.compression),
-            "path": row.path,
-        }));
+        ui.event(events::BenchSize {
+            size_bytes: row.size,
+            iters: row.iters,
+            p50_us: row.p50.as_secs_f64() * 1e6,
+            p99_us: row.p99.as_secs_f64() * 1e6,
+            mb_per_s: row.mb_per_s,
+            connect_ms: connect.as_secs_f64() * 1e3,
+            tensors_per_s,
+            raw,
+            compression: row.compression,
+            path: row.path.clone(),
+        });
         return;
     }
     ui.out(format!(

@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::{Result, anyhow};
 use clap::Args;
 use iroh::EndpointId;
-use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -19,7 +18,7 @@ use crate::escape::printable;
 use crate::protocol::endpoint::{self, AllowList, EndpointOptions};
 use crate::service::{Event, STALL_TIMEOUT, Service, Uploads};
 use crate::store::Store;
-use crate::ui::{Ui, count, human_bytes, mb_per_s, rounded};
+use crate::ui::{Ui, count, events, human_bytes, mb_per_s};
 
 const EXAMPLES: &str = "Examples:
   tensor-iroh listen --out ./incoming
@@ -116,11 +115,10 @@ pub async fn run(args: ListenArgs, ui: Ui) -> Result<()> {
     }
     let ticket = endpoint::ticket(&endpoint, &args.net.relay).await?;
     if args.json {
-        ui.json(json!({
-            "event": "listening",
-            "ticket": ticket.to_string(),
-            "endpoint_id": endpoint.id().to_string(),
-        }));
+        ui.event(events::Listening {
+            ticket: ticket.to_string(),
+            endpoint_id: endpoint.id().to_string(),
+        });
     } else if args.stdout {
         crate::ui::to_stderr(&ticket.to_string());
     } else {
@@ -236,20 +234,19 @@ fn report(ui: &Ui, event: Event) {
                 return;
             }
             if ui.json_mode() {
-                ui.json(json!({
-                    "event": "received",
-                    "name": received.stored_as,
-                    "sent_name": offer.name,
-                    "tensors": offer.tensors,
-                    "bytes": offer.size,
-                    "received_bytes": received.traffic.wire_bytes,
-                    "compression": rounded(received.traffic.compression()),
-                    "blake3": received.hash,
-                    "replaced": received.replaced,
-                    "peer": peer.to_string(),
-                    "seconds": elapsed.as_secs_f64(),
-                    "mb_per_s": mb_per_s(received.traffic.data_bytes, elapsed),
-                }));
+                ui.event(events::Received {
+                    name: received.stored_as.clone(),
+                    sent_name: offer.name.clone(),
+                    tensors: offer.tensors,
+                    bytes: offer.size,
+                    received_bytes: received.traffic.wire_bytes,
+                    compression: received.traffic.compression(),
+                    blake3: received.hash.clone(),
+                    replaced: received.replaced,
+                    peer: peer.to_string(),
+                    seconds: elapsed.as_secs_f64(),
+                    mb_per_s: mb_per_s(received.traffic.data_bytes, elapsed),
+                });
             } else {
                 let renamed = if received.replaced {
                     " (replacing the file stored under that name)".to_string()
@@ -274,9 +271,10 @@ fn report(ui: &Ui, event: Event) {
         }
         Event::ReceiveFailed { peer, error, .. } => {
             if ui.json_mode() {
-                ui.json(
-                    json!({"event": "receive_failed", "peer": peer.to_string(), "error": error}),
-                );
+                ui.event(events::ReceiveFailed {
+                    peer: peer.to_string(),
+                    error: error.clone(),
+                });
             }
             ui.warn(format!("from {}: {error}", peer.fmt_short()));
         }
@@ -287,10 +285,13 @@ fn report(ui: &Ui, event: Event) {
             elapsed,
         } => {
             if ui.json_mode() {
-                ui.json(json!({
-                    "event": "served", "name": name, "bytes": bytes, "peer": peer.to_string(),
-                    "seconds": elapsed.as_secs_f64(), "mb_per_s": mb_per_s(bytes, elapsed),
-                }));
+                ui.event(events::Served {
+                    name,
+                    bytes,
+                    peer: peer.to_string(),
+                    seconds: elapsed.as_secs_f64(),
+                    mb_per_s: mb_per_s(bytes, elapsed),
+                });
             } else {
                 ui.say(format!(
                     "{} {} ({}) to {} at {:.1} MB/s",
@@ -304,22 +305,28 @@ fn report(ui: &Ui, event: Event) {
         }
         Event::ServeFailed { peer, error } => {
             if ui.json_mode() {
-                ui.json(json!({"event": "serve_failed", "peer": peer.to_string(), "error": error}));
+                ui.event(events::ServeFailed {
+                    peer: peer.to_string(),
+                    error: error.clone(),
+                });
             }
             ui.warn(format!("serving {}: {error}", peer.fmt_short()));
         }
         Event::Refused { peer } => {
             if ui.json_mode() {
-                ui.json(json!({"event": "refused", "peer": peer.to_string()}));
+                ui.event(events::Refused {
+                    peer: peer.to_string(),
+                });
             }
             ui.warn(format!("refused {peer}: not on the --allow list"));
         }
         Event::StdoutSpoiled => {}
         Event::SendComplete { peer, files } => {
             if ui.json_mode() {
-                ui.json(
-                    json!({"event": "send_complete", "peer": peer.to_string(), "files": files}),
-                );
+                ui.event(events::SendComplete {
+                    peer: peer.to_string(),
+                    files,
+                });
             }
         }
     }

@@ -9,7 +9,6 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use iroh::EndpointAddr;
-use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -30,7 +29,7 @@ use crate::protocol::transfer::{Progress, Received, Sink};
 use crate::protocol::wire::{CatalogFile, Message, Offer, TensorRef};
 use crate::service::StdoutSink;
 use crate::store::Store;
-use crate::ui::{Moved, Tally, Totals, Ui, count, human_bytes, mb_per_s, moved_note, rounded};
+use crate::ui::{Moved, Tally, Totals, Ui, count, events, human_bytes, mb_per_s, moved_note};
 
 /// Files fetched at once, each on its own stream.
 const FILES_IN_FLIGHT: usize = 4;
@@ -169,14 +168,13 @@ fn list(ui: &Ui, catalog: &[CatalogFile], patterns: &Patterns) {
     for file in catalog {
         for tensor in file.tensors.iter().filter(|t| patterns.matches(&t.name)) {
             if ui.json_mode() {
-                ui.json(json!({
-                    "event": "tensor",
-                    "name": tensor.name,
-                    "dtype": tensor.dtype,
-                    "shape": tensor.shape,
-                    "bytes": tensor.bytes,
-                    "file": file.name,
-                }));
+                ui.event(events::Tensor {
+                    name: tensor.name.clone(),
+                    dtype: tensor.dtype.clone(),
+                    shape: tensor.shape.clone(),
+                    bytes: tensor.bytes,
+                    file: file.name.clone(),
+                });
             } else {
                 let shape: Vec<String> = tensor.shape.iter().map(u64::to_string).collect();
                 // Names come from the network: one line each, whatever they hold.
@@ -371,21 +369,20 @@ fn report_file(
 ) {
     let offer = &received.offer;
     if ui.json_mode() {
-        ui.json(json!({
-            "event": "file",
-            "name": offer.name,
-            "stored_as": received.stored_as,
-            "tensors": offer.tensors,
-            "bytes": offer.size,
-            "sent_bytes": received.traffic.wire_bytes,
-            "compression": rounded(received.traffic.compression()),
-            "moved": Moved::of(received.traffic.data_bytes, offer.size).as_str(),
-            "blake3": received.hash,
-            "replaced": received.replaced,
-            "seconds": elapsed.as_secs_f64(),
-            "mb_per_s": mb_per_s(offer.size, elapsed),
-            "path": path,
-        }));
+        ui.event(events::FilePulled {
+            name: offer.name.clone(),
+            stored_as: received.stored_as.clone(),
+            tensors: offer.tensors,
+            bytes: offer.size,
+            sent_bytes: received.traffic.wire_bytes,
+            compression: received.traffic.compression(),
+            moved: Moved::of(received.traffic.data_bytes, offer.size),
+            blake3: received.hash.clone(),
+            replaced: received.replaced,
+            seconds: elapsed.as_secs_f64(),
+            mb_per_s: mb_per_s(offer.size, elapsed),
+            path,
+        });
     } else {
         ui.say(format!(
             "{} {}: {}, {}{}{}",

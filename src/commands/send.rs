@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use iroh::EndpointAddr;
-use serde_json::json;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
@@ -26,7 +25,7 @@ use crate::protocol::stripes::Striping;
 use crate::protocol::transfer::Progress;
 use crate::protocol::wire::Offer;
 use crate::ui::{
-    Moved, Tally, Totals, Ui, count, error_text, human_bytes, mb_per_s, moved_note, rounded,
+    Moved, Tally, Totals, Ui, count, error_text, events, human_bytes, mb_per_s, moved_note,
 };
 
 /// Files in flight at once to one listener, each on its own stream.
@@ -338,21 +337,20 @@ async fn send_all(
             tally.stored(offer.size, sent.traffic);
             if ui.json_mode() {
                 let path = PathReport::to_peer(&pool, &addr.id).await;
-                ui.json(json!({
-                    "event": "file",
-                    "name": offer.name,
-                    "stored_as": sent.stored_as,
-                    "peer": addr.id.to_string(),
-                    "tensors": offer.tensors,
-                    "bytes": offer.size,
-                    "sent_bytes": sent.traffic.wire_bytes,
-                    "compression": rounded(sent.traffic.compression()),
-                    "moved": Moved::of(sent.traffic.data_bytes, offer.size).as_str(),
-                    "blake3": sent.hash,
-                    "seconds": elapsed.as_secs_f64(),
-                    "mb_per_s": mb_per_s(offer.size, elapsed),
-                    "path": path,
-                }));
+                ui.event(events::FileSent {
+                    name: offer.name.clone(),
+                    stored_as: sent.stored_as.clone(),
+                    peer: addr.id.to_string(),
+                    tensors: offer.tensors,
+                    bytes: offer.size,
+                    sent_bytes: sent.traffic.wire_bytes,
+                    compression: sent.traffic.compression(),
+                    moved: Moved::of(sent.traffic.data_bytes, offer.size),
+                    blake3: sent.hash.clone(),
+                    seconds: elapsed.as_secs_f64(),
+                    mb_per_s: mb_per_s(offer.size, elapsed),
+                    path,
+                });
             } else {
                 let renamed = if sent.stored_as != offer.name {
                     format!(" (stored as {})", ui.bold(printable(&sent.stored_as)))
@@ -371,12 +369,11 @@ async fn send_all(
             }
         } else if let Err(err) = &sent {
             if ui.json_mode() {
-                ui.json(json!({
-                    "event": "file_failed",
-                    "name": offer.name,
-                    "peer": addr.id.to_string(),
-                    "error": error_text(err),
-                }));
+                ui.event(events::FileFailed {
+                    name: offer.name.clone(),
+                    peer: addr.id.to_string(),
+                    error: error_text(err),
+                });
             } else if sources.len() > 1 {
                 // The closing error names only the first failure; even with
                 // --quiet, every failed file must be named somewhere.
