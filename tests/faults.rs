@@ -107,6 +107,9 @@ fn killed_senders_leave_nothing_visible_and_the_next_rerun_moves_only_the_rest()
     // A rerun killed while the listener still makes sure the first sender is
     // gone (a ping of a quarter second on loopback) takes the partial over
     // after its death: the next rerun must take it over from that one in turn.
+    // The 150 ms aims at that window but decides nothing: killed earlier or
+    // later, the second sender leaves the partial with the first's chunks or
+    // more, and what follows holds either way.
     let mut second = spawn_send(&listener.ticket, &file);
     std::thread::sleep(Duration::from_millis(150));
     second.kill().unwrap();
