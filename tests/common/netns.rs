@@ -20,32 +20,42 @@ pub struct Namespaces {
 }
 
 impl Namespaces {
-    /// Namespaces for a test, or None where this machine cannot make them,
-    /// which the test then says it skipped.
+    /// Namespaces for a bench, or None where this machine cannot make them,
+    /// which the bench then says it skipped.
     pub fn for_test() -> Option<Namespaces> {
+        Namespaces::make()
+            .map_err(|reason| eprintln!("skipped: {reason}"))
+            .ok()
+    }
+
+    /// Namespaces for a test, which fails (never passes unseen) where this
+    /// machine cannot make them: such tests are `#[ignore]`d with the reason
+    /// and run where root is (`scripts/test.sh` runs them there).
+    #[allow(dead_code, reason = "the benches skip rather than fail")]
+    pub fn required() -> Namespaces {
+        Namespaces::make().unwrap_or_else(|reason| panic!("{reason}"))
+    }
+
+    fn make() -> Result<Namespaces, String> {
+        // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: network namespaces need root");
-            return None;
+            return Err("network namespaces need root".into());
         }
         // One pair for each call: tests of one file run at once in one
         // process, and a second pair under the same names would fail (and
         // its drop would remove the first).
         static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 100;
-        let namespaces = Namespaces::create(std::process::id() % 100_000 * 100 + call);
-        if namespaces.is_none() {
-            eprintln!("skipped: `ip netns` is not available here");
-        }
-        namespaces
+        Namespaces::create(std::process::id() % 100_000 * 100 + call)
     }
 
-    /// None where namespaces cannot be made (no root, no `ip netns`).
-    pub fn create(tag: u32) -> Option<Namespaces> {
+    /// Why not, where namespaces cannot be made (no root, no `ip netns`).
+    fn create(tag: u32) -> Result<Namespaces, String> {
         let namespaces = Namespaces {
             sender: format!("ti-s{tag}"),
             listener: format!("ti-l{tag}"),
             tag,
-            _lock: lock()?,
+            _lock: lock().ok_or("cannot lock the namespaces' lock file")?,
         };
         let script = format!(
             "set -e
@@ -60,16 +70,19 @@ impl Namespaces {
             s = namespaces.sender,
             l = namespaces.listener,
         );
-        let ok = Command::new("sh")
+        let made = Command::new("sh")
             .arg("-c")
             .arg(&script)
-            .stderr(Stdio::null())
-            .status();
-        if ok.is_ok_and(|s| s.success()) {
-            Some(namespaces)
-        } else {
-            drop(namespaces);
-            None
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .output();
+        match made {
+            Ok(made) if made.status.success() => Ok(namespaces),
+            Ok(made) => Err(format!(
+                "`ip netns` could not make two namespaces joined by veth pairs: {}",
+                String::from_utf8_lossy(&made.stderr).trim()
+            )),
+            Err(err) => Err(format!("cannot run sh: {err}")),
         }
     }
 }
