@@ -12,7 +12,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 
 use crate::codec::{Kind, Layout};
-use crate::formats::{Format, SafetensorsBuilder, TensorFile, coding_kind, files_in};
+use crate::formats::{
+    Format, NpyConversion, SafetensorsBuilder, TensorFile, coding_kind, files_in,
+};
 use crate::protocol::transfer::{Segment, Source, file_offer};
 use crate::protocol::wire::{CatalogFile, Offer, TensorEntry, TensorRef};
 
@@ -216,20 +218,16 @@ impl Catalog {
                 Entry::Occupied(open) => open.get().clone(),
                 Entry::Vacant(new) => new.insert(Arc::new(open(file)?)).clone(),
             };
-            match &file.npy {
-                Some(_) if tensor.dtype == "C128" => {
-                    bail!(
-                        "{}: safetensors has no 128-bit complex dtype (only C64), so {} cannot go into a safetensors stream",
-                        file.file_name(),
-                        tensor.name
-                    )
-                }
-                Some(layout) if layout.big_endian || layout.fortran_order => {
-                    let data = crate::formats::npy_to_little_endian_c(file, &handle)
-                        .map_err(|err| by_served_name(file, err))?;
-                    segments.push(Segment::Bytes(Bytes::from(data)));
-                }
-                _ => push_range(&mut segments, &handle, tensor.data.start, tensor.byte_len()),
+            if file.npy.is_some() && tensor.dtype == "C128" {
+                bail!(
+                    "{}: safetensors has no 128-bit complex dtype (only C64), so {} cannot go into a safetensors stream",
+                    file.file_name(),
+                    tensor.name
+                )
+            }
+            match NpyConversion::of(file, &handle) {
+                Some(conversion) => segments.push(Segment::Converted(Arc::new(conversion))),
+                None => push_range(&mut segments, &handle, tensor.data.start, tensor.byte_len()),
             }
         }
         let header = builder.header();

@@ -6,6 +6,7 @@
 //! file, and the transfer code reads those bytes when it sends them.
 
 mod npy;
+mod npy_conversion;
 mod safetensors;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ use anyhow::{Context, Result, bail};
 use crate::codec::{Kind, Layout};
 use crate::file_version::FileVersion;
 
+pub use self::npy_conversion::NpyConversion;
 pub use self::safetensors::SafetensorsBuilder;
 
 /// Index files are small JSON documents; anything larger is not one.
@@ -271,51 +273,6 @@ pub fn files_in(dir: &Path, with_index: bool) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// The data of an `.npy` file as little-endian C order, its values unchanged:
-/// what safetensors stores. Reads the data into memory.
-pub fn npy_to_little_endian_c(file: &TensorFile, handle: &File) -> Result<Vec<u8>> {
-    let layout = file.npy.as_ref().context("not an .npy file")?;
-    let tensor = &file.tensors[0];
-    let mut data = vec![0u8; tensor.byte_len() as usize];
-    read_exact_at(handle, tensor.data.start, &mut data)
-        .with_context(|| format!("cannot read {}", file.path.display()))?;
-    if layout.big_endian {
-        for unit in data.chunks_exact_mut(layout.swap_unit as usize) {
-            unit.reverse();
-        }
-    }
-    if layout.fortran_order && tensor.shape.len() > 1 {
-        data = fortran_to_c(&data, &tensor.shape, layout.item_size as usize);
-    }
-    Ok(data)
-}
-
-/// Reorders elements stored column-major into row-major.
-fn fortran_to_c(data: &[u8], shape: &[u64], item: usize) -> Vec<u8> {
-    let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-    let count: usize = dims.iter().product();
-    let mut out = vec![0u8; data.len()];
-    let mut index = vec![0usize; dims.len()];
-    for c_pos in 0..count {
-        let mut f_pos = 0;
-        let mut stride = 1;
-        for (axis, &dim) in dims.iter().enumerate() {
-            f_pos += index[axis] * stride;
-            stride *= dim;
-        }
-        out[c_pos * item..(c_pos + 1) * item]
-            .copy_from_slice(&data[f_pos * item..(f_pos + 1) * item]);
-        for axis in (0..dims.len()).rev() {
-            index[axis] += 1;
-            if index[axis] < dims[axis] {
-                break;
-            }
-            index[axis] = 0;
-        }
-    }
-    out
-}
-
 /// Reads exactly `len` bytes at `offset`, failing on a short file.
 pub fn read_exact_at(file: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
@@ -370,15 +327,5 @@ mod tests {
                 let _ = parse_bytes(format, &bytes);
             }
         }
-    }
-
-    #[test]
-    fn fortran_order_becomes_c_order() {
-        // A 2x3 array [[0,1,2],[3,4,5]] stored column-major: 0,3,1,4,2,5.
-        let column_major = [0u8, 3, 1, 4, 2, 5];
-        assert_eq!(
-            fortran_to_c(&column_major, &[2, 3], 1),
-            vec![0, 1, 2, 3, 4, 5]
-        );
     }
 }

@@ -31,7 +31,7 @@ use crate::protocol::wire::{Hash, Offer};
 pub use receive::receive_file;
 pub use send::send_file;
 pub use sink::{Committed, Sink};
-pub use source::{Segment, Source, file_offer};
+pub use source::{Conversion, Segment, Source, file_offer};
 
 /// How long a failing side waits for the other's reason or acknowledgement.
 const REASON_WAIT: Duration = Duration::from_secs(2);

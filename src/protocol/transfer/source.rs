@@ -31,6 +31,9 @@ pub enum Segment {
         len: u64,
     },
     Bytes(Bytes),
+    /// Bytes made from a file as they are read: a whole converted tensor
+    /// would have to be held in memory.
+    Converted(Arc<dyn Conversion>),
 }
 
 impl Segment {
@@ -38,8 +41,29 @@ impl Segment {
         match self {
             Segment::File { len, .. } => *len,
             Segment::Bytes(bytes) => bytes.len() as u64,
+            Segment::Converted(conversion) => conversion.len(),
         }
     }
+
+    fn file(&self) -> Option<&Arc<File>> {
+        match self {
+            Segment::File { file, .. } => Some(file),
+            Segment::Bytes(_) => None,
+            Segment::Converted(conversion) => Some(conversion.file()),
+        }
+    }
+}
+
+/// The bytes of a file converted into another form, any range of which can be
+/// read without the others: stripes read their chunks concurrently, and a
+/// chunk is read again to hash it or to compare it with a puller's.
+pub trait Conversion: Send + Sync {
+    /// The length of the converted bytes.
+    fn len(&self) -> u64;
+    /// The file the bytes are made from, checked for changes like any other.
+    fn file(&self) -> &Arc<File>;
+    /// Fills `buf` with the converted bytes from `offset`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
 }
 
 /// A file to send: its offer, the segments its bytes are read from, and how
@@ -75,7 +99,7 @@ impl Source {
     pub fn with_offer(offer: Offer, segments: Vec<Segment>) -> Source {
         let mut versions: Vec<(Arc<File>, Option<FileVersion>)> = Vec::new();
         for segment in &segments {
-            if let Segment::File { file, .. } = segment
+            if let Some(file) = segment.file()
                 && !versions.iter().any(|(seen, _)| Arc::ptr_eq(seen, file))
             {
                 versions.push((file.clone(), FileVersion::of(file)));
@@ -163,6 +187,11 @@ impl Source {
                 } => {
                     buf.reserve_exact(len - buf.len());
                     read_exact_at(file, buf, take, start + offset)?;
+                }
+                Segment::Converted(conversion) => {
+                    let filled = buf.len();
+                    buf.resize(filled + take, 0);
+                    conversion.read_at(offset, &mut buf[filled..])?;
                 }
             }
             offset = 0;
