@@ -308,9 +308,14 @@ impl<'a> Columns<'a> {
         let index: Vec<u64> = block.iter().map(|range| range.start).collect();
         let mut source = row;
         let mut target = row * layout.out_strides[0];
-        for axis in 1..block.len() {
-            source += index[axis] * layout.file_strides[axis];
-            target += index[axis] * layout.out_strides[axis];
+        for ((start, file_stride), out_stride) in index
+            .iter()
+            .zip(&layout.file_strides)
+            .zip(&layout.out_strides)
+            .skip(1)
+        {
+            source += start * file_stride;
+            target += start * out_stride;
         }
         Columns {
             layout,

@@ -60,6 +60,10 @@ impl Segment {
 pub trait Conversion: Send + Sync {
     /// The length of the converted bytes.
     fn len(&self) -> u64;
+    /// Whether there are none (an empty tensor).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// The file the bytes are made from, checked for changes like any other.
     fn file(&self) -> &Arc<File>;
     /// Fills `buf` with the converted bytes from `offset`.
