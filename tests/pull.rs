@@ -272,6 +272,50 @@ assert d["cplx"].dtype == np.complex64 and np.array_equal(d["cplx"], np.load("cp
 }
 
 #[test]
+fn non_native_npy_files_larger_than_a_chunk_stream_converted() {
+    // Over a chunk each, so several stripes read them at once, and after
+    // one another, so pieces cut through elements.
+    let dir = tempfile::tempdir().unwrap();
+    python(
+        r#"
+import numpy as np
+rng = np.random.default_rng(7)
+np.save("fortran.npy", np.asfortranarray(rng.standard_normal((1000, 1500))))
+np.save("big_endian.npy", rng.standard_normal((3001, 1001)).astype(">f4"))
+np.save("fortran_3d.npy", np.asfortranarray(rng.standard_normal((70, 90, 130)).astype(">c8")))
+"#,
+        dir.path(),
+    );
+    let served: Vec<String> = ["fortran", "big_endian", "fortran_3d"]
+        .iter()
+        .flat_map(|name| {
+            let path = dir.path().join(format!("{name}.npy"));
+            ["--serve".to_string(), path.to_str().unwrap().to_string()]
+        })
+        .collect();
+    let served: Vec<&str> = served.iter().map(String::as_str).collect();
+    let listener = Listener::start(&served);
+    let output = pull(
+        &listener.ticket,
+        &["big_endian", "fortran", "fortran_3d", "--stdout"],
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    std::fs::write(dir.path().join("stream.safetensors"), &output.stdout).unwrap();
+    python(
+        r#"
+import numpy as np
+from safetensors.numpy import load_file
+d = load_file("stream.safetensors")
+for name in ["fortran", "big_endian", "fortran_3d"]:
+    want = np.load(f"{name}.npy")
+    assert d[name].shape == want.shape and np.array_equal(d[name], want), name
+assert d["fortran"].dtype == np.float64 and d["big_endian"].dtype == np.float32
+"#,
+        dir.path(),
+    );
+}
+
+#[test]
 fn clashing_names_and_unmatched_patterns_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let (serve, _) = served(dir.path());

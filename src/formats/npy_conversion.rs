@@ -27,7 +27,7 @@ const MAX_ITEM: usize = 16;
 pub struct NpyConversion {
     file: Arc<File>,
     data_start: u64,
-    len: u64,
+    size: u64,
     item: usize,
     /// The number of bytes reversed together in big-endian data (half an
     /// element for complex numbers); none for little-endian data.
@@ -84,7 +84,7 @@ impl NpyConversion {
         Some(NpyConversion {
             file: handle.clone(),
             data_start: tensor.data.start,
-            len: tensor.byte_len(),
+            size: tensor.byte_len(),
             item: layout.item_size as usize,
             swap_unit,
             column_major,
@@ -178,8 +178,8 @@ impl NpyConversion {
 }
 
 impl Conversion for NpyConversion {
-    fn len(&self) -> u64 {
-        self.len
+    fn size(&self) -> u64 {
+        self.size
     }
 
     fn file(&self) -> &Arc<File> {
@@ -189,7 +189,7 @@ impl Conversion for NpyConversion {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         if offset
             .checked_add(buf.len() as u64)
-            .is_none_or(|end| end > self.len)
+            .is_none_or(|end| end > self.size())
         {
             return Err(std::io::Error::other(
                 "a read past the end of a converted tensor",
@@ -308,14 +308,10 @@ impl<'a> Columns<'a> {
         let index: Vec<u64> = block.iter().map(|range| range.start).collect();
         let mut source = row;
         let mut target = row * layout.out_strides[0];
-        for ((start, file_stride), out_stride) in index
-            .iter()
-            .zip(&layout.file_strides)
-            .zip(&layout.out_strides)
-            .skip(1)
-        {
-            source += start * file_stride;
-            target += start * out_stride;
+        let strides = layout.file_strides.iter().zip(&layout.out_strides);
+        for (at, (file_stride, out_stride)) in index.iter().zip(strides).skip(1) {
+            source += at * file_stride;
+            target += at * out_stride;
         }
         Columns {
             layout,
@@ -514,7 +510,7 @@ mod tests {
                 prop_assert_eq!(expected, data);
                 return Ok(());
             };
-            prop_assert_eq!(conversion.len(), expected.len() as u64);
+            prop_assert_eq!(conversion.size(), expected.len() as u64);
             for (start, len) in reads {
                 let total = expected.len() as u64;
                 let start = start % (total + 1);
@@ -524,7 +520,7 @@ mod tests {
                 prop_assert_eq!(&buf[..], &expected[start as usize..(start + len) as usize]);
             }
             let mut past = [0u8; 1];
-            prop_assert!(conversion.read_at(conversion.len(), &mut past).is_err());
+            prop_assert!(conversion.read_at(conversion.size(), &mut past).is_err());
         }
     }
 

@@ -41,7 +41,7 @@ impl Segment {
         match self {
             Segment::File { len, .. } => *len,
             Segment::Bytes(bytes) => bytes.len() as u64,
-            Segment::Converted(conversion) => conversion.len(),
+            Segment::Converted(conversion) => conversion.size(),
         }
     }
 
@@ -58,12 +58,8 @@ impl Segment {
 /// read without the others: stripes read their chunks concurrently, and a
 /// chunk is read again to hash it or to compare it with a puller's.
 pub trait Conversion: Send + Sync {
-    /// The length of the converted bytes.
-    fn len(&self) -> u64;
-    /// Whether there are none (an empty tensor).
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
+    /// How many bytes the conversion makes.
+    fn size(&self) -> u64;
     /// The file the bytes are made from, checked for changes like any other.
     fn file(&self) -> &Arc<File>;
     /// Fills `buf` with the converted bytes from `offset`.
