@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Result, anyhow};
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::transfer::{Committed, Sink};
+use crate::protocol::transfer::{Committed, ReadBack, Sink};
 use crate::protocol::wire::{Hash, Offer};
 use crate::store::{AliveProbe, Store};
 
@@ -58,6 +58,9 @@ impl Sink for RelativeErrors {
     }
     fn cancelled(&self) -> CancellationToken {
         self.sink.cancelled()
+    }
+    fn read_back(&self) -> Option<Arc<dyn ReadBack>> {
+        self.sink.read_back()
     }
 }
 

@@ -2,6 +2,7 @@
 //! stdout, or nowhere for bench traffic), serves its catalog, and reports each
 //! outcome as an [`Event`] for the command to show.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,9 +19,11 @@ use crate::catalog::Catalog;
 use crate::escape::printable;
 use crate::peer_errors;
 use crate::protocol::coding::{Coding, Compress};
+use crate::protocol::endpoint::Admitted;
 use crate::protocol::governor::Governor;
 use crate::protocol::liveness::Liveness;
-use crate::protocol::pool::peer_answers;
+use crate::protocol::pool::{Pool, peer_answers};
+use crate::protocol::relay::{Delivery, RelayNode, RelaySink};
 use crate::protocol::stream::{FrameReader, FrameWriter};
 use crate::protocol::stripes::{StripeLink, StripeRegistry, StripeStream, link_stripes};
 use crate::protocol::transfer::{Committed, Progress, Received, Sink, receive_file, send_file};
@@ -30,8 +33,13 @@ use crate::store::{AliveProbe, Store};
 
 /// How long a listener waits on a silent peer in the middle of a request.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a relay's receiver waits to reach the receiver it passes the file on to.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long in-flight requests get to wind down after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long a relay's transfer from a replaced parent gets to stop by itself,
+/// keeping its checked chunks for the new parent's.
+const DETACH_GRACE: Duration = Duration::from_secs(2);
 /// Extra streams of striped transfers (uploads and pulls) the listener takes
 /// at once: three files' worth on a short link, one and a bit on a long one.
 /// Each holds a few MiB of buffers.
@@ -105,6 +113,10 @@ pub struct Service {
     extra_streams: Arc<Semaphore>,
     /// Decides for the pulls that ask `--compress auto` whether coding pays.
     governor: Arc<Governor>,
+    /// `--allow`: the peers that may make any request; others may only
+    /// deliver the file of a relay whose parent they are.
+    allowed: Option<HashSet<EndpointId>>,
+    relays: RelayNode,
 }
 
 /// What the streams of one connection share.
@@ -117,10 +129,13 @@ struct Streams<'a> {
 }
 
 impl Service {
+    /// `admitted` is where relays admit their parents past `allowed`.
     pub fn new(
         uploads: Uploads,
         catalog: Option<Catalog>,
         events: mpsc::UnboundedSender<Event>,
+        allowed: Option<HashSet<EndpointId>>,
+        admitted: Arc<Admitted>,
     ) -> Arc<Service> {
         Arc::new(Service {
             uploads,
@@ -132,12 +147,16 @@ impl Service {
             stdout_lock: Arc::new(tokio::sync::Mutex::new(())),
             extra_streams: Arc::new(Semaphore::new(EXTRA_STREAMS)),
             governor: Arc::default(),
+            allowed,
+            relays: RelayNode::new(admitted),
         })
     }
 
     /// Accepts connections until `shutdown` fires, then closes them all and
     /// gives in-flight requests a moment to keep their partial files.
     pub async fn run(self: Arc<Self>, endpoint: Endpoint, shutdown: CancellationToken) {
+        self.relays
+            .dial_with(Arc::new(Pool::new(endpoint.clone(), DIAL_TIMEOUT)));
         let tasks = TaskTracker::new();
         loop {
             let incoming = tokio::select! {
@@ -255,6 +274,18 @@ impl Service {
         if streams.hello_only && !matches!(request, Message::Hello { .. }) {
             bail!("request on the version-neutral protocol");
         }
+        let admitted_only = self
+            .allowed
+            .as_ref()
+            .is_some_and(|allowed| !allowed.contains(&peer));
+        let relay_request = matches!(
+            request,
+            Message::Forwarded { .. } | Message::Stripe { .. } | Message::Hello { .. }
+        );
+        if admitted_only && !relay_request {
+            refuse(&mut writer, "not on the allow list").await;
+            return Ok(());
+        }
         if let Message::Stripe { transfer, stripe } = request {
             let stream = StripeStream {
                 stripe,
@@ -275,54 +306,29 @@ impl Service {
                 writer.finish();
             }
             Message::Upload => {
-                // Held until the file is reported, so `done` on this connection
-                // waits for it (see below).
-                let _reporting = uploads.read().await;
-                let upload = self.uploads_seen.fetch_add(1, Ordering::Relaxed);
-                let progress = self.progress.child();
-                let started = Instant::now();
-                let result = receive_file(
-                    writer,
-                    reader,
-                    StripeLink::Listener {
-                        registry: streams.stripes,
-                        stripes: link_stripes(connection),
-                    },
-                    &progress,
-                    async |offer: &Offer| {
-                        let sink = self.sink_for(offer, connection).await?;
-                        if !offer.discard {
-                            self.events
-                                .send(Event::Receiving {
-                                    upload,
-                                    name: offer.name.clone(),
-                                    size: offer.size,
-                                    progress: progress.clone(),
-                                })
-                                .ok();
-                        }
-                        Ok(sink)
-                    },
-                )
-                .await;
-                let event = match result {
-                    Ok(received) => Event::Received {
-                        upload,
-                        peer,
-                        received,
-                        elapsed: started.elapsed(),
-                    },
-                    Err(err) => Event::ReceiveFailed {
-                        upload,
-                        peer,
-                        error: format!("{err:#}"),
-                    },
-                };
-                self.events.send(event).ok();
-                if self.stdout_spoiled.load(Ordering::Relaxed) {
-                    self.events.send(Event::StdoutSpoiled).ok();
-                }
+                self.receive_upload(connection, streams, writer, reader, None)
+                    .await;
             }
+            Message::Relay { relay, offer } => {
+                if !matches!(self.uploads, Uploads::Store(_)) {
+                    refuse(
+                        writer,
+                        "this listener keeps no copy it could pass on (it has no --out)",
+                    )
+                    .await;
+                    return Ok(());
+                }
+                self.relays
+                    .serve_control(relay, offer, writer, reader)
+                    .await?;
+            }
+            Message::Forwarded { relay } => match self.relays.delivery(relay, &peer) {
+                Ok(delivery) => {
+                    self.receive_upload(connection, streams, writer, reader, Some(delivery))
+                        .await;
+                }
+                Err(err) => refuse(writer, &format!("{err:#}")).await,
+            },
             Message::RawBench { size } => {
                 reader.discard(size).await?;
                 writer.message(&Message::Ack).await?;
@@ -362,6 +368,90 @@ impl Service {
             other => bail!("unexpected request {other:?}"),
         }
         Ok(())
+    }
+
+    /// Receives a file a peer uploads, or delivers as the parent of a relay,
+    /// and reports it.
+    async fn receive_upload(
+        &self,
+        connection: &Connection,
+        streams: Streams<'_>,
+        writer: &mut FrameWriter,
+        reader: &mut FrameReader,
+        delivery: Option<Delivery>,
+    ) {
+        let peer = connection.remote_id();
+        // Held until the file is reported, so `done` on this connection
+        // waits for it (see `Message::Done`).
+        let _reporting = streams.uploads.read().await;
+        let upload = self.uploads_seen.fetch_add(1, Ordering::Relaxed);
+        let progress = self.progress.child();
+        let started = Instant::now();
+        let receiving = receive_file(
+            writer,
+            reader,
+            StripeLink::Listener {
+                registry: streams.stripes,
+                stripes: link_stripes(connection),
+            },
+            &progress,
+            async |offer: &Offer| {
+                let mut sink = self.sink_for(offer, connection).await?;
+                if let Some(delivery) = &delivery {
+                    delivery.relay.check_offer(offer)?;
+                    let state = delivery.relay.state.clone();
+                    sink = Box::new(RelaySink::new(sink, state, delivery.detached.clone()));
+                }
+                if !offer.discard {
+                    self.events
+                        .send(Event::Receiving {
+                            upload,
+                            name: offer.name.clone(),
+                            size: offer.size,
+                            progress: progress.clone(),
+                        })
+                        .ok();
+                }
+                Ok(sink)
+            },
+        );
+        let result = match &delivery {
+            None => receiving.await,
+            Some(delivery) => {
+                // A transfer whose parent was replaced stops when its chunks
+                // stop (keeping them); one waiting elsewhere is dropped.
+                let replaced = async {
+                    delivery.detached.cancelled().await;
+                    tokio::time::sleep(DETACH_GRACE).await;
+                };
+                tokio::select! {
+                    result = receiving => result,
+                    _ = replaced => Err(anyhow!("the sender moved this relay to another parent")),
+                }
+            }
+        };
+        if let Some(delivery) = &delivery
+            && !delivery.detached.is_cancelled()
+        {
+            delivery.relay.report(&result);
+        }
+        let event = match result {
+            Ok(received) => Event::Received {
+                upload,
+                peer,
+                received,
+                elapsed: started.elapsed(),
+            },
+            Err(err) => Event::ReceiveFailed {
+                upload,
+                peer,
+                error: format!("{err:#}"),
+            },
+        };
+        self.events.send(event).ok();
+        if self.stdout_spoiled.load(Ordering::Relaxed) {
+            self.events.send(Event::StdoutSpoiled).ok();
+        }
     }
 
     /// How a pull that asked for `compress` is coded.
@@ -463,6 +553,13 @@ impl Service {
             ),
         }
     }
+}
+
+/// Answers a request with the reason it is refused.
+async fn refuse(writer: &mut FrameWriter, reason: &str) {
+    let reason = reason.to_string();
+    writer.message(&Message::Refused { reason }).await.ok();
+    writer.finish();
 }
 
 const NOTHING_SERVED: &str = "this listener serves no files (start it with --serve PATH)";

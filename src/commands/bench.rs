@@ -444,7 +444,7 @@ impl LocalListener {
         .await?;
         let addr = endpoint.addr();
         let (events, _) = mpsc::unbounded_channel();
-        let service = Service::new(Uploads::Refused, None, events);
+        let service = Service::new(Uploads::Refused, None, events, None, Arc::default());
         let shutdown = CancellationToken::new();
         let serving = tokio::spawn(service.run(endpoint, shutdown.clone()));
         Ok(LocalListener {

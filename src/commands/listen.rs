@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::{NetArgs, interrupted};
 use crate::catalog::Catalog;
 use crate::escape::printable;
-use crate::protocol::endpoint::{self, AllowList, EndpointOptions};
+use crate::protocol::endpoint::{self, Admitted, AllowList, EndpointOptions};
 use crate::service::{Event, STALL_TIMEOUT, Service, Uploads};
 use crate::store::Store;
 use crate::ui::{Ui, count, events, human_bytes, mb_per_s};
@@ -86,10 +86,13 @@ pub async fn run(args: ListenArgs, ui: Ui) -> Result<()> {
     };
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let allow = (!args.allow.is_empty()).then(|| {
+    let admitted = Arc::new(Admitted::default());
+    let allowed = (!args.allow.is_empty()).then(|| args.allow.iter().copied().collect());
+    let allow = allowed.clone().map(|ids| {
         let events = events_tx.clone();
         AllowList {
-            ids: args.allow.iter().copied().collect(),
+            ids,
+            admitted: admitted.clone(),
             on_refused: Arc::new(move |peer| {
                 events.send(Event::Refused { peer }).ok();
             }),
@@ -126,7 +129,7 @@ pub async fn run(args: ListenArgs, ui: Ui) -> Result<()> {
     }
     describe(&ui, &endpoint.id(), &uploads, catalog.as_ref(), &args.allow);
 
-    let service = Service::new(uploads, catalog, events_tx);
+    let service = Service::new(uploads, catalog, events_tx, allowed, admitted);
     let shutdown = CancellationToken::new();
     let bar = ui.progress("receiving", None, &service.progress);
     let serving = tokio::spawn(service.run(endpoint, shutdown.clone()));

@@ -21,8 +21,9 @@ use crate::protocol::client;
 use crate::protocol::coding::Coding;
 use crate::protocol::path::PathReport;
 use crate::protocol::pool::Pool;
+use crate::protocol::relay;
 use crate::protocol::stripes::Striping;
-use crate::protocol::transfer::Progress;
+use crate::protocol::transfer::{Progress, Sent};
 use crate::protocol::wire::Offer;
 use crate::ui::{
     Moved, Tally, Totals, Ui, count, error_text, events, human_bytes, mb_per_s, moved_note,
@@ -167,25 +168,35 @@ async fn send_everywhere(
     let progress = Progress::default();
     tally.plan(sources.len() * targets.len(), &progress);
     let bar = ui.progress("sending", Some(total), &progress);
-    let mut runs = JoinSet::new();
-    for addr in targets {
-        runs.spawn(send_all(
-            pool.clone(),
-            addr,
-            sources.clone(),
-            coding.clone(),
-            progress.clone(),
-            ui.clone(),
-            tally.clone(),
-        ));
-    }
-    let mut failures = Vec::new();
-    while let Some(run) = runs.join_next().await {
-        match run {
-            Ok(outcomes) => failures.extend(outcomes.into_iter().filter_map(Result::err)),
-            Err(err) => failures.push(anyhow::Error::new(err).context("a send task failed")),
+    let reporter = Reporter {
+        ui: ui.clone(),
+        tally: tally.clone(),
+        pool,
+        deliveries: sources.len() * targets.len(),
+    };
+    let failures = if targets.len() > 1 {
+        relay_all(targets, sources, coding, progress.clone(), reporter).await
+    } else {
+        let mut runs = JoinSet::new();
+        for addr in targets {
+            let run = send_all(
+                addr,
+                sources.clone(),
+                coding.clone(),
+                progress.clone(),
+                reporter.clone(),
+            );
+            runs.spawn(run);
         }
-    }
+        let mut failures = Vec::new();
+        while let Some(run) = runs.join_next().await {
+            match run {
+                Ok(outcomes) => failures.extend(outcomes.into_iter().filter_map(Result::err)),
+                Err(err) => failures.push(anyhow::Error::new(err).context("a send task failed")),
+            }
+        }
+        failures
+    };
     drop(bar);
     // The pool stays open until the summary has read the paths off it.
     let mut totals = tally.finished(failures.len());
@@ -249,14 +260,13 @@ fn dir_name(path: &Path) -> Result<String> {
 /// Sends every source to one listener, a few files at a time; says `done` when
 /// all were stored. Returns one outcome per file (stored ones are counted in `tally`).
 async fn send_all(
-    pool: Arc<Pool>,
     addr: EndpointAddr,
     sources: Arc<Vec<Planned>>,
     coding: Coding,
     progress: Progress,
-    ui: Ui,
-    tally: Tally,
+    reporter: Reporter,
 ) -> Vec<Result<()>> {
+    let (pool, ui) = (reporter.pool.clone(), reporter.ui.clone());
     let slots = Arc::new(Semaphore::new(FILES_IN_FLIGHT));
     // A checkpoint's index names its shards, so it goes after them, and not at
     // all if one of them failed: an index in place means the shards are too.
@@ -332,11 +342,183 @@ async fn send_all(
         if !is_index(&sources[index]) {
             shard_finished(sent.is_err());
         }
-        let offer = &sources[index].offer;
+        reporter
+            .file(&sources[index].offer, &addr, &sent, elapsed)
+            .await;
+        outcomes.push(sent.map(|_| ()));
+    }
+    if outcomes.iter().all(Result::is_ok)
+        && let Err(err) = client::done(&pool, &addr, outcomes.len() as u64).await
+    {
+        outcomes.push(Err(
+            err.context(format!("finishing the send to {}", addr.id.fmt_short()))
+        ));
+    }
+    outcomes
+}
+
+/// Sends every source to all `targets` through relays: each file leaves this
+/// machine about once and the listeners pass it on among themselves. Shards
+/// go first, a few at a time; an index follows to the listeners that stored
+/// every shard, and `done` to those that stored everything.
+async fn relay_all(
+    targets: Vec<EndpointAddr>,
+    sources: Arc<Vec<Planned>>,
+    coding: Coding,
+    progress: Progress,
+    reporter: Reporter,
+) -> Vec<anyhow::Error> {
+    let mut failed_at = vec![0u64; targets.len()];
+    let mut failures = Vec::new();
+    let (shards, indexes): (Vec<usize>, Vec<usize>) =
+        (0..sources.len()).partition(|&index| !is_index(&sources[index]));
+    for (files, after_shards) in [(shards, false), (indexes, true)] {
+        let mut receivers = Vec::new();
+        for (target, addr) in targets.iter().enumerate() {
+            if !after_shards || failed_at[target] == 0 {
+                receivers.push(addr.clone());
+                continue;
+            }
+            for &file in &files {
+                let withheld = anyhow::anyhow!(
+                    "not sent: {} of this send failed, and the index would name missing shards",
+                    count(failed_at[target], "other file")
+                )
+                .context(format!(
+                    "sending {} to {}",
+                    sources[file].offer.name,
+                    addr.id.fmt_short()
+                ));
+                reporter
+                    .file(
+                        &sources[file].offer,
+                        addr,
+                        &Err(anyhow::anyhow!("{withheld:#}")),
+                        Duration::ZERO,
+                    )
+                    .await;
+                failures.push(withheld);
+            }
+        }
+        let slots = Arc::new(Semaphore::new(FILES_IN_FLIGHT));
+        let receivers = Arc::new(receivers);
+        let mut runs = JoinSet::new();
+        for file in files {
+            let relayed = relay_file(
+                file,
+                receivers.clone(),
+                sources.clone(),
+                coding.clone(),
+                progress.clone(),
+                reporter.clone(),
+                slots.clone(),
+            );
+            runs.spawn(relayed);
+        }
+        while let Some(joined) = runs.join_next().await {
+            let Ok((file, outcomes, elapsed)) = joined else {
+                failures.push(anyhow::anyhow!("a relay task failed"));
+                continue;
+            };
+            for (addr, sent) in receivers.iter().zip(outcomes) {
+                reporter
+                    .file(&sources[file].offer, addr, &sent, elapsed)
+                    .await;
+                if let Err(err) = sent {
+                    let target = targets
+                        .iter()
+                        .position(|t| t.id == addr.id)
+                        .expect("a target");
+                    failed_at[target] += 1;
+                    failures.push(err);
+                }
+            }
+        }
+    }
+    for (addr, failed) in targets.iter().zip(failed_at) {
+        if failed == 0
+            && let Err(err) = client::done(&reporter.pool, addr, sources.len() as u64).await
+        {
+            failures.push(err.context(format!("finishing the send to {}", addr.id.fmt_short())));
+        }
+    }
+    failures
+}
+
+/// Relays one file to `receivers` once a slot is free; its outcome at each.
+async fn relay_file(
+    file: usize,
+    receivers: Arc<Vec<EndpointAddr>>,
+    sources: Arc<Vec<Planned>>,
+    coding: Coding,
+    progress: Progress,
+    reporter: Reporter,
+    slots: Arc<Semaphore>,
+) -> (usize, Vec<Result<Sent>>, Duration) {
+    let _slot = slots.acquire().await.expect("never closed");
+    let source = &sources[file];
+    let file_progress = progress.child();
+    let all_copies = source.offer.size * receivers.len() as u64;
+    let _bar = reporter
+        .ui
+        .progress(&source.offer.name, Some(all_copies), &file_progress);
+    let started = Instant::now();
+    // The file must still be the one validated when the send began.
+    let opened = source
+        .file
+        .check_unchanged()
+        .and_then(|()| whole_file(&source.file, source.offer.clone()));
+    let outcomes = match opened {
+        Ok(opened) => {
+            let opened = opened.coded_by(coding);
+            relay::distribute(&reporter.pool, &receivers, &opened, &file_progress).await
+        }
+        Err(err) => receivers
+            .iter()
+            .map(|_| Err(anyhow::anyhow!("{err:#}")))
+            .collect(),
+    };
+    let outcomes = receivers
+        .iter()
+        .zip(outcomes)
+        .map(|(addr, sent)| {
+            sent.with_context(|| {
+                format!("sending {} to {}", source.offer.name, addr.id.fmt_short())
+            })
+        })
+        .collect();
+    (file, outcomes, started.elapsed())
+}
+
+/// Reports each file's outcome at each listener: a line or a JSON event, and
+/// the tally of stored files.
+#[derive(Clone)]
+struct Reporter {
+    ui: Ui,
+    tally: Tally,
+    pool: Arc<Pool>,
+    /// Files times listeners: above one, every failure gets its own line.
+    deliveries: usize,
+}
+
+impl Reporter {
+    async fn file(
+        &self,
+        offer: &Offer,
+        addr: &EndpointAddr,
+        sent: &Result<Sent>,
+        elapsed: Duration,
+    ) {
+        let Reporter {
+            ui,
+            tally,
+            pool,
+            deliveries,
+        } = self;
         if let Ok(sent) = &sent {
             tally.stored(offer.size, sent.traffic);
             if ui.json_mode() {
-                let path = PathReport::to_peer(&pool, &addr.id).await;
+                let path = PathReport::to_peer(pool, &addr.id).await;
                 ui.event(events::FileSent {
                     name: offer.name.clone(),
                     stored_as: sent.stored_as.clone(),
@@ -374,20 +556,11 @@ async fn send_all(
                     peer: addr.id.to_string(),
                     error: error_text(err),
                 });
-            } else if sources.len() > 1 {
+            } else if *deliveries > 1 {
                 // The closing error names only the first failure; even with
                 // --quiet, every failed file must be named somewhere.
                 ui.warn(format!("{err:#}"));
             }
         }
-        outcomes.push(sent.map(|_| ()));
     }
-    if outcomes.iter().all(Result::is_ok)
-        && let Err(err) = client::done(&pool, &addr, outcomes.len() as u64).await
-    {
-        outcomes.push(Err(
-            err.context(format!("finishing the send to {}", addr.id.fmt_short()))
-        ));
-    }
-    outcomes
 }

@@ -182,8 +182,8 @@ impl Conversion for NpyConversion {
         self.size
     }
 
-    fn file(&self) -> &Arc<File> {
-        &self.file
+    fn file(&self) -> Option<&Arc<File>> {
+        Some(&self.file)
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {

@@ -1,10 +1,10 @@
 //! Endpoint setup: secret keys, relays, binding, and tickets.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -119,6 +119,8 @@ pub fn parse_endpoint_id(text: &str) -> Result<EndpointId> {
 #[derive(Clone)]
 pub struct AllowList {
     pub ids: HashSet<EndpointId>,
+    /// Peers admitted for a while besides `ids`: the parents of relays.
+    pub admitted: Arc<Admitted>,
     /// Told about every refused peer, for the listener to report.
     pub on_refused: Arc<dyn Fn(EndpointId) + Send + Sync>,
 }
@@ -132,7 +134,10 @@ impl std::fmt::Debug for AllowList {
 impl EndpointHooks for AllowList {
     async fn after_handshake<'a>(&'a self, connection: &'a Connection) -> AfterHandshakeOutcome {
         let peer = connection.remote_id();
-        if self.ids.contains(&peer) || connection.side().is_client() {
+        if self.ids.contains(&peer)
+            || self.admitted.contains(&peer)
+            || connection.side().is_client()
+        {
             AfterHandshakeOutcome::Accept
         } else {
             (self.on_refused)(peer);
@@ -141,6 +146,37 @@ impl EndpointHooks for AllowList {
                 reason: b"not on the allow list".to_vec(),
             }
         }
+    }
+}
+
+/// Peers a listener admits besides its allow-list while a relay needs them,
+/// counted, since one peer may be the parent in several relays at once.
+#[derive(Debug, Default)]
+pub struct Admitted(Mutex<HashMap<EndpointId, usize>>);
+
+impl Admitted {
+    fn lock(&self) -> MutexGuard<'_, HashMap<EndpointId, usize>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn admit(&self, peer: EndpointId) {
+        *self.lock().entry(peer).or_default() += 1;
+    }
+
+    pub fn release(&self, peer: &EndpointId) {
+        let mut admitted = self.lock();
+        if let Some(count) = admitted.get_mut(peer) {
+            *count -= 1;
+            if *count == 0 {
+                admitted.remove(peer);
+            }
+        }
+    }
+
+    pub fn contains(&self, peer: &EndpointId) -> bool {
+        self.lock().contains_key(peer)
     }
 }
 

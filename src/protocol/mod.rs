@@ -11,6 +11,7 @@ pub mod hashing;
 pub mod liveness;
 pub mod path;
 pub mod pool;
+pub mod relay;
 pub mod stream;
 pub mod stripes;
 pub mod transfer;

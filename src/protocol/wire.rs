@@ -34,6 +34,8 @@ pub const MAX_NAME_BYTES: usize = 1024;
 /// The most tensors one pull request may name: ten times the tensors of the
 /// largest checkpoints, few enough that the work of one request is bounded.
 pub const MAX_REQUEST_TENSORS: usize = 1 << 20;
+/// The most chunk hashes one `ChunkHashes` message carries: 32 GiB of file.
+pub const MAX_ANNOUNCED_HASHES: usize = 4096;
 
 pub const TAG_MESSAGE: u8 = 1;
 pub const TAG_CHUNK: u8 = 2;
@@ -195,6 +197,47 @@ pub enum Message {
     /// file a rerun wants to take over.
     Ping,
     Pong,
+    /// Opens a relay's control stream, from the sender: this listener is to
+    /// receive `offer` from a parent the sender names, check it against the
+    /// hashes the sender announces, and pass it on to the children it names.
+    Relay {
+        relay: u64,
+        offer: Offer,
+    },
+    /// On a relay's control stream, from the sender: the data now comes from
+    /// `parent` (an endpoint id); a transfer from an earlier parent stops.
+    Attach {
+        parent: String,
+    },
+    /// On a relay's control stream, from the sender: pass the file on to
+    /// `child` (a ticket) as well.
+    ForwardTo {
+        child: String,
+    },
+    /// On a relay's control stream, from the sender: the hashes of chunks
+    /// `first`, `first + 1`, ... of the file, as hex.
+    ChunkHashes {
+        first: u64,
+        hashes: Vec<String>,
+    },
+    /// On a relay's control stream, from the receiver, about once a second: the
+    /// file bytes it holds checked.
+    Have {
+        bytes: u64,
+    },
+    /// On a relay's control stream, from the receiver: its copy is stored.
+    RelayStored {
+        name: String,
+        hash: String,
+        /// File bytes that crossed the network into it, and their wire bytes.
+        data_bytes: u64,
+        wire_bytes: u64,
+    },
+    /// Opens a relay's data stream, from the parent: the file of `relay`
+    /// follows as in an upload.
+    Forwarded {
+        relay: u64,
+    },
 }
 
 impl Message {
@@ -242,6 +285,14 @@ impl Message {
                 check_request(tensors.as_ref().map_or(0, Vec::len))?;
             }
             Message::FetchMerged { tensors, .. } => check_request(tensors.len())?,
+            Message::Relay { offer, .. } => Message::Offer(offer.clone()).validate()?,
+            Message::ChunkHashes { hashes, .. } if hashes.len() > MAX_ANNOUNCED_HASHES => {
+                return Err(WireError::Bound(
+                    "announced hashes",
+                    hashes.len() as u64,
+                    MAX_ANNOUNCED_HASHES as u64,
+                ));
+            }
             _ => {}
         }
         Ok(())

@@ -2,8 +2,9 @@
 //! file, checked chunks into its record, and at the end the commit, or what a
 //! rerun may keep.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, ensure};
@@ -15,7 +16,7 @@ use super::dedupe::Existing;
 use super::partial::Partial;
 use super::resume::{Checked, CheckedChunks, hash_chunk_at};
 use crate::file_version::FileVersion;
-use crate::protocol::transfer::{Committed, Sink};
+use crate::protocol::transfer::{Committed, ReadBack, Sink};
 use crate::protocol::wire::{CHUNK_SIZE, Hash, Offer};
 
 pub(super) struct DiskSink {
@@ -204,5 +205,40 @@ impl Sink for DiskSink {
 
     fn cancelled(&self) -> CancellationToken {
         self.claim.cancel.clone()
+    }
+
+    fn read_back(&self) -> Option<Arc<dyn ReadBack>> {
+        // Its own descriptor: the partial may be linked away or removed at the
+        // commit while a relay still reads from it.
+        let partial = File::open(&self.partial.path).ok()?;
+        let existing = match &self.existing {
+            Some(existing) => {
+                let in_partial = self.partial.chunks();
+                let chunks = (0..existing.chunk_hashes.len() as u32)
+                    .filter(|index| !in_partial.contains(index))
+                    .collect();
+                Some((existing.file.try_clone().ok()?, chunks))
+            }
+            None => None,
+        };
+        Some(Arc::new(StoredChunks { partial, existing }))
+    }
+}
+
+/// Reads back the chunks of a transfer into the store: from its partial file,
+/// or from the identical file stored before where it held them from there.
+struct StoredChunks {
+    partial: File,
+    existing: Option<(File, HashSet<u32>)>,
+}
+
+impl ReadBack for StoredChunks {
+    fn read_at(&self, offset: u64, buf: &mut [u8], held: bool) -> std::io::Result<()> {
+        let index = (offset / CHUNK_SIZE) as u32;
+        let file = match &self.existing {
+            Some((existing, chunks)) if held && chunks.contains(&index) => existing,
+            _ => &self.partial,
+        };
+        file.read_exact_at(buf, offset)
     }
 }

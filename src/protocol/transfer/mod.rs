@@ -30,7 +30,7 @@ use crate::protocol::wire::{Hash, Offer};
 
 pub use receive::receive_file;
 pub use send::send_file;
-pub use sink::{Committed, Sink};
+pub use sink::{Committed, ExpectedHashes, ReadBack, Sink};
 pub use source::{Conversion, Segment, Source, file_offer};
 
 /// How long a failing side waits for the other's reason or acknowledgement.

@@ -17,7 +17,7 @@ use crate::protocol::wire::{CHUNK_SIZE, CODED_BLOCK_HEADER, Hash, Offer};
 
 use super::checker::{BATCH, Batch, Checker, SharedSink};
 use super::failure::{Failure, lost};
-use super::sink::Sink;
+use super::sink::{ExpectedHashes, Sink};
 use super::{Progress, StripeDone, Traffic, merge_hashes};
 
 /// The extra streams of a striped transfer as a receiver has them: those it
@@ -41,12 +41,13 @@ pub(super) async fn receive_checked(
     progress: &Progress,
 ) -> Result<(Box<dyn Sink>, Hash, Traffic)> {
     let cancelled = sink.cancelled();
+    let expected = sink.expected_hashes();
     let sink: SharedSink = Arc::new(Mutex::new(sink));
     let mut checkers: Vec<Checker> = (0..stripes)
         .map(|_| Checker::new(sink.clone(), offer.size, offer.chunks()))
         .collect();
     let outcome = tokio::select! {
-        outcome = receive_chunks(reader, &mut checkers, extra, offer, held, progress) => outcome,
+        outcome = receive_chunks(reader, &mut checkers, extra, offer, held, expected.as_deref(), progress) => outcome,
         _ = cancelled.cancelled() => Err(Failure::kept(anyhow!("a newer transfer of the same file took over"))),
     };
     let mut drained = Ok(());
@@ -77,6 +78,7 @@ async fn receive_chunks(
     extra: ExtraStreams,
     offer: &Offer,
     held: &HashMap<u32, Hash>,
+    expected: Option<&dyn ExpectedHashes>,
     progress: &Progress,
 ) -> Result<(Hash, Traffic), Failure> {
     let stripes = checkers.len() as u32;
@@ -104,7 +106,12 @@ async fn receive_chunks(
         .zip(checkers.iter_mut())
         .zip(0..)
         .map(|((reader, checker), stripe)| {
-            receive_stripe(reader, checker, offer, held, progress, stripe, stripes)
+            let chunks = Chunks {
+                offer,
+                held,
+                expected,
+            };
+            receive_stripe(reader, checker, chunks, progress, stripe, stripes)
         });
     let done = tokio::select! {
         done = try_join_all(receiving) => done?,
@@ -156,17 +163,15 @@ async fn file_hash_frame(reader: &mut FrameReader, chunks: u64) -> Result<Hash, 
 async fn receive_stripe(
     reader: &mut FrameReader,
     checker: &mut Checker,
-    offer: &Offer,
-    held: &HashMap<u32, Hash>,
+    chunks: Chunks<'_>,
     progress: &Progress,
     stripe: u32,
     stripes: u32,
 ) -> Result<StripeDone, Failure> {
     let mut hashes = Vec::new();
     let mut traffic = Traffic::default();
-    for next in stripe_chunks(stripe, stripes, offer.chunks()) {
-        let hash =
-            receive_chunk(reader, checker, offer, held, &mut traffic, progress, next).await?;
+    for next in stripe_chunks(stripe, stripes, chunks.offer.chunks()) {
+        let hash = receive_chunk(reader, checker, chunks, &mut traffic, progress, next).await?;
         hashes.push(hash);
     }
     if stripe != 0 && reader.next().await.map_err(Failure::kept)?.is_some() {
@@ -177,19 +182,46 @@ async fn receive_stripe(
     Ok(StripeDone { hashes, traffic })
 }
 
+/// What a stripe's chunks are checked against: the offer, the chunks this side
+/// held, and for a relayed file the hashes its sender announced.
+#[derive(Clone, Copy)]
+struct Chunks<'a> {
+    offer: &'a Offer,
+    held: &'a HashMap<u32, Hash>,
+    expected: Option<&'a dyn ExpectedHashes>,
+}
+
+impl Chunks<'_> {
+    /// Fails a relayed chunk whose claimed hash is not the one its sender
+    /// announced: checked before its last batch is, so a chunk that does not
+    /// match never counts as checked here, nor is it passed on.
+    async fn vouch(&self, index: u64, claimed: Hash) -> Result<Hash, Failure> {
+        let Some(expected) = self.expected else {
+            return Ok(claimed);
+        };
+        let announced = expected.expected(index).await.map_err(Failure::kept)?;
+        if announced != claimed {
+            return Err(Failure::kept(anyhow!(
+                "chunk {index} is not the sender's: its hash differs from the one the sender announced"
+            )));
+        }
+        Ok(claimed)
+    }
+}
+
 /// Receives chunk `next`: as data (stored or in blocks) into `checker`, or as a
 /// chunk this side holds (`KEPT`). Returns the chunk's hash, as claimed or
 /// held; the data received is counted in `traffic`.
 async fn receive_chunk(
     reader: &mut FrameReader,
     checker: &mut Checker,
-    offer: &Offer,
-    held: &HashMap<u32, Hash>,
+    chunks: Chunks<'_>,
     traffic: &mut Traffic,
     progress: &Progress,
     next: u64,
 ) -> Result<Hash, Failure> {
-    let chunks = offer.chunks();
+    let Chunks { offer, held, .. } = chunks;
+    let chunks_in_file = offer.chunks();
     let start = next * CHUNK_SIZE;
     let expected_len = CHUNK_SIZE.min(offer.size - start);
     match reader.next().await.map_err(Failure::kept)? {
@@ -205,9 +237,9 @@ async fn receive_chunk(
                 len: expected_len,
             };
             if coded {
-                receive_blocks(reader, checker, chunk, traffic, progress).await
+                receive_blocks(reader, checker, chunk, chunks, traffic, progress).await
             } else {
-                receive_chunk_data(reader, checker, chunk, traffic, progress).await
+                receive_chunk_data(reader, checker, chunk, chunks, traffic, progress).await
             }
         }
         Some(Frame::Kept { index }) => {
@@ -218,16 +250,16 @@ async fn receive_chunk(
                 )));
             };
             progress.add(expected_len, 0);
-            Ok(*hash)
+            chunks.vouch(next, *hash).await
         }
         Some(Frame::End { .. }) => Err(Failure::kept(anyhow!(
-            "the sender ended the file before chunk {next} of {chunks}"
+            "the sender ended the file before chunk {next} of {chunks_in_file}"
         ))),
         Some(Frame::Message(message)) => Err(Failure::kept(anyhow!(
             "protocol violation: message {message:?} inside the data"
         ))),
         None => Err(Failure::kept(anyhow!(
-            "the sender stopped before chunk {next} of {chunks}"
+            "the sender stopped before chunk {next} of {chunks_in_file}"
         ))),
     }
 }
@@ -246,6 +278,7 @@ async fn receive_chunk_data(
     reader: &mut FrameReader,
     checker: &mut Checker,
     chunk: ChunkAt,
+    chunks: Chunks<'_>,
     traffic: &mut Traffic,
     progress: &Progress,
 ) -> Result<Hash, Failure> {
@@ -265,7 +298,8 @@ async fn receive_chunk_data(
         let ended = read == len;
         if batch.len() == BATCH || ended {
             let claimed = if ended {
-                Some(reader.hash().await.map_err(Failure::kept)?)
+                let claimed = reader.hash().await.map_err(Failure::kept)?;
+                Some(chunks.vouch(index, claimed).await?)
             } else {
                 None
             };
@@ -293,6 +327,7 @@ async fn receive_blocks(
     reader: &mut FrameReader,
     checker: &mut Checker,
     chunk: ChunkAt,
+    chunks: Chunks<'_>,
     traffic: &mut Traffic,
     progress: &Progress,
 ) -> Result<Hash, Failure> {
@@ -330,7 +365,8 @@ async fn receive_blocks(
         let offset = chunk.start + read;
         read += len;
         let claimed = if read == chunk.len {
-            Some(reader.hash().await.map_err(Failure::kept)?)
+            let claimed = reader.hash().await.map_err(Failure::kept)?;
+            Some(chunks.vouch(chunk.index, claimed).await?)
         } else {
             None
         };

@@ -1,6 +1,9 @@
 //! Where a received file goes. The disk sink is the store's; the listener has
 //! sinks for stdout and for bench data it discards.
 
+use std::pin::Pin;
+use std::sync::Arc;
+
 use anyhow::Result;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +34,29 @@ pub trait Sink: Send {
     fn abandon(self: Box<Self>, keep: bool);
     /// Fires when the sink must let go of its file (a rerun took it over).
     fn cancelled(&self) -> CancellationToken;
+    /// Reads back the chunks this sink holds checked, for a relay to pass them
+    /// on; `None` where it keeps nothing (stdout, bench).
+    fn read_back(&self) -> Option<Arc<dyn ReadBack>> {
+        None
+    }
+    /// The hashes the file's chunks must have, where they come from someone
+    /// other than the peer sending the data (a relay's sender).
+    fn expected_hashes(&self) -> Option<Arc<dyn ExpectedHashes>> {
+        None
+    }
+}
+
+/// Reads a sink's checked chunks back.
+pub trait ReadBack: Send + Sync {
+    /// Fills `buf` from `offset`, within one chunk: `held` says whether the
+    /// chunk was held when the transfer began rather than received in it.
+    fn read_at(&self, offset: u64, buf: &mut [u8], held: bool) -> std::io::Result<()>;
+}
+
+/// The hashes a relayed file's chunks must have, as its sender announced them.
+pub trait ExpectedHashes: Send + Sync {
+    /// Chunk `index`'s hash, once announced.
+    fn expected(&self, index: u64) -> Pin<Box<dyn Future<Output = Result<Hash>> + Send + '_>>;
 }
 
 /// Where a sink put a committed file.

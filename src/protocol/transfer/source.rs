@@ -49,7 +49,7 @@ impl Segment {
         match self {
             Segment::File { file, .. } => Some(file),
             Segment::Bytes(_) => None,
-            Segment::Converted(conversion) => Some(conversion.file()),
+            Segment::Converted(conversion) => conversion.file(),
         }
     }
 }
@@ -60,8 +60,9 @@ impl Segment {
 pub trait Conversion: Send + Sync {
     /// How many bytes the conversion makes.
     fn size(&self) -> u64;
-    /// The file the bytes are made from, checked for changes like any other.
-    fn file(&self) -> &Arc<File>;
+    /// The file the bytes are made from, checked for changes like any other;
+    /// `None` where the bytes are checked otherwise (a relay's, by hash).
+    fn file(&self) -> Option<&Arc<File>>;
     /// Fills `buf` with the converted bytes from `offset`.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
 }
@@ -156,6 +157,23 @@ impl Source {
         .await
         .context("the reading task failed")?
         .with_context(|| format!("cannot read {name}"))
+    }
+
+    /// Reads and hashes every chunk in order, handing each hash to `emit`: what
+    /// a relay's sender announces. Blocks; `emit` returning false stops it.
+    pub fn hash_chunks(&self, emit: &mut dyn FnMut(u64, Hash) -> bool) -> Result<()> {
+        let pool = PiecePool::default();
+        let chunks = self.offer.chunks();
+        for index in 0..chunks {
+            let start = index * CHUNK_SIZE;
+            let len = CHUNK_SIZE.min(self.offer.size - start);
+            let hash = hash_chunk(self, &pool, index, chunks, start, len, &mut |_| Ok(()))
+                .with_context(|| format!("cannot read {}", self.offer.name))?;
+            if !emit(index, hash) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// The file's `len` bytes from `offset`: a slice where they lie in one

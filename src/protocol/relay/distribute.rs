@@ -1,0 +1,437 @@
+//! The sender's side of a relay: one file to several listeners, uploaded once.
+//!
+//! The sender opens a control stream to every receiver, announces the file and
+//! the hash of each chunk as it reads them, and arranges the receivers in a
+//! chain: it uploads to the first, and each receiver passes every chunk it has
+//! checked on to the next. A receiver that dies hands its children to the
+//! nearest live receiver above it; one whose copy fails is attached to the
+//! sender itself. The send is done when every receiver reported its copy
+//! stored, or failed for good.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Result, anyhow, bail};
+use iroh::{EndpointAddr, EndpointId};
+use iroh_tickets::endpoint::EndpointTicket;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::protocol::pool::Pool;
+use crate::protocol::stream::{Frame, FrameReader, FrameWriter};
+use crate::protocol::stripes::{StripeLink, relay_stripes};
+use crate::protocol::transfer::{Progress, Sent, Source, Traffic, send_file};
+use crate::protocol::wire::{Hash, Message, hash_hex};
+
+/// How often an inbound transfer of one receiver may fail before it counts
+/// as failed: each failure attaches it straight to the sender.
+const ATTEMPTS: u32 = 3;
+/// Chunk hashes per announcement.
+const HASHES_PER_MESSAGE: usize = 16;
+
+/// Sends `source` to every listener in `targets` through a relay; one outcome
+/// per target, in order. `progress` counts the bytes the receivers hold.
+pub async fn distribute(
+    pool: &Arc<Pool>,
+    targets: &[EndpointAddr],
+    source: &Source,
+    progress: &Progress,
+) -> Vec<Result<Sent>> {
+    let relay = relay_id();
+    let opened = futures_util::future::join_all(
+        targets
+            .iter()
+            .map(|addr| open_control(pool, addr, relay, source)),
+    )
+    .await;
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let mut members = Vec::new();
+    let mut outcomes: Vec<Option<Result<Sent>>> = Vec::new();
+    for (index, (addr, opened)) in targets.iter().zip(opened).enumerate() {
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        match opened {
+            Ok((writer, reader)) => {
+                tokio::spawn(member(
+                    index,
+                    writer,
+                    reader,
+                    commands_rx,
+                    events_tx.clone(),
+                ));
+                outcomes.push(None);
+            }
+            Err(err) => outcomes.push(Some(Err(err))),
+        }
+        members.push(Member {
+            addr: addr.clone(),
+            commands,
+            parent: None,
+            attempts: 0,
+            held: 0,
+            gone: false,
+        });
+    }
+    let mut relaying = Relaying {
+        pool,
+        source,
+        relay,
+        members,
+        outcomes,
+        uploads: JoinSet::new(),
+        upload_progress: Progress::default(),
+        progress,
+    };
+    relaying.run(events, events_tx).await;
+    relaying.finish()
+}
+
+/// A relay's number: it only has to differ from the other relays its
+/// receivers take part in at the same time.
+fn relay_id() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut seed = blake3::Hasher::new();
+    seed.update(&std::process::id().to_le_bytes());
+    seed.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        seed.update(&now.as_nanos().to_le_bytes());
+    }
+    let hash = seed.finalize();
+    u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+/// Opens the control stream to `addr` and announces the relay on it.
+async fn open_control(
+    pool: &Pool,
+    addr: &EndpointAddr,
+    relay: u64,
+    source: &Source,
+) -> Result<(FrameWriter, FrameReader)> {
+    let (mut writer, mut reader) = pool.open(addr).await?;
+    writer
+        .message(&Message::Relay {
+            relay,
+            offer: source.offer.clone(),
+        })
+        .await?;
+    match reader.message().await? {
+        Message::Ack => Ok((writer, reader)),
+        Message::Refused { reason } | Message::Failed { reason } => bail!("{reason}"),
+        other => bail!("unexpected answer to a relay: {}", other.kind()),
+    }
+}
+
+/// What the sender tells a receiver on its control stream.
+enum Command {
+    Announce(Message),
+    Attach(EndpointId),
+    ForwardTo(EndpointAddr),
+}
+
+/// What a receiver told the sender, or that it is gone.
+enum Event {
+    Attached(usize),
+    Holds(usize, u64),
+    Stored(usize, Sent),
+    Failed(usize, String),
+    Gone(usize, anyhow::Error),
+    HashesRead(Result<()>),
+}
+
+/// Drives one receiver's control stream: writes the sender's commands, reads
+/// its answers as events, until the sender is done with it.
+async fn member(
+    index: usize,
+    mut writer: FrameWriter,
+    mut reader: FrameReader,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let gone = loop {
+        tokio::select! {
+            command = commands.recv() => {
+                let Some(command) = command else {
+                    writer.finish();
+                    return;
+                };
+                let message = match command {
+                    Command::Announce(message) => message,
+                    Command::Attach(parent) => Message::Attach { parent: parent.to_string() },
+                    Command::ForwardTo(child) => Message::ForwardTo {
+                        child: EndpointTicket::new(child).to_string(),
+                    },
+                };
+                if let Err(err) = writer.message(&message).await {
+                    break err;
+                }
+            }
+            frame = reader.next() => {
+                let event = match frame {
+                    Ok(Some(Frame::Message(message))) => match answer(index, message) {
+                        Ok(event) => event,
+                        Err(err) => break err,
+                    },
+                    Ok(Some(_)) => break anyhow!("data on a relay's control stream"),
+                    Ok(None) => break anyhow!("it ended the relay"),
+                    Err(err) => break err,
+                };
+                events.send(event).ok();
+            }
+        }
+    };
+    events.send(Event::Gone(index, gone)).ok();
+}
+
+fn answer(index: usize, message: Message) -> Result<Event> {
+    Ok(match message {
+        Message::Ack => Event::Attached(index),
+        Message::Have { bytes } => Event::Holds(index, bytes),
+        Message::RelayStored {
+            name,
+            hash,
+            data_bytes,
+            wire_bytes,
+        } => Event::Stored(
+            index,
+            Sent {
+                stored_as: name,
+                hash,
+                traffic: Traffic {
+                    data_bytes,
+                    wire_bytes,
+                },
+            },
+        ),
+        Message::Failed { reason } => Event::Failed(index, reason),
+        other => bail!("unexpected {} message from a receiver", other.kind()),
+    })
+}
+
+struct Member {
+    addr: EndpointAddr,
+    commands: mpsc::UnboundedSender<Command>,
+    /// The receiver it gets the file from; `None`: the sender.
+    parent: Option<usize>,
+    /// Inbound transfers that failed.
+    attempts: u32,
+    /// File bytes it holds, as it last said.
+    held: u64,
+    /// Its control stream ended: it passes nothing on any more.
+    gone: bool,
+}
+
+struct Relaying<'a> {
+    pool: &'a Arc<Pool>,
+    source: &'a Source,
+    relay: u64,
+    members: Vec<Member>,
+    /// Each receiver's outcome, once final.
+    outcomes: Vec<Option<Result<Sent>>>,
+    /// The sender's own uploads, to the receivers attached to it.
+    uploads: JoinSet<()>,
+    upload_progress: Progress,
+    progress: &'a Progress,
+}
+
+impl Relaying<'_> {
+    /// Whether `index` can still pass the file on.
+    fn live(&self, index: usize) -> bool {
+        !self.members[index].gone && !matches!(self.outcomes[index], Some(Err(_)))
+    }
+
+    fn pending(&self) -> bool {
+        self.outcomes.iter().any(Option::is_none)
+    }
+
+    async fn run(
+        &mut self,
+        mut events: mpsc::UnboundedReceiver<Event>,
+        events_tx: mpsc::UnboundedSender<Event>,
+    ) {
+        let receivers: Vec<usize> = (0..self.members.len()).filter(|&i| self.live(i)).collect();
+        if receivers.is_empty() {
+            return;
+        }
+        let announcing = self.announce_hashes(events_tx);
+        let mut previous = None;
+        for &index in &receivers {
+            self.reattach(index, previous);
+            previous = Some(index);
+        }
+        while self.pending() {
+            let Some(event) = events.recv().await else {
+                break;
+            };
+            match event {
+                // It admits its parent now: the data can start.
+                Event::Attached(index) => self.deliver_to(index),
+                Event::Holds(index, bytes) => {
+                    let member = &mut self.members[index];
+                    if bytes > member.held {
+                        self.progress.add(bytes - member.held, 0);
+                    }
+                    member.held = bytes;
+                }
+                Event::Stored(index, sent) => {
+                    self.outcomes[index].get_or_insert(Ok(sent));
+                }
+                Event::Failed(index, reason) => self.inbound_failed(index, reason),
+                Event::Gone(index, err) => {
+                    self.members[index].gone = true;
+                    let err = err.context("the receiver stopped answering");
+                    self.lost(index, err);
+                }
+                Event::HashesRead(Err(err)) => {
+                    for outcome in &mut self.outcomes {
+                        outcome.get_or_insert_with(|| Err(anyhow!("{err:#}")));
+                    }
+                }
+                Event::HashesRead(Ok(())) => {}
+            }
+        }
+        announcing.abort();
+    }
+
+    /// Reads the file's chunk hashes in order and announces them to every
+    /// receiver, ahead of the data.
+    fn announce_hashes(&self, events: mpsc::UnboundedSender<Event>) -> tokio::task::JoinHandle<()> {
+        let source = self.source.clone();
+        let receivers: Vec<_> = self
+            .members
+            .iter()
+            .map(|member| member.commands.clone())
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            let mut batch: Vec<Hash> = Vec::new();
+            let mut first = 0;
+            let chunks = source.offer.chunks();
+            let read = source.hash_chunks(&mut |index, hash| {
+                batch.push(hash);
+                // The first chunk's hash goes at once: the data follows it closely.
+                if index == 0 || batch.len() == HASHES_PER_MESSAGE || index + 1 == chunks {
+                    let message = Message::ChunkHashes {
+                        first,
+                        hashes: batch.iter().map(hash_hex).collect(),
+                    };
+                    for receiver in &receivers {
+                        receiver.send(Command::Announce(message.clone())).ok();
+                    }
+                    first = index + 1;
+                    batch.clear();
+                }
+                true
+            });
+            events.send(Event::HashesRead(read)).ok();
+        })
+    }
+
+    fn parent_id(&self, parent: Option<usize>) -> EndpointId {
+        match parent {
+            Some(parent) => self.members[parent].addr.id,
+            None => self.pool.endpoint().id(),
+        }
+    }
+
+    fn command(&self, index: usize, command: Command) {
+        self.members[index].commands.send(command).ok();
+    }
+
+    /// Starts the data towards `index` from its parent: the sender's upload,
+    /// or a receiver told to pass the file on.
+    fn deliver_to(&mut self, index: usize) {
+        if !self.live(index) || self.outcomes[index].is_some() {
+            return;
+        }
+        match self.members[index].parent {
+            Some(parent) => {
+                let child = self.members[index].addr.clone();
+                self.command(parent, Command::ForwardTo(child));
+            }
+            None => self.upload_to(index),
+        }
+    }
+
+    fn upload_to(&mut self, index: usize) {
+        let pool = self.pool.clone();
+        let addr = self.members[index].addr.clone();
+        let source = self.source.clone();
+        let relay = self.relay;
+        let progress = self.upload_progress.clone();
+        self.uploads.spawn(async move {
+            let uploaded = async {
+                let (connection, mut writer, mut reader) = pool.open_on_connection(&addr).await?;
+                send_file(
+                    &mut writer,
+                    &mut reader,
+                    Some(&Message::Forwarded { relay }),
+                    &source,
+                    StripeLink::Dialer {
+                        connection: &connection,
+                        stripes: relay_stripes(&connection),
+                    },
+                    &progress,
+                )
+                .await
+            };
+            // The receiver reports its copy on its control stream.
+            if let Err(err) = uploaded.await {
+                tracing::debug!(peer = %addr.id.fmt_short(), "relay upload failed: {err:#}");
+            }
+        });
+    }
+
+    /// `index` says its inbound transfer failed: it gets the file straight
+    /// from the sender, up to [`ATTEMPTS`] times.
+    fn inbound_failed(&mut self, index: usize, reason: String) {
+        if self.outcomes[index].is_some() {
+            return;
+        }
+        let member = &mut self.members[index];
+        member.attempts += 1;
+        if member.attempts >= ATTEMPTS {
+            self.lost(index, anyhow!("{reason}"));
+            return;
+        }
+        self.reattach(index, None);
+    }
+
+    /// `index` failed for good, or can pass nothing on: its children move to
+    /// the nearest live receiver above it.
+    fn lost(&mut self, index: usize, err: anyhow::Error) {
+        self.outcomes[index].get_or_insert(Err(err));
+        let above = self.live_ancestor(self.members[index].parent);
+        let children: Vec<usize> = (0..self.members.len())
+            .filter(|&child| self.members[child].parent == Some(index))
+            .collect();
+        for child in children {
+            if self.live(child) && self.outcomes[child].is_none() {
+                self.reattach(child, above);
+            }
+        }
+    }
+
+    fn live_ancestor(&self, mut parent: Option<usize>) -> Option<usize> {
+        while let Some(index) = parent {
+            if self.live(index) {
+                return Some(index);
+            }
+            parent = self.members[index].parent;
+        }
+        None
+    }
+
+    /// Attaches `index` to `parent`; its data starts once it acknowledged.
+    fn reattach(&mut self, index: usize, parent: Option<usize>) {
+        self.members[index].parent = parent;
+        self.command(index, Command::Attach(self.parent_id(parent)));
+    }
+
+    /// Every receiver's outcome, with the bytes the sender put on the wire.
+    fn finish(self) -> Vec<Result<Sent>> {
+        self.progress.add(0, self.upload_progress.wire());
+        drop(self.uploads);
+        self.outcomes
+            .into_iter()
+            .map(|outcome| outcome.unwrap_or_else(|| Err(anyhow!("the relay ended early"))))
+            .collect()
+    }
+}

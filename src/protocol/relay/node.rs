@@ -1,0 +1,310 @@
+//! A listener's part in relays: the relays it takes part in, each with its
+//! control stream to the sender, the parent it admits for that relay only, and
+//! the children it passes the file on to.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use iroh::{EndpointAddr, EndpointId};
+use tokio::sync::{OwnedMutexGuard, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::state::{RelayState, Relayed};
+use crate::protocol::endpoint::{Admitted, parse_endpoint_id, parse_ticket};
+use crate::protocol::pool::Pool;
+use crate::protocol::stream::{Frame, FrameReader, FrameWriter};
+use crate::protocol::stripes::{StripeLink, relay_stripes};
+use crate::protocol::transfer::{Progress, Received, Segment, Source, send_file};
+use crate::protocol::wire::{Message, Offer, parse_hash};
+
+/// How often a receiver tells the sender what it holds: its sign of life
+/// while its copy arrives from another receiver.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// The relays a listener takes part in.
+pub struct RelayNode {
+    relays: Mutex<HashMap<u64, Arc<Relay>>>,
+    /// The parents admitted past `--allow`, each for its relay only.
+    admitted: Arc<Admitted>,
+    /// Dials the children, from the listener's endpoint.
+    pool: OnceLock<Arc<Pool>>,
+}
+
+/// One relayed file as a receiver takes part in it.
+pub struct Relay {
+    id: u64,
+    pub offer: Offer,
+    pub state: Arc<RelayState>,
+    attachment: Mutex<Attachment>,
+    /// Held by the transfer receiving the file: a new parent's waits for the
+    /// old one's to let go of the partial file.
+    receiving: Arc<tokio::sync::Mutex<()>>,
+    verdicts: mpsc::UnboundedSender<Result<Received, String>>,
+}
+
+struct Attachment {
+    parent: Option<EndpointId>,
+    /// Fires when the sender attaches this receiver to another parent.
+    detached: CancellationToken,
+}
+
+/// What a parent's data stream holds while it delivers the file.
+pub struct Delivery {
+    pub relay: Arc<Relay>,
+    pub detached: CancellationToken,
+    _receiving: OwnedMutexGuard<()>,
+}
+
+impl RelayNode {
+    pub fn new(admitted: Arc<Admitted>) -> RelayNode {
+        RelayNode {
+            relays: Mutex::default(),
+            admitted,
+            pool: OnceLock::new(),
+        }
+    }
+
+    /// Children are dialed from `pool`, the listener's endpoint.
+    pub fn dial_with(&self, pool: Arc<Pool>) {
+        self.pool.set(pool).ok();
+    }
+
+    fn relays(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Relay>>> {
+        self.relays
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Serves a relay's control stream until the sender ends it: the hashes
+    /// it announces, the parents and children it names, and this receiver's
+    /// heartbeats and verdicts back.
+    pub async fn serve_control(
+        &self,
+        id: u64,
+        offer: Offer,
+        writer: &mut FrameWriter,
+        reader: &mut FrameReader,
+    ) -> Result<()> {
+        let (verdicts, mut verdicts_rx) = mpsc::unbounded_channel();
+        let relay = Arc::new(Relay {
+            id,
+            state: RelayState::new(&offer),
+            offer,
+            attachment: Mutex::new(Attachment {
+                parent: None,
+                detached: CancellationToken::new(),
+            }),
+            receiving: Arc::default(),
+            verdicts,
+        });
+        if self.relays().insert(id, relay.clone()).is_some() {
+            bail!("relay {id} is already under way here");
+        }
+        writer.message(&Message::Ack).await?;
+        let mut forwards = JoinSet::new();
+        let served = self
+            .control_loop(&relay, writer, reader, &mut verdicts_rx, &mut forwards)
+            .await;
+        self.relays().remove(&id);
+        relay.state.close("the sender ended the relay");
+        let parent = relay.detach();
+        if let Some(parent) = parent {
+            self.admitted.release(&parent);
+        }
+        forwards.shutdown().await;
+        served
+    }
+
+    async fn control_loop(
+        &self,
+        relay: &Arc<Relay>,
+        writer: &mut FrameWriter,
+        reader: &mut FrameReader,
+        verdicts: &mut mpsc::UnboundedReceiver<Result<Received, String>>,
+        forwards: &mut JoinSet<()>,
+    ) -> Result<()> {
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        loop {
+            tokio::select! {
+                frame = reader.next() => match frame? {
+                    Some(Frame::Message(message)) => {
+                        self.obey(relay, message, writer, forwards).await?;
+                    }
+                    None => return Ok(()),
+                    Some(_) => bail!("data on a relay's control stream"),
+                },
+                Some(verdict) = verdicts.recv() => {
+                    writer.message(&verdict_message(verdict)).await?;
+                }
+                _ = heartbeat.tick() => {
+                    let bytes = relay.state.bytes_held();
+                    writer.message(&Message::Have { bytes }).await?;
+                }
+            }
+        }
+    }
+
+    /// Carries out one message of the sender's.
+    async fn obey(
+        &self,
+        relay: &Arc<Relay>,
+        message: Message,
+        writer: &mut FrameWriter,
+        forwards: &mut JoinSet<()>,
+    ) -> Result<()> {
+        match message {
+            Message::ChunkHashes { first, hashes } => {
+                let hashes = hashes
+                    .iter()
+                    .map(|hash| parse_hash(hash))
+                    .collect::<Result<Vec<_>, _>>()?;
+                relay.state.announce(first, &hashes)
+            }
+            Message::Attach { parent } => {
+                let parent = parse_endpoint_id(&parent)?;
+                self.attach(relay, parent).await;
+                writer.message(&Message::Ack).await
+            }
+            Message::ForwardTo { child } => {
+                let child = parse_ticket(&child)?;
+                let pool = self
+                    .pool
+                    .get()
+                    .cloned()
+                    .context("this listener cannot dial out")?;
+                let relay = relay.clone();
+                forwards.spawn(async move {
+                    if let Err(err) = forward(&pool, &relay, &child).await {
+                        tracing::debug!(
+                            child = %child.id.fmt_short(),
+                            "passing a relayed file on failed: {err:#}"
+                        );
+                    }
+                });
+                Ok(())
+            }
+            other => bail!(
+                "unexpected {} message on a relay's control stream",
+                other.kind()
+            ),
+        }
+    }
+
+    /// Makes `parent` the one peer that may deliver the relay's file, once the
+    /// transfer from an earlier parent has let go of it.
+    async fn attach(&self, relay: &Relay, parent: EndpointId) {
+        let earlier = {
+            let mut attachment = relay.lock_attachment();
+            attachment.detached.cancel();
+            attachment.detached = CancellationToken::new();
+            attachment.parent.replace(parent)
+        };
+        drop(relay.receiving.lock().await);
+        self.admitted.admit(parent);
+        if let Some(earlier) = earlier {
+            self.admitted.release(&earlier);
+        }
+    }
+
+    /// The relay a data stream from `peer` delivers, if `peer` is its parent.
+    pub fn delivery(&self, id: u64, peer: &EndpointId) -> Result<Delivery> {
+        let relay = self
+            .relays()
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| anyhow!("no relay {id} is under way here"))?;
+        let detached = {
+            let attachment = relay.lock_attachment();
+            if attachment.parent.as_ref() != Some(peer) {
+                bail!("this peer is not the relay's parent");
+            }
+            attachment.detached.clone()
+        };
+        let receiving = relay
+            .receiving
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| anyhow!("the relay's file is already arriving from this parent"))?;
+        Ok(Delivery {
+            relay,
+            detached,
+            _receiving: receiving,
+        })
+    }
+}
+
+impl Relay {
+    fn lock_attachment(&self) -> std::sync::MutexGuard<'_, Attachment> {
+        self.attachment
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn detach(&self) -> Option<EndpointId> {
+        let mut attachment = self.lock_attachment();
+        attachment.detached.cancel();
+        attachment.parent.take()
+    }
+
+    /// Whether `offer` is the file the sender announced: a parent can deliver
+    /// nothing else under the relay.
+    pub fn check_offer(&self, offer: &Offer) -> Result<()> {
+        let announced = &self.offer;
+        if offer.name != announced.name
+            || offer.size != announced.size
+            || offer.identity != announced.identity
+            || offer.format != announced.format
+        {
+            bail!("the parent offered a file other than the one the sender announced");
+        }
+        Ok(())
+    }
+
+    /// Tells the sender how the delivery of the file ended.
+    pub fn report(&self, outcome: &Result<Received>) {
+        let verdict = match outcome {
+            Ok(received) => Ok(received.clone()),
+            Err(err) => Err(format!("{err:#}")),
+        };
+        self.verdicts.send(verdict).ok();
+    }
+}
+
+fn verdict_message(verdict: Result<Received, String>) -> Message {
+    match verdict {
+        Ok(received) => Message::RelayStored {
+            name: received.stored_as,
+            hash: received.hash,
+            data_bytes: received.traffic.data_bytes,
+            wire_bytes: received.traffic.wire_bytes,
+        },
+        Err(reason) => Message::Failed { reason },
+    }
+}
+
+/// Passes the relayed file on to `child` as its chunks are checked here.
+async fn forward(pool: &Pool, relay: &Relay, child: &EndpointAddr) -> Result<()> {
+    if relay.offer.eager {
+        // A file of one chunk is sent from memory in one go: wait for all of it.
+        relay.state.whole().await?;
+    }
+    let relayed = Segment::Converted(Arc::new(Relayed(relay.state.clone())));
+    let source = Source::with_offer(relay.offer.clone(), vec![relayed]);
+    let (connection, mut writer, mut reader) = pool.open_on_connection(child).await?;
+    send_file(
+        &mut writer,
+        &mut reader,
+        Some(&Message::Forwarded { relay: relay.id }),
+        &source,
+        StripeLink::Dialer {
+            connection: &connection,
+            stripes: relay_stripes(&connection),
+        },
+        &Progress::default(),
+    )
+    .await?;
+    Ok(())
+}
