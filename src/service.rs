@@ -20,10 +20,10 @@ use crate::escape::printable;
 use crate::peer_errors;
 use crate::protocol::coding::{Coding, Compress};
 use crate::protocol::endpoint::Admitted;
+use crate::protocol::fanout::{Delivery, FanoutNode, FanoutSink};
 use crate::protocol::governor::Governor;
 use crate::protocol::liveness::Liveness;
 use crate::protocol::pool::{Pool, peer_answers};
-use crate::protocol::relay::{Delivery, RelayNode, RelaySink};
 use crate::protocol::stream::{FrameReader, FrameWriter};
 use crate::protocol::stripes::{StripeLink, StripeRegistry, StripeStream, link_stripes};
 use crate::protocol::transfer::{Committed, Progress, Received, Sink, receive_file, send_file};
@@ -33,11 +33,11 @@ use crate::store::{AliveProbe, Store};
 
 /// How long a listener waits on a silent peer in the middle of a request.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a relay's receiver waits to reach the receiver it passes the file on to.
+/// How long a fan-out's receiver waits to reach the receiver it passes the file on to.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long in-flight requests get to wind down after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// How long a relay's transfer from a replaced parent gets to stop by itself,
+/// How long a fan-out's transfer from a replaced parent gets to stop by itself,
 /// keeping its checked chunks for the new parent's.
 const DETACH_GRACE: Duration = Duration::from_secs(2);
 /// Extra streams of striped transfers (uploads and pulls) the listener takes
@@ -114,9 +114,9 @@ pub struct Service {
     /// Decides for the pulls that ask `--compress auto` whether coding pays.
     governor: Arc<Governor>,
     /// `--allow`: the peers that may make any request; others may only
-    /// deliver the file of a relay whose parent they are.
+    /// deliver the file of a fan-out whose parent they are.
     allowed: Option<HashSet<EndpointId>>,
-    relays: RelayNode,
+    fanouts: FanoutNode,
 }
 
 /// What the streams of one connection share.
@@ -129,7 +129,7 @@ struct Streams<'a> {
 }
 
 impl Service {
-    /// `admitted` is where relays admit their parents past `allowed`.
+    /// `admitted` is where fan-outs admit their parents past `allowed`.
     pub fn new(
         uploads: Uploads,
         catalog: Option<Catalog>,
@@ -148,14 +148,14 @@ impl Service {
             extra_streams: Arc::new(Semaphore::new(EXTRA_STREAMS)),
             governor: Arc::default(),
             allowed,
-            relays: RelayNode::new(admitted),
+            fanouts: FanoutNode::new(admitted),
         })
     }
 
     /// Accepts connections until `shutdown` fires, then closes them all and
     /// gives in-flight requests a moment to keep their partial files.
     pub async fn run(self: Arc<Self>, endpoint: Endpoint, shutdown: CancellationToken) {
-        self.relays
+        self.fanouts
             .dial_with(Arc::new(Pool::new(endpoint.clone(), DIAL_TIMEOUT)));
         let tasks = TaskTracker::new();
         loop {
@@ -278,11 +278,11 @@ impl Service {
             .allowed
             .as_ref()
             .is_some_and(|allowed| !allowed.contains(&peer));
-        let relay_request = matches!(
+        let fan_out_request = matches!(
             request,
             Message::Forwarded { .. } | Message::Stripe { .. } | Message::Hello { .. }
         );
-        if admitted_only && !relay_request {
+        if admitted_only && !fan_out_request {
             refuse(&mut writer, "not on the allow list").await;
             return Ok(());
         }
@@ -309,7 +309,7 @@ impl Service {
                 self.receive_upload(connection, streams, writer, reader, None)
                     .await;
             }
-            Message::Relay { relay, offer } => {
+            Message::Fanout { fanout, offer } => {
                 if !matches!(self.uploads, Uploads::Store(_)) {
                     refuse(
                         writer,
@@ -318,11 +318,11 @@ impl Service {
                     .await;
                     return Ok(());
                 }
-                self.relays
-                    .serve_control(relay, offer, writer, reader)
+                self.fanouts
+                    .serve_control(fanout, offer, writer, reader)
                     .await?;
             }
-            Message::Forwarded { relay } => match self.relays.delivery(relay, &peer) {
+            Message::Forwarded { fanout } => match self.fanouts.delivery(fanout, &peer) {
                 Ok(delivery) => {
                     self.receive_upload(connection, streams, writer, reader, Some(delivery))
                         .await;
@@ -370,7 +370,7 @@ impl Service {
         Ok(())
     }
 
-    /// Receives a file a peer uploads, or delivers as the parent of a relay,
+    /// Receives a file a peer uploads, or delivers as the parent of a fan-out,
     /// and reports it.
     async fn receive_upload(
         &self,
@@ -398,9 +398,9 @@ impl Service {
             async |offer: &Offer| {
                 let mut sink = self.sink_for(offer, connection).await?;
                 if let Some(delivery) = &delivery {
-                    delivery.relay.check_offer(offer)?;
-                    let state = delivery.relay.state.clone();
-                    sink = Box::new(RelaySink::new(sink, state, delivery.detached.clone()));
+                    delivery.fanout.check_offer(offer)?;
+                    let state = delivery.fanout.state.clone();
+                    sink = Box::new(FanoutSink::new(sink, state, delivery.detached.clone()));
                 }
                 if !offer.discard {
                     self.events
@@ -426,14 +426,14 @@ impl Service {
                 };
                 tokio::select! {
                     result = receiving => result,
-                    _ = replaced => Err(anyhow!("the sender moved this relay to another parent")),
+                    _ = replaced => Err(anyhow!("the sender moved this fan-out to another parent")),
                 }
             }
         };
         if let Some(delivery) = &delivery
             && !delivery.detached.is_cancelled()
         {
-            delivery.relay.report(&result);
+            delivery.fanout.report(&result);
         }
         let event = match result {
             Ok(received) => Event::Received {

@@ -19,9 +19,9 @@ use crate::escape::printable;
 use crate::formats::{Format, TensorFile, files_in};
 use crate::protocol::client;
 use crate::protocol::coding::Coding;
+use crate::protocol::fanout;
 use crate::protocol::path::PathReport;
 use crate::protocol::pool::Pool;
-use crate::protocol::relay;
 use crate::protocol::stripes::Striping;
 use crate::protocol::transfer::{Progress, Sent};
 use crate::protocol::wire::Offer;
@@ -175,7 +175,7 @@ async fn send_everywhere(
         deliveries: sources.len() * targets.len(),
     };
     let failures = if targets.len() > 1 {
-        relay_all(targets, sources, coding, progress.clone(), reporter).await
+        fan_out_all(targets, sources, coding, progress.clone(), reporter).await
     } else {
         let mut runs = JoinSet::new();
         for addr in targets {
@@ -357,11 +357,11 @@ async fn send_all(
     outcomes
 }
 
-/// Sends every source to all `targets` through relays: each file leaves this
+/// Sends every source to all `targets` through a fan-out: each file leaves this
 /// machine about once and the listeners pass it on among themselves. Shards
 /// go first, a few at a time; an index follows to the listeners that stored
 /// every shard, and `done` to those that stored everything.
-async fn relay_all(
+async fn fan_out_all(
     targets: Vec<EndpointAddr>,
     sources: Arc<Vec<Planned>>,
     coding: Coding,
@@ -404,7 +404,7 @@ async fn relay_all(
         let receivers = Arc::new(receivers);
         let mut runs = JoinSet::new();
         for file in files {
-            let relayed = relay_file(
+            let forwarded = fan_out_file(
                 file,
                 receivers.clone(),
                 sources.clone(),
@@ -413,11 +413,11 @@ async fn relay_all(
                 reporter.clone(),
                 slots.clone(),
             );
-            runs.spawn(relayed);
+            runs.spawn(forwarded);
         }
         while let Some(joined) = runs.join_next().await {
             let Ok((file, outcomes, elapsed)) = joined else {
-                failures.push(anyhow::anyhow!("a relay task failed"));
+                failures.push(anyhow::anyhow!("a fan-out task failed"));
                 continue;
             };
             for (addr, sent) in receivers.iter().zip(outcomes) {
@@ -445,8 +445,8 @@ async fn relay_all(
     failures
 }
 
-/// Relays one file to `receivers` once a slot is free; its outcome at each.
-async fn relay_file(
+/// Fan-outs one file to `receivers` once a slot is free; its outcome at each.
+async fn fan_out_file(
     file: usize,
     receivers: Arc<Vec<EndpointAddr>>,
     sources: Arc<Vec<Planned>>,
@@ -471,7 +471,7 @@ async fn relay_file(
     let outcomes = match opened {
         Ok(opened) => {
             let opened = opened.coded_by(coding);
-            relay::distribute(&reporter.pool, &receivers, &opened, &file_progress).await
+            fanout::distribute(&reporter.pool, &receivers, &opened, &file_progress).await
         }
         Err(err) => receivers
             .iter()

@@ -41,11 +41,11 @@ pub fn link_stripes(connection: &Connection) -> u32 {
     }
 }
 
-/// How many streams one hop of a relay takes. A receiver passes a chunk on
+/// How many streams one hop of a fan-out takes. A receiver passes a chunk on
 /// only once it is whole and checked, and chunks spread over several streams
 /// become whole together, late: each hop would add that wait. So one stream,
 /// unless the link is long enough that one stream's window would cap its rate.
-pub fn relay_stripes(connection: &Connection) -> u32 {
+pub fn fanout_stripes(connection: &Connection) -> u32 {
     match round_trip(connection) {
         Some(rtt) if rtt >= LONG_LINK_RTT => MAX_STRIPES,
         _ => 1,

@@ -197,46 +197,46 @@ pub enum Message {
     /// file a rerun wants to take over.
     Ping,
     Pong,
-    /// Opens a relay's control stream, from the sender: this listener is to
+    /// Opens a fan-out's control stream, from the sender: this listener is to
     /// receive `offer` from a parent the sender names, check it against the
     /// hashes the sender announces, and pass it on to the children it names.
-    Relay {
-        relay: u64,
+    Fanout {
+        fanout: u64,
         offer: Offer,
     },
-    /// On a relay's control stream, from the sender: the data now comes from
+    /// On a fan-out's control stream, from the sender: the data now comes from
     /// `parent` (an endpoint id); a transfer from an earlier parent stops.
     Attach {
         parent: String,
     },
-    /// On a relay's control stream, from the sender: pass the file on to
+    /// On a fan-out's control stream, from the sender: pass the file on to
     /// `child` (a ticket) as well.
     ForwardTo {
         child: String,
     },
-    /// On a relay's control stream, from the sender: the hashes of chunks
+    /// On a fan-out's control stream, from the sender: the hashes of chunks
     /// `first`, `first + 1`, ... of the file, as hex.
     ChunkHashes {
         first: u64,
         hashes: Vec<String>,
     },
-    /// On a relay's control stream, from the receiver, about once a second: the
+    /// On a fan-out's control stream, from the receiver, about once a second: the
     /// file bytes it holds checked.
     Have {
         bytes: u64,
     },
-    /// On a relay's control stream, from the receiver: its copy is stored.
-    RelayStored {
+    /// On a fan-out's control stream, from the receiver: its copy is stored.
+    FanoutStored {
         name: String,
         hash: String,
         /// File bytes that crossed the network into it, and their wire bytes.
         data_bytes: u64,
         wire_bytes: u64,
     },
-    /// Opens a relay's data stream, from the parent: the file of `relay`
+    /// Opens a fan-out's data stream, from the parent: the file of `fanout`
     /// follows as in an upload.
     Forwarded {
-        relay: u64,
+        fanout: u64,
     },
 }
 
@@ -285,7 +285,7 @@ impl Message {
                 check_request(tensors.as_ref().map_or(0, Vec::len))?;
             }
             Message::FetchMerged { tensors, .. } => check_request(tensors.len())?,
-            Message::Relay { offer, .. } => Message::Offer(offer.clone()).validate()?,
+            Message::Fanout { offer, .. } => Message::Offer(offer.clone()).validate()?,
             Message::ChunkHashes { hashes, .. } if hashes.len() > MAX_ANNOUNCED_HASHES => {
                 return Err(WireError::Bound(
                     "announced hashes",

@@ -209,7 +209,7 @@ impl Sink for DiskSink {
 
     fn read_back(&self) -> Option<Arc<dyn ReadBack>> {
         // Its own descriptor: the partial may be linked away or removed at the
-        // commit while a relay still reads from it.
+        // commit while a fan-out still reads from it.
         let partial = File::open(&self.partial.path).ok()?;
         let existing = match &self.existing {
             Some(existing) => {

@@ -183,7 +183,7 @@ async fn receive_stripe(
 }
 
 /// What a stripe's chunks are checked against: the offer, the chunks this side
-/// held, and for a relayed file the hashes its sender announced.
+/// held, and for a fanned-out file the hashes its sender announced.
 #[derive(Clone, Copy)]
 struct Chunks<'a> {
     offer: &'a Offer,
@@ -192,7 +192,7 @@ struct Chunks<'a> {
 }
 
 impl Chunks<'_> {
-    /// Fails a relayed chunk whose claimed hash is not the one its sender
+    /// Fails a fanned-out chunk whose claimed hash is not the one its sender
     /// announced: checked before its last batch is, so a chunk that does not
     /// match never counts as checked here, nor is it passed on.
     async fn vouch(&self, index: u64, claimed: Hash) -> Result<Hash, Failure> {

@@ -34,13 +34,13 @@ pub trait Sink: Send {
     fn abandon(self: Box<Self>, keep: bool);
     /// Fires when the sink must let go of its file (a rerun took it over).
     fn cancelled(&self) -> CancellationToken;
-    /// Reads back the chunks this sink holds checked, for a relay to pass them
+    /// Reads back the chunks this sink holds checked, for a fan-out to pass them
     /// on; `None` where it keeps nothing (stdout, bench).
     fn read_back(&self) -> Option<Arc<dyn ReadBack>> {
         None
     }
     /// The hashes the file's chunks must have, where they come from someone
-    /// other than the peer sending the data (a relay's sender).
+    /// other than the peer sending the data (a fan-out's sender).
     fn expected_hashes(&self) -> Option<Arc<dyn ExpectedHashes>> {
         None
     }
@@ -53,7 +53,7 @@ pub trait ReadBack: Send + Sync {
     fn read_at(&self, offset: u64, buf: &mut [u8], held: bool) -> std::io::Result<()>;
 }
 
-/// The hashes a relayed file's chunks must have, as its sender announced them.
+/// The hashes a fanned-out file's chunks must have, as its sender announced them.
 pub trait ExpectedHashes: Send + Sync {
     /// Chunk `index`'s hash, once announced.
     fn expected(&self, index: u64) -> Pin<Box<dyn Future<Output = Result<Hash>> + Send + '_>>;

@@ -61,7 +61,7 @@ pub trait Conversion: Send + Sync {
     /// How many bytes the conversion makes.
     fn size(&self) -> u64;
     /// The file the bytes are made from, checked for changes like any other;
-    /// `None` where the bytes are checked otherwise (a relay's, by hash).
+    /// `None` where the bytes are checked otherwise (a fan-out's, by hash).
     fn file(&self) -> Option<&Arc<File>>;
     /// Fills `buf` with the converted bytes from `offset`.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
@@ -160,7 +160,7 @@ impl Source {
     }
 
     /// Reads and hashes every chunk in order, handing each hash to `emit`: what
-    /// a relay's sender announces. Blocks; `emit` returning false stops it.
+    /// a fan-out's sender announces. Blocks; `emit` returning false stops it.
     pub fn hash_chunks(&self, emit: &mut dyn FnMut(u64, Hash) -> bool) -> Result<()> {
         let pool = PiecePool::default();
         let chunks = self.offer.chunks();

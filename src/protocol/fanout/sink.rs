@@ -1,4 +1,4 @@
-//! The sink of a relayed file: the receiver's own sink, with every chunk it
+//! The sink of a fanned-out file: the receiver's own sink, with every chunk it
 //! holds checked made readable for passing on, and the sender's hashes for the
 //! receive path to check the parent's data against.
 
@@ -7,13 +7,13 @@ use std::sync::Arc;
 use anyhow::Result;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::state::RelayState;
+use super::state::FanoutState;
 use crate::protocol::transfer::{Committed, ExpectedHashes, ReadBack, Sink};
 use crate::protocol::wire::Hash;
 
-pub struct RelaySink {
+pub struct FanoutSink {
     inner: Box<dyn Sink>,
-    state: Arc<RelayState>,
+    state: Arc<FanoutState>,
     /// Fires when the inner sink's does, or when the sender moves this
     /// receiver to another parent.
     cancelled: CancellationToken,
@@ -21,13 +21,13 @@ pub struct RelaySink {
     _watching: DropGuard,
 }
 
-impl RelaySink {
+impl FanoutSink {
     /// `detached` fires when the sender attaches this receiver to another parent.
     pub fn new(
         inner: Box<dyn Sink>,
-        state: Arc<RelayState>,
+        state: Arc<FanoutState>,
         detached: CancellationToken,
-    ) -> RelaySink {
+    ) -> FanoutSink {
         let cancelled = CancellationToken::new();
         let either = cancelled.clone();
         let taken_over = inner.cancelled();
@@ -42,7 +42,7 @@ impl RelaySink {
         });
         // An eager file (one chunk) is never asked what it holds.
         state.attach(inner.read_back(), &[]);
-        RelaySink {
+        FanoutSink {
             inner,
             state,
             cancelled,
@@ -51,7 +51,7 @@ impl RelaySink {
     }
 }
 
-impl Sink for RelaySink {
+impl Sink for FanoutSink {
     fn held(&mut self) -> Vec<(u32, Hash)> {
         let held = self.inner.held();
         self.state.attach(self.inner.read_back(), &held);
@@ -69,7 +69,7 @@ impl Sink for RelaySink {
     }
 
     fn commit(self: Box<Self>, hash: &Hash) -> Result<Committed> {
-        let RelaySink { inner, .. } = *self;
+        let FanoutSink { inner, .. } = *self;
         inner.commit(hash)
     }
 
@@ -82,7 +82,7 @@ impl Sink for RelaySink {
     }
 
     fn abandon(self: Box<Self>, keep: bool) {
-        let RelaySink { inner, .. } = *self;
+        let FanoutSink { inner, .. } = *self;
         inner.abandon(keep)
     }
 

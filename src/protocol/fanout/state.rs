@@ -1,4 +1,4 @@
-//! What one receiver of a relay knows about the file: the chunk hashes its
+//! What one receiver of a fan-out knows about the file: the chunk hashes its
 //! sender announced, which chunks it holds checked, and where to read them
 //! back to pass them on.
 //!
@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::protocol::transfer::{Conversion, ExpectedHashes, ReadBack};
 use crate::protocol::wire::{CHUNK_SIZE, Hash, Offer};
 
-pub struct RelayState {
+pub struct FanoutState {
     size: u64,
     inner: Mutex<Inner>,
     blocking: Condvar,
@@ -33,7 +33,7 @@ struct Inner {
     checked: Vec<bool>,
     /// Reads back the current transfer's chunks.
     reader: Option<Arc<dyn ReadBack>>,
-    /// Why nothing more will become readable: the relay ended.
+    /// Why nothing more will become readable: the fan-out ended.
     closed: Option<String>,
 }
 
@@ -50,10 +50,10 @@ impl Inner {
     }
 }
 
-impl RelayState {
-    pub fn new(offer: &Offer) -> Arc<RelayState> {
+impl FanoutState {
+    pub fn new(offer: &Offer) -> Arc<FanoutState> {
         let chunks = offer.chunks() as usize;
-        Arc::new(RelayState {
+        Arc::new(FanoutState {
             size: offer.size,
             inner: Mutex::new(Inner {
                 announced: vec![None; chunks],
@@ -175,7 +175,9 @@ impl RelayState {
                 return Err(std::io::Error::other(why.clone()));
             }
             if index >= inner.checked.len() {
-                return Err(std::io::Error::other("a read past the relayed file's end"));
+                return Err(std::io::Error::other(
+                    "a read past the fanned-out file's end",
+                ));
             }
             if let (Some(from_held), Some(reader)) = (inner.readable(index), &inner.reader) {
                 return Ok((reader.clone(), from_held));
@@ -192,7 +194,7 @@ fn chunk_len(size: u64, index: usize) -> u64 {
     CHUNK_SIZE.min(size - index as u64 * CHUNK_SIZE)
 }
 
-impl ExpectedHashes for RelayState {
+impl ExpectedHashes for FanoutState {
     fn expected(&self, index: u64) -> Pin<Box<dyn Future<Output = Result<Hash>> + Send + '_>> {
         Box::pin(async move {
             let mut changes = self.changes.subscribe();
@@ -200,7 +202,7 @@ impl ExpectedHashes for RelayState {
                 {
                     let inner = self.lock();
                     match inner.announced.get(index as usize) {
-                        None => return Err(anyhow!("chunk {index} is not in the relayed file")),
+                        None => return Err(anyhow!("chunk {index} is not in the fanned-out file")),
                         Some(Some(hash)) => return Ok(*hash),
                         Some(None) => {}
                     }
@@ -214,11 +216,11 @@ impl ExpectedHashes for RelayState {
     }
 }
 
-/// The relayed file as this receiver holds it, read as its chunks are checked:
+/// The fanned-out file as this receiver holds it, read as its chunks are checked:
 /// the source of what it passes on.
-pub struct Relayed(pub Arc<RelayState>);
+pub struct Forwarding(pub Arc<FanoutState>);
 
-impl Conversion for Relayed {
+impl Conversion for Forwarding {
     fn size(&self) -> u64 {
         self.0.size
     }

@@ -1,4 +1,4 @@
-//! The sender's side of a relay: one file to several listeners, uploaded once.
+//! The sender's side of a fan-out: one file to several listeners, uploaded once.
 //!
 //! The sender opens a control stream to every receiver, announces the file and
 //! the hash of each chunk as it reads them, and arranges the receivers in a
@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 
 use crate::protocol::pool::Pool;
 use crate::protocol::stream::{Frame, FrameReader, FrameWriter};
-use crate::protocol::stripes::{StripeLink, relay_stripes};
+use crate::protocol::stripes::{StripeLink, fanout_stripes};
 use crate::protocol::transfer::{Progress, Sent, Source, Traffic, send_file};
 use crate::protocol::wire::{Hash, Message, hash_hex};
 
@@ -29,7 +29,7 @@ const ATTEMPTS: u32 = 3;
 /// Chunk hashes per announcement.
 const HASHES_PER_MESSAGE: usize = 16;
 
-/// Sends `source` to every listener in `targets` through a relay; one outcome
+/// Sends `source` to every listener in `targets` through a fan-out; one outcome
 /// per target, in order. `progress` counts the bytes the receivers hold.
 pub async fn distribute(
     pool: &Arc<Pool>,
@@ -37,11 +37,11 @@ pub async fn distribute(
     source: &Source,
     progress: &Progress,
 ) -> Vec<Result<Sent>> {
-    let relay = relay_id();
+    let fanout = fanout_id();
     let opened = futures_util::future::join_all(
         targets
             .iter()
-            .map(|addr| open_control(pool, addr, relay, source)),
+            .map(|addr| open_control(pool, addr, fanout, source)),
     )
     .await;
     let (events_tx, events) = mpsc::unbounded_channel();
@@ -71,23 +71,23 @@ pub async fn distribute(
             gone: false,
         });
     }
-    let mut relaying = Relaying {
+    let mut distributing = Distributing {
         pool,
         source,
-        relay,
+        fanout,
         members,
         outcomes,
         uploads: JoinSet::new(),
         upload_progress: Progress::default(),
         progress,
     };
-    relaying.run(events, events_tx).await;
-    relaying.finish()
+    distributing.run(events, events_tx).await;
+    distributing.finish()
 }
 
-/// A relay's number: it only has to differ from the other relays its
+/// A fan-out's number: it only has to differ from the other fan-outs its
 /// receivers take part in at the same time.
-fn relay_id() -> u64 {
+fn fanout_id() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut seed = blake3::Hasher::new();
     seed.update(&std::process::id().to_le_bytes());
@@ -99,24 +99,24 @@ fn relay_id() -> u64 {
     u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
-/// Opens the control stream to `addr` and announces the relay on it.
+/// Opens the control stream to `addr` and announces the fan-out on it.
 async fn open_control(
     pool: &Pool,
     addr: &EndpointAddr,
-    relay: u64,
+    fanout: u64,
     source: &Source,
 ) -> Result<(FrameWriter, FrameReader)> {
     let (mut writer, mut reader) = pool.open(addr).await?;
     writer
-        .message(&Message::Relay {
-            relay,
+        .message(&Message::Fanout {
+            fanout,
             offer: source.offer.clone(),
         })
         .await?;
     match reader.message().await? {
         Message::Ack => Ok((writer, reader)),
         Message::Refused { reason } | Message::Failed { reason } => bail!("{reason}"),
-        other => bail!("unexpected answer to a relay: {}", other.kind()),
+        other => bail!("unexpected answer to a fan-out: {}", other.kind()),
     }
 }
 
@@ -170,8 +170,8 @@ async fn member(
                         Ok(event) => event,
                         Err(err) => break err,
                     },
-                    Ok(Some(_)) => break anyhow!("data on a relay's control stream"),
-                    Ok(None) => break anyhow!("it ended the relay"),
+                    Ok(Some(_)) => break anyhow!("data on a fan-out's control stream"),
+                    Ok(None) => break anyhow!("it ended the fan-out"),
                     Err(err) => break err,
                 };
                 events.send(event).ok();
@@ -185,7 +185,7 @@ fn answer(index: usize, message: Message) -> Result<Event> {
     Ok(match message {
         Message::Ack => Event::Attached(index),
         Message::Have { bytes } => Event::Holds(index, bytes),
-        Message::RelayStored {
+        Message::FanoutStored {
             name,
             hash,
             data_bytes,
@@ -219,10 +219,10 @@ struct Member {
     gone: bool,
 }
 
-struct Relaying<'a> {
+struct Distributing<'a> {
     pool: &'a Arc<Pool>,
     source: &'a Source,
-    relay: u64,
+    fanout: u64,
     members: Vec<Member>,
     /// Each receiver's outcome, once final.
     outcomes: Vec<Option<Result<Sent>>>,
@@ -232,7 +232,7 @@ struct Relaying<'a> {
     progress: &'a Progress,
 }
 
-impl Relaying<'_> {
+impl Distributing<'_> {
     /// Whether `index` can still pass the file on.
     fn live(&self, index: usize) -> bool {
         !self.members[index].gone && !matches!(self.outcomes[index], Some(Err(_)))
@@ -354,7 +354,7 @@ impl Relaying<'_> {
         let pool = self.pool.clone();
         let addr = self.members[index].addr.clone();
         let source = self.source.clone();
-        let relay = self.relay;
+        let fanout = self.fanout;
         let progress = self.upload_progress.clone();
         self.uploads.spawn(async move {
             let uploaded = async {
@@ -362,11 +362,11 @@ impl Relaying<'_> {
                 send_file(
                     &mut writer,
                     &mut reader,
-                    Some(&Message::Forwarded { relay }),
+                    Some(&Message::Forwarded { fanout }),
                     &source,
                     StripeLink::Dialer {
                         connection: &connection,
-                        stripes: relay_stripes(&connection),
+                        stripes: fanout_stripes(&connection),
                     },
                     &progress,
                 )
@@ -374,7 +374,7 @@ impl Relaying<'_> {
             };
             // The receiver reports its copy on its control stream.
             if let Err(err) = uploaded.await {
-                tracing::debug!(peer = %addr.id.fmt_short(), "relay upload failed: {err:#}");
+                tracing::debug!(peer = %addr.id.fmt_short(), "fan-out upload failed: {err:#}");
             }
         });
     }
@@ -431,7 +431,7 @@ impl Relaying<'_> {
         drop(self.uploads);
         self.outcomes
             .into_iter()
-            .map(|outcome| outcome.unwrap_or_else(|| Err(anyhow!("the relay ended early"))))
+            .map(|outcome| outcome.unwrap_or_else(|| Err(anyhow!("the fan-out ended early"))))
             .collect()
     }
 }

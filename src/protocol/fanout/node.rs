@@ -1,5 +1,5 @@
-//! A listener's part in relays: the relays it takes part in, each with its
-//! control stream to the sender, the parent it admits for that relay only, and
+//! A listener's part in fan-outs: the fan-outs it takes part in, each with its
+//! control stream to the sender, the parent it admits for that fan-out only, and
 //! the children it passes the file on to.
 
 use std::collections::HashMap;
@@ -12,11 +12,11 @@ use tokio::sync::{OwnedMutexGuard, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::state::{RelayState, Relayed};
+use super::state::{FanoutState, Forwarding};
 use crate::protocol::endpoint::{Admitted, parse_endpoint_id, parse_ticket};
 use crate::protocol::pool::Pool;
 use crate::protocol::stream::{Frame, FrameReader, FrameWriter};
-use crate::protocol::stripes::{StripeLink, relay_stripes};
+use crate::protocol::stripes::{StripeLink, fanout_stripes};
 use crate::protocol::transfer::{Progress, Received, Segment, Source, send_file};
 use crate::protocol::wire::{Message, Offer, parse_hash};
 
@@ -24,20 +24,20 @@ use crate::protocol::wire::{Message, Offer, parse_hash};
 /// while its copy arrives from another receiver.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
-/// The relays a listener takes part in.
-pub struct RelayNode {
-    relays: Mutex<HashMap<u64, Arc<Relay>>>,
-    /// The parents admitted past `--allow`, each for its relay only.
+/// The fan-outs a listener takes part in.
+pub struct FanoutNode {
+    fanouts: Mutex<HashMap<u64, Arc<Fanout>>>,
+    /// The parents admitted past `--allow`, each for its fan-out only.
     admitted: Arc<Admitted>,
     /// Dials the children, from the listener's endpoint.
     pool: OnceLock<Arc<Pool>>,
 }
 
-/// One relayed file as a receiver takes part in it.
-pub struct Relay {
+/// One fanned-out file as a receiver takes part in it.
+pub struct Fanout {
     id: u64,
     pub offer: Offer,
-    pub state: Arc<RelayState>,
+    pub state: Arc<FanoutState>,
     attachment: Mutex<Attachment>,
     /// Held by the transfer receiving the file: a new parent's waits for the
     /// old one's to let go of the partial file.
@@ -53,15 +53,15 @@ struct Attachment {
 
 /// What a parent's data stream holds while it delivers the file.
 pub struct Delivery {
-    pub relay: Arc<Relay>,
+    pub fanout: Arc<Fanout>,
     pub detached: CancellationToken,
     _receiving: OwnedMutexGuard<()>,
 }
 
-impl RelayNode {
-    pub fn new(admitted: Arc<Admitted>) -> RelayNode {
-        RelayNode {
-            relays: Mutex::default(),
+impl FanoutNode {
+    pub fn new(admitted: Arc<Admitted>) -> FanoutNode {
+        FanoutNode {
+            fanouts: Mutex::default(),
             admitted,
             pool: OnceLock::new(),
         }
@@ -72,13 +72,13 @@ impl RelayNode {
         self.pool.set(pool).ok();
     }
 
-    fn relays(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Relay>>> {
-        self.relays
+    fn fanouts(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Fanout>>> {
+        self.fanouts
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Serves a relay's control stream until the sender ends it: the hashes
+    /// Serves a fan-out's control stream until the sender ends it: the hashes
     /// it announces, the parents and children it names, and this receiver's
     /// heartbeats and verdicts back.
     pub async fn serve_control(
@@ -89,9 +89,9 @@ impl RelayNode {
         reader: &mut FrameReader,
     ) -> Result<()> {
         let (verdicts, mut verdicts_rx) = mpsc::unbounded_channel();
-        let relay = Arc::new(Relay {
+        let fanout = Arc::new(Fanout {
             id,
-            state: RelayState::new(&offer),
+            state: FanoutState::new(&offer),
             offer,
             attachment: Mutex::new(Attachment {
                 parent: None,
@@ -100,17 +100,17 @@ impl RelayNode {
             receiving: Arc::default(),
             verdicts,
         });
-        if self.relays().insert(id, relay.clone()).is_some() {
-            bail!("relay {id} is already under way here");
+        if self.fanouts().insert(id, fanout.clone()).is_some() {
+            bail!("fan-out {id} is already under way here");
         }
         writer.message(&Message::Ack).await?;
         let mut forwards = JoinSet::new();
         let served = self
-            .control_loop(&relay, writer, reader, &mut verdicts_rx, &mut forwards)
+            .control_loop(&fanout, writer, reader, &mut verdicts_rx, &mut forwards)
             .await;
-        self.relays().remove(&id);
-        relay.state.close("the sender ended the relay");
-        let parent = relay.detach();
+        self.fanouts().remove(&id);
+        fanout.state.close("the sender ended the fan-out");
+        let parent = fanout.detach();
         if let Some(parent) = parent {
             self.admitted.release(&parent);
         }
@@ -120,7 +120,7 @@ impl RelayNode {
 
     async fn control_loop(
         &self,
-        relay: &Arc<Relay>,
+        fanout: &Arc<Fanout>,
         writer: &mut FrameWriter,
         reader: &mut FrameReader,
         verdicts: &mut mpsc::UnboundedReceiver<Result<Received, String>>,
@@ -131,16 +131,16 @@ impl RelayNode {
             tokio::select! {
                 frame = reader.next() => match frame? {
                     Some(Frame::Message(message)) => {
-                        self.obey(relay, message, writer, forwards).await?;
+                        self.obey(fanout, message, writer, forwards).await?;
                     }
                     None => return Ok(()),
-                    Some(_) => bail!("data on a relay's control stream"),
+                    Some(_) => bail!("data on a fan-out's control stream"),
                 },
                 Some(verdict) = verdicts.recv() => {
                     writer.message(&verdict_message(verdict)).await?;
                 }
                 _ = heartbeat.tick() => {
-                    let bytes = relay.state.bytes_held();
+                    let bytes = fanout.state.bytes_held();
                     writer.message(&Message::Have { bytes }).await?;
                 }
             }
@@ -150,7 +150,7 @@ impl RelayNode {
     /// Carries out one message of the sender's.
     async fn obey(
         &self,
-        relay: &Arc<Relay>,
+        fanout: &Arc<Fanout>,
         message: Message,
         writer: &mut FrameWriter,
         forwards: &mut JoinSet<()>,
@@ -161,11 +161,11 @@ impl RelayNode {
                     .iter()
                     .map(|hash| parse_hash(hash))
                     .collect::<Result<Vec<_>, _>>()?;
-                relay.state.announce(first, &hashes)
+                fanout.state.announce(first, &hashes)
             }
             Message::Attach { parent } => {
                 let parent = parse_endpoint_id(&parent)?;
-                self.attach(relay, parent).await;
+                self.attach(fanout, parent).await;
                 writer.message(&Message::Ack).await
             }
             Message::ForwardTo { child } => {
@@ -175,68 +175,68 @@ impl RelayNode {
                     .get()
                     .cloned()
                     .context("this listener cannot dial out")?;
-                let relay = relay.clone();
+                let fanout = fanout.clone();
                 forwards.spawn(async move {
-                    if let Err(err) = forward(&pool, &relay, &child).await {
+                    if let Err(err) = forward(&pool, &fanout, &child).await {
                         tracing::debug!(
                             child = %child.id.fmt_short(),
-                            "passing a relayed file on failed: {err:#}"
+                            "passing a fanned-out file on failed: {err:#}"
                         );
                     }
                 });
                 Ok(())
             }
             other => bail!(
-                "unexpected {} message on a relay's control stream",
+                "unexpected {} message on a fan-out's control stream",
                 other.kind()
             ),
         }
     }
 
-    /// Makes `parent` the one peer that may deliver the relay's file, once the
+    /// Makes `parent` the one peer that may deliver the fan-out's file, once the
     /// transfer from an earlier parent has let go of it.
-    async fn attach(&self, relay: &Relay, parent: EndpointId) {
+    async fn attach(&self, fanout: &Fanout, parent: EndpointId) {
         let earlier = {
-            let mut attachment = relay.lock_attachment();
+            let mut attachment = fanout.lock_attachment();
             attachment.detached.cancel();
             attachment.detached = CancellationToken::new();
             attachment.parent.replace(parent)
         };
-        drop(relay.receiving.lock().await);
+        drop(fanout.receiving.lock().await);
         self.admitted.admit(parent);
         if let Some(earlier) = earlier {
             self.admitted.release(&earlier);
         }
     }
 
-    /// The relay a data stream from `peer` delivers, if `peer` is its parent.
+    /// The fan-out a data stream from `peer` delivers, if `peer` is its parent.
     pub fn delivery(&self, id: u64, peer: &EndpointId) -> Result<Delivery> {
-        let relay = self
-            .relays()
+        let fanout = self
+            .fanouts()
             .get(&id)
             .cloned()
-            .ok_or_else(|| anyhow!("no relay {id} is under way here"))?;
+            .ok_or_else(|| anyhow!("no fan-out {id} is under way here"))?;
         let detached = {
-            let attachment = relay.lock_attachment();
+            let attachment = fanout.lock_attachment();
             if attachment.parent.as_ref() != Some(peer) {
-                bail!("this peer is not the relay's parent");
+                bail!("this peer is not the fan-out's parent");
             }
             attachment.detached.clone()
         };
-        let receiving = relay
+        let receiving = fanout
             .receiving
             .clone()
             .try_lock_owned()
-            .map_err(|_| anyhow!("the relay's file is already arriving from this parent"))?;
+            .map_err(|_| anyhow!("the fan-out's file is already arriving from this parent"))?;
         Ok(Delivery {
-            relay,
+            fanout,
             detached,
             _receiving: receiving,
         })
     }
 }
 
-impl Relay {
+impl Fanout {
     fn lock_attachment(&self) -> std::sync::MutexGuard<'_, Attachment> {
         self.attachment
             .lock()
@@ -250,7 +250,7 @@ impl Relay {
     }
 
     /// Whether `offer` is the file the sender announced: a parent can deliver
-    /// nothing else under the relay.
+    /// nothing else under the fan-out.
     pub fn check_offer(&self, offer: &Offer) -> Result<()> {
         let announced = &self.offer;
         if offer.name != announced.name
@@ -275,7 +275,7 @@ impl Relay {
 
 fn verdict_message(verdict: Result<Received, String>) -> Message {
     match verdict {
-        Ok(received) => Message::RelayStored {
+        Ok(received) => Message::FanoutStored {
             name: received.stored_as,
             hash: received.hash,
             data_bytes: received.traffic.data_bytes,
@@ -285,23 +285,23 @@ fn verdict_message(verdict: Result<Received, String>) -> Message {
     }
 }
 
-/// Passes the relayed file on to `child` as its chunks are checked here.
-async fn forward(pool: &Pool, relay: &Relay, child: &EndpointAddr) -> Result<()> {
-    if relay.offer.eager {
+/// Passes the fanned-out file on to `child` as its chunks are checked here.
+async fn forward(pool: &Pool, fanout: &Fanout, child: &EndpointAddr) -> Result<()> {
+    if fanout.offer.eager {
         // A file of one chunk is sent from memory in one go: wait for all of it.
-        relay.state.whole().await?;
+        fanout.state.whole().await?;
     }
-    let relayed = Segment::Converted(Arc::new(Relayed(relay.state.clone())));
-    let source = Source::with_offer(relay.offer.clone(), vec![relayed]);
+    let forwarded = Segment::Converted(Arc::new(Forwarding(fanout.state.clone())));
+    let source = Source::with_offer(fanout.offer.clone(), vec![forwarded]);
     let (connection, mut writer, mut reader) = pool.open_on_connection(child).await?;
     send_file(
         &mut writer,
         &mut reader,
-        Some(&Message::Forwarded { relay: relay.id }),
+        Some(&Message::Forwarded { fanout: fanout.id }),
         &source,
         StripeLink::Dialer {
             connection: &connection,
-            stripes: relay_stripes(&connection),
+            stripes: fanout_stripes(&connection),
         },
         &Progress::default(),
     )
