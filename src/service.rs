@@ -386,6 +386,9 @@ impl Service {
         let _reporting = streams.uploads.read().await;
         let upload = self.uploads_seen.fetch_add(1, Ordering::Relaxed);
         let progress = self.progress.child();
+        if let Some(delivery) = &delivery {
+            delivery.fanout.arriving_in(&progress);
+        }
         let started = Instant::now();
         let receiving = receive_file(
             writer,

@@ -174,8 +174,13 @@ async fn send_everywhere(
         pool,
         deliveries: sources.len() * targets.len(),
     };
+    // What crossed the network from here: in a fan-out, far less than the
+    // copies the receivers hold.
+    let mut traffic = progress.clone();
     let failures = if targets.len() > 1 {
-        fan_out_all(targets, sources, coding, progress.clone(), reporter).await
+        traffic = Progress::default();
+        let progress = (progress.clone(), traffic.clone());
+        fan_out_all(targets, sources, coding, progress, reporter).await
     } else {
         let mut runs = JoinSet::new();
         for addr in targets {
@@ -201,8 +206,8 @@ async fn send_everywhere(
     // The pool stays open until the summary has read the paths off it.
     let mut totals = tally.finished(failures.len());
     // Counted as data goes out, so files that failed midway count too.
-    totals.sent_bytes = progress.wire();
-    totals.data_bytes = progress.get();
+    totals.sent_bytes = traffic.wire();
+    totals.data_bytes = traffic.get();
     (totals, first_failure(failures))
 }
 
@@ -365,7 +370,7 @@ async fn fan_out_all(
     targets: Vec<EndpointAddr>,
     sources: Arc<Vec<Planned>>,
     coding: Coding,
-    progress: Progress,
+    progress: (Progress, Progress),
     reporter: Reporter,
 ) -> Vec<anyhow::Error> {
     let mut failed_at = vec![0u64; targets.len()];
@@ -445,19 +450,19 @@ async fn fan_out_all(
     failures
 }
 
-/// Fan-outs one file to `receivers` once a slot is free; its outcome at each.
+/// Fans one file out to `receivers` once a slot is free; its outcome at each.
 async fn fan_out_file(
     file: usize,
     receivers: Arc<Vec<EndpointAddr>>,
     sources: Arc<Vec<Planned>>,
     coding: Coding,
-    progress: Progress,
+    (held, sent): (Progress, Progress),
     reporter: Reporter,
     slots: Arc<Semaphore>,
 ) -> (usize, Vec<Result<Sent>>, Duration) {
     let _slot = slots.acquire().await.expect("never closed");
     let source = &sources[file];
-    let file_progress = progress.child();
+    let file_progress = held.child();
     let all_copies = source.offer.size * receivers.len() as u64;
     let _bar = reporter
         .ui
@@ -471,7 +476,7 @@ async fn fan_out_file(
     let outcomes = match opened {
         Ok(opened) => {
             let opened = opened.coded_by(coding);
-            fanout::distribute(&reporter.pool, &receivers, &opened, &file_progress).await
+            fanout::distribute(&reporter.pool, &receivers, &opened, &file_progress, &sent).await
         }
         Err(err) => receivers
             .iter()

@@ -209,6 +209,14 @@ impl Pool {
         }
     }
 
+    /// Closes the pooled connection to `id`, if any: the next request dials
+    /// afresh. For a connection that stalled because its peer restarted.
+    pub async fn discard(&self, id: &EndpointId) {
+        if let Some(pooled) = self.connections.lock().await.remove(id) {
+            pooled.connection.close(CODE_DONE.into(), b"stalled");
+        }
+    }
+
     async fn forget(&self, id: EndpointId, connection: &Connection) {
         let mut connections = self.connections.lock().await;
         if connections

@@ -224,6 +224,16 @@ pub enum Message {
     /// file bytes it holds checked.
     Have {
         bytes: u64,
+        /// File bytes its current transfer received so far, checked or not: a
+        /// sign of progress on a link too slow to finish a chunk per timeout.
+        #[serde(default)]
+        arriving: u64,
+    },
+    /// On a fan-out's control stream, from the receiver: passing the file on
+    /// to `child` (an endpoint id) failed.
+    ForwardFailed {
+        child: String,
+        reason: String,
     },
     /// On a fan-out's control stream, from the receiver: its copy is stored.
     FanoutStored {

@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
 use iroh::{EndpointAddr, EndpointId};
@@ -17,6 +18,7 @@ use iroh_tickets::endpoint::EndpointTicket;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::protocol::endpoint::parse_endpoint_id;
 use crate::protocol::pool::Pool;
 use crate::protocol::stream::{Frame, FrameReader, FrameWriter};
 use crate::protocol::stripes::{StripeLink, fanout_stripes};
@@ -26,16 +28,20 @@ use crate::protocol::wire::{Hash, Message, hash_hex};
 /// How often an inbound transfer of one receiver may fail before it counts
 /// as failed: each failure attaches it straight to the sender.
 const ATTEMPTS: u32 = 3;
+/// How often the sender looks for receivers that make no progress.
+const WATCHDOG: Duration = Duration::from_secs(1);
 /// Chunk hashes per announcement.
 const HASHES_PER_MESSAGE: usize = 16;
 
 /// Sends `source` to every listener in `targets` through a fan-out; one outcome
-/// per target, in order. `progress` counts the bytes the receivers hold.
+/// per target, in order. `held` counts the bytes the receivers hold, for a
+/// display; `sent` the bytes this side sent itself, and their wire bytes.
 pub async fn distribute(
     pool: &Arc<Pool>,
     targets: &[EndpointAddr],
     source: &Source,
-    progress: &Progress,
+    held: &Progress,
+    sent: &Progress,
 ) -> Vec<Result<Sent>> {
     let fanout = fanout_id();
     let opened = futures_util::future::join_all(
@@ -68,6 +74,8 @@ pub async fn distribute(
             parent: None,
             attempts: 0,
             held: 0,
+            arriving: 0,
+            progressed: Instant::now(),
             gone: false,
         });
     }
@@ -78,8 +86,8 @@ pub async fn distribute(
         members,
         outcomes,
         uploads: JoinSet::new(),
-        upload_progress: Progress::default(),
-        progress,
+        sent: sent.clone(),
+        held,
     };
     distributing.run(events, events_tx).await;
     distributing.finish()
@@ -130,7 +138,10 @@ enum Command {
 /// What a receiver told the sender, or that it is gone.
 enum Event {
     Attached(usize),
-    Holds(usize, u64),
+    /// The file bytes it holds checked, and those of its transfer under way.
+    Holds(usize, u64, u64),
+    /// It could not pass the file on to the child with this id.
+    ForwardFailed(usize, EndpointId, String),
     Stored(usize, Sent),
     Failed(usize, String),
     Gone(usize, anyhow::Error),
@@ -184,7 +195,10 @@ async fn member(
 fn answer(index: usize, message: Message) -> Result<Event> {
     Ok(match message {
         Message::Ack => Event::Attached(index),
-        Message::Have { bytes } => Event::Holds(index, bytes),
+        Message::Have { bytes, arriving } => Event::Holds(index, bytes, arriving),
+        Message::ForwardFailed { child, reason } => {
+            Event::ForwardFailed(index, parse_endpoint_id(&child)?, reason)
+        }
         Message::FanoutStored {
             name,
             hash,
@@ -215,6 +229,10 @@ struct Member {
     attempts: u32,
     /// File bytes it holds, as it last said.
     held: u64,
+    /// The bytes of its transfer under way, as it last said.
+    arriving: u64,
+    /// When it last showed progress, or was attached.
+    progressed: Instant,
     /// Its control stream ended: it passes nothing on any more.
     gone: bool,
 }
@@ -228,8 +246,10 @@ struct Distributing<'a> {
     outcomes: Vec<Option<Result<Sent>>>,
     /// The sender's own uploads, to the receivers attached to it.
     uploads: JoinSet<()>,
-    upload_progress: Progress,
-    progress: &'a Progress,
+    /// What this side's own uploads sent.
+    sent: Progress,
+    /// What the receivers hold, as they last said.
+    held: &'a Progress,
 }
 
 impl Distributing<'_> {
@@ -257,21 +277,40 @@ impl Distributing<'_> {
             self.reattach(index, previous);
             previous = Some(index);
         }
+        let mut watchdog = tokio::time::interval(WATCHDOG);
         while self.pending() {
-            let Some(event) = events.recv().await else {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                _ = watchdog.tick() => {
+                    self.unstick();
+                    continue;
+                }
+            };
+            let Some(event) = event else {
                 break;
             };
             match event {
                 // It admits its parent now: the data can start.
                 Event::Attached(index) => self.deliver_to(index),
-                Event::Holds(index, bytes) => {
+                Event::Holds(index, bytes, arriving) => {
+                    self.holds(index, bytes);
                     let member = &mut self.members[index];
-                    if bytes > member.held {
-                        self.progress.add(bytes - member.held, 0);
+                    if arriving != member.arriving {
+                        member.arriving = arriving;
+                        member.progressed = Instant::now();
                     }
-                    member.held = bytes;
+                }
+                Event::ForwardFailed(parent, child, reason) => {
+                    let orphan = (0..self.members.len()).find(|&index| {
+                        self.members[index].addr.id == child
+                            && self.members[index].parent == Some(parent)
+                    });
+                    if let Some(orphan) = orphan {
+                        self.inbound_failed(orphan, reason);
+                    }
                 }
                 Event::Stored(index, sent) => {
+                    self.holds(index, self.source.offer.size);
                     self.outcomes[index].get_or_insert(Ok(sent));
                 }
                 Event::Failed(index, reason) => self.inbound_failed(index, reason),
@@ -289,6 +328,36 @@ impl Distributing<'_> {
             }
         }
         announcing.abort();
+    }
+
+    fn holds(&mut self, index: usize, bytes: u64) {
+        let member = &mut self.members[index];
+        if bytes > member.held {
+            self.held.add(bytes - member.held, 0);
+            member.held = bytes;
+            member.progressed = Instant::now();
+        }
+    }
+
+    /// Attaches to the sender every receiver that got nothing for the stall
+    /// timeout while its parent had more to give: a parent that cannot reach
+    /// it, or hangs, would otherwise hold it forever.
+    fn unstick(&mut self) {
+        let stall = self.pool.timeout;
+        for index in 0..self.members.len() {
+            let member = &self.members[index];
+            if self.outcomes[index].is_some() || member.gone || member.progressed.elapsed() < stall
+            {
+                continue;
+            }
+            let parent_has_more = member
+                .parent
+                .is_none_or(|parent| self.members[parent].held > member.held);
+            if parent_has_more {
+                let reason = format!("nothing arrived for {} s", stall.as_secs());
+                self.inbound_failed(index, reason);
+            }
+        }
     }
 
     /// Reads the file's chunk hashes in order and announces them to every
@@ -355,7 +424,7 @@ impl Distributing<'_> {
         let addr = self.members[index].addr.clone();
         let source = self.source.clone();
         let fanout = self.fanout;
-        let progress = self.upload_progress.clone();
+        let progress = self.sent.clone();
         self.uploads.spawn(async move {
             let uploaded = async {
                 let (connection, mut writer, mut reader) = pool.open_on_connection(&addr).await?;
@@ -422,12 +491,12 @@ impl Distributing<'_> {
     /// Attaches `index` to `parent`; its data starts once it acknowledged.
     fn reattach(&mut self, index: usize, parent: Option<usize>) {
         self.members[index].parent = parent;
+        self.members[index].progressed = Instant::now();
         self.command(index, Command::Attach(self.parent_id(parent)));
     }
 
     /// Every receiver's outcome, with the bytes the sender put on the wire.
     fn finish(self) -> Vec<Result<Sent>> {
-        self.progress.add(0, self.upload_progress.wire());
         drop(self.uploads);
         self.outcomes
             .into_iter()

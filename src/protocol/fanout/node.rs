@@ -43,6 +43,8 @@ pub struct Fanout {
     /// old one's to let go of the partial file.
     receiving: Arc<tokio::sync::Mutex<()>>,
     verdicts: mpsc::UnboundedSender<Result<Received, String>>,
+    /// Counts the bytes of the transfer under way, for the heartbeats.
+    arriving: Mutex<Progress>,
 }
 
 struct Attachment {
@@ -99,6 +101,7 @@ impl FanoutNode {
             }),
             receiving: Arc::default(),
             verdicts,
+            arriving: Mutex::default(),
         });
         if self.fanouts().insert(id, fanout.clone()).is_some() {
             bail!("fan-out {id} is already under way here");
@@ -124,7 +127,7 @@ impl FanoutNode {
         writer: &mut FrameWriter,
         reader: &mut FrameReader,
         verdicts: &mut mpsc::UnboundedReceiver<Result<Received, String>>,
-        forwards: &mut JoinSet<()>,
+        forwards: &mut JoinSet<Option<(EndpointId, String)>>,
     ) -> Result<()> {
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         loop {
@@ -139,9 +142,14 @@ impl FanoutNode {
                 Some(verdict) = verdicts.recv() => {
                     writer.message(&verdict_message(verdict)).await?;
                 }
+                Some(Ok(Some((child, reason)))) = forwards.join_next(), if !forwards.is_empty() => {
+                    let child = child.to_string();
+                    writer.message(&Message::ForwardFailed { child, reason }).await?;
+                }
                 _ = heartbeat.tick() => {
                     let bytes = fanout.state.bytes_held();
-                    writer.message(&Message::Have { bytes }).await?;
+                    let arriving = fanout.lock_arriving().get();
+                    writer.message(&Message::Have { bytes, arriving }).await?;
                 }
             }
         }
@@ -153,7 +161,7 @@ impl FanoutNode {
         fanout: &Arc<Fanout>,
         message: Message,
         writer: &mut FrameWriter,
-        forwards: &mut JoinSet<()>,
+        forwards: &mut JoinSet<Option<(EndpointId, String)>>,
     ) -> Result<()> {
         match message {
             Message::ChunkHashes { first, hashes } => {
@@ -177,12 +185,11 @@ impl FanoutNode {
                     .context("this listener cannot dial out")?;
                 let fanout = fanout.clone();
                 forwards.spawn(async move {
-                    if let Err(err) = forward(&pool, &fanout, &child).await {
-                        tracing::debug!(
-                            child = %child.id.fmt_short(),
-                            "passing a fanned-out file on failed: {err:#}"
-                        );
-                    }
+                    let err = forward(&pool, &fanout, &child).await.err()?;
+                    // A stale pooled connection (the child restarted) would
+                    // stall the next attempt too.
+                    pool.discard(&child.id).await;
+                    Some((child.id, format!("{err:#}")))
                 });
                 Ok(())
             }
@@ -241,6 +248,17 @@ impl Fanout {
         self.attachment
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_arriving(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.arriving
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The transfer now under way counts its bytes in `progress`.
+    pub fn arriving_in(&self, progress: &Progress) {
+        *self.lock_arriving() = progress.clone();
     }
 
     fn detach(&self) -> Option<EndpointId> {
