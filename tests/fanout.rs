@@ -186,3 +186,45 @@ fn a_killed_forwarding_listener_is_named_the_others_finish_and_a_rerun_completes
         assert!(same_bytes(&file, &copy), "{name}'s copy is the file");
     }
 }
+
+#[test]
+fn a_listener_that_keeps_no_copy_gets_its_own_upload_beside_the_fan_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = safetensors_file(&dir.path().join("w.safetensors"), 20 << 20, 9);
+    let sender = Sender::new(dir.path());
+    let stored = receiver(dir.path(), "a", &sender);
+    let mut piped = Command::new(bin())
+        .args(["listen", "--relay", "disabled", "--once", "--stdout"])
+        .args(["--allow", &sender.id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = piped.stderr.take().unwrap();
+    let piped_ticket = std::io::BufRead::lines(std::io::BufReader::new(stderr))
+        .next()
+        .unwrap()
+        .unwrap();
+    let mut stdout = piped.stdout.take().unwrap();
+    let reading = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut bytes).unwrap();
+        bytes
+    });
+
+    let output = sender
+        .command(&[&stored.ticket, &piped_ticket], &file)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+
+    let copy = dir.path().join("a").join("w.safetensors");
+    assert!(same_bytes(&file, &copy), "the stored copy is the file");
+    let status = wait_with_deadline(&mut piped, Duration::from_secs(20)).expect("--once exits");
+    assert!(status.success());
+    assert_eq!(
+        reading.join().unwrap(),
+        std::fs::read(&file).unwrap(),
+        "the --stdout listener wrote the file"
+    );
+}

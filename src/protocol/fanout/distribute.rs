@@ -18,10 +18,11 @@ use iroh_tickets::endpoint::EndpointTicket;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::protocol::client;
 use crate::protocol::endpoint::parse_endpoint_id;
 use crate::protocol::pool::Pool;
 use crate::protocol::stream::{Frame, FrameReader, FrameWriter};
-use crate::protocol::stripes::{StripeLink, fanout_stripes};
+use crate::protocol::stripes::{StripeLink, Striping, fanout_stripes};
 use crate::protocol::transfer::{Progress, Sent, Source, Traffic, send_file};
 use crate::protocol::wire::{Hash, Message, hash_hex};
 
@@ -53,10 +54,13 @@ pub async fn distribute(
     let (events_tx, events) = mpsc::unbounded_channel();
     let mut members = Vec::new();
     let mut outcomes: Vec<Option<Result<Sent>>> = Vec::new();
+    let mut direct = Vec::new();
     for (index, (addr, opened)) in targets.iter().zip(opened).enumerate() {
         let (commands, commands_rx) = mpsc::unbounded_channel();
+        let mut takes_part = false;
         match opened {
-            Ok((writer, reader)) => {
+            Ok(Opened::Control(streams)) => {
+                let (writer, reader) = *streams;
                 tokio::spawn(member(
                     index,
                     writer,
@@ -64,6 +68,12 @@ pub async fn distribute(
                     commands_rx,
                     events_tx.clone(),
                 ));
+                takes_part = true;
+                outcomes.push(None);
+            }
+            Ok(Opened::Refused(why)) => {
+                tracing::debug!(peer = %addr.id.fmt_short(), "no fan-out, a direct upload: {why}");
+                direct.push(index);
                 outcomes.push(None);
             }
             Err(err) => outcomes.push(Some(Err(err))),
@@ -76,7 +86,7 @@ pub async fn distribute(
             held: 0,
             arriving: 0,
             progressed: Instant::now(),
-            gone: false,
+            gone: !takes_part,
         });
     }
     let mut distributing = Distributing {
@@ -89,6 +99,9 @@ pub async fn distribute(
         sent: sent.clone(),
         held,
     };
+    for index in direct {
+        distributing.upload_directly(index, events_tx.clone());
+    }
     distributing.run(events, events_tx).await;
     distributing.finish()
 }
@@ -107,13 +120,22 @@ fn fanout_id() -> u64 {
     u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
+/// A receiver's answer to a fan-out.
+enum Opened {
+    /// It takes part: its control stream.
+    Control(Box<(FrameWriter, FrameReader)>),
+    /// It will not (it keeps no copy to pass on, or predates fan-outs): it
+    /// gets the file by a plain upload.
+    Refused(String),
+}
+
 /// Opens the control stream to `addr` and announces the fan-out on it.
 async fn open_control(
     pool: &Pool,
     addr: &EndpointAddr,
     fanout: u64,
     source: &Source,
-) -> Result<(FrameWriter, FrameReader)> {
+) -> Result<Opened> {
     let (mut writer, mut reader) = pool.open(addr).await?;
     writer
         .message(&Message::Fanout {
@@ -122,8 +144,9 @@ async fn open_control(
         })
         .await?;
     match reader.message().await? {
-        Message::Ack => Ok((writer, reader)),
-        Message::Refused { reason } | Message::Failed { reason } => bail!("{reason}"),
+        Message::Ack => Ok(Opened::Control(Box::new((writer, reader)))),
+        Message::Refused { reason } => Ok(Opened::Refused(reason)),
+        Message::Failed { reason } => bail!("{reason}"),
         other => bail!("unexpected answer to a fan-out: {}", other.kind()),
     }
 }
@@ -146,6 +169,8 @@ enum Event {
     Failed(usize, String),
     Gone(usize, anyhow::Error),
     HashesRead(Result<()>),
+    /// A plain upload to a receiver that takes no part ended.
+    Uploaded(usize, Result<Sent>),
 }
 
 /// Drives one receiver's control stream: writes the sender's commands, reads
@@ -268,10 +293,7 @@ impl Distributing<'_> {
         events_tx: mpsc::UnboundedSender<Event>,
     ) {
         let receivers: Vec<usize> = (0..self.members.len()).filter(|&i| self.live(i)).collect();
-        if receivers.is_empty() {
-            return;
-        }
-        let announcing = self.announce_hashes(events_tx);
+        let announcing = (!receivers.is_empty()).then(|| self.announce_hashes(events_tx));
         let mut previous = None;
         for &index in &receivers {
             self.reattach(index, previous);
@@ -325,9 +347,17 @@ impl Distributing<'_> {
                     }
                 }
                 Event::HashesRead(Ok(())) => {}
+                Event::Uploaded(index, sent) => {
+                    if sent.is_ok() {
+                        self.holds(index, self.source.offer.size);
+                    }
+                    self.outcomes[index] = Some(sent);
+                }
             }
         }
-        announcing.abort();
+        if let Some(announcing) = announcing {
+            announcing.abort();
+        }
     }
 
     fn holds(&mut self, index: usize, bytes: u64) {
@@ -445,6 +475,19 @@ impl Distributing<'_> {
             if let Err(err) = uploaded.await {
                 tracing::debug!(peer = %addr.id.fmt_short(), "fan-out upload failed: {err:#}");
             }
+        });
+    }
+
+    /// Uploads the file to `index`, which takes no part in the fan-out, as a
+    /// send to it alone would.
+    fn upload_directly(&mut self, index: usize, events: mpsc::UnboundedSender<Event>) {
+        let pool = self.pool.clone();
+        let addr = self.members[index].addr.clone();
+        let source = self.source.clone();
+        let progress = self.sent.clone();
+        self.uploads.spawn(async move {
+            let sent = client::upload(&pool, &addr, &source, Striping::SharedAmong(1), &progress);
+            events.send(Event::Uploaded(index, sent.await)).ok();
         });
     }
 

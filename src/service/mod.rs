@@ -1,9 +1,14 @@
 //! What a listener does with its connections: takes uploads into the store (or
 //! stdout, or nowhere for bench traffic), serves its catalog, and reports each
-//! outcome as an [`Event`] for the command to show.
+//! outcome as an [`Event`] for the command to show. `sinks` holds where
+//! uploads go other than the store: stdout, and nowhere for bench data.
+
+mod sinks;
+
+use sinks::DiscardSink;
+pub use sinks::StdoutSink;
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -26,8 +31,8 @@ use crate::protocol::liveness::Liveness;
 use crate::protocol::pool::{Pool, peer_answers};
 use crate::protocol::stream::{FrameReader, FrameWriter};
 use crate::protocol::stripes::{StripeLink, StripeRegistry, StripeStream, link_stripes};
-use crate::protocol::transfer::{Committed, Progress, Received, Sink, receive_file, send_file};
-use crate::protocol::wire::{CHUNK_SIZE, Hash, Message, Offer, PROTOCOL_VERSION, WireError};
+use crate::protocol::transfer::{Progress, Received, Sink, receive_file, send_file};
+use crate::protocol::wire::{Message, Offer, PROTOCOL_VERSION, WireError};
 use crate::protocol::{CODE_SHUTDOWN, HELLO_ALPN};
 use crate::store::{AliveProbe, Store};
 
@@ -566,84 +571,3 @@ async fn refuse(writer: &mut FrameWriter, reason: &str) {
 }
 
 const NOTHING_SERVED: &str = "this listener serves no files (start it with --serve PATH)";
-
-/// Checks bench data and keeps none of it.
-#[derive(Default)]
-struct DiscardSink {
-    cancel: CancellationToken,
-}
-
-impl Sink for DiscardSink {
-    fn held(&mut self) -> Vec<(u32, Hash)> {
-        Vec::new()
-    }
-    fn write(&mut self, _offset: u64, _data: &[u8]) -> Result<()> {
-        Ok(())
-    }
-    fn chunk_checked(&mut self, _index: u32, _hash: &Hash) -> Result<()> {
-        Ok(())
-    }
-    fn commit(self: Box<Self>, _hash: &Hash) -> Result<Committed> {
-        Ok(Committed::new(""))
-    }
-    fn commit_blocks(&self) -> bool {
-        false
-    }
-    fn abandon(self: Box<Self>, _keep: bool) {}
-    fn cancelled(&self) -> CancellationToken {
-        self.cancel.clone()
-    }
-}
-
-/// Writes each chunk to stdout once its hash checked, so nothing unverified
-/// reaches the reader of the pipe. What reached stdout cannot be taken back:
-/// a file that fails after that sets `spoiled`.
-pub struct StdoutSink<G: Send> {
-    pending: Vec<u8>,
-    wrote: bool,
-    spoiled: Arc<AtomicBool>,
-    _guard: G,
-}
-
-impl<G: Send> StdoutSink<G> {
-    pub fn new(guard: G, spoiled: Arc<AtomicBool>) -> Self {
-        StdoutSink {
-            pending: Vec::with_capacity(CHUNK_SIZE as usize),
-            wrote: false,
-            spoiled,
-            _guard: guard,
-        }
-    }
-}
-
-impl<G: Send> Sink for StdoutSink<G> {
-    fn held(&mut self) -> Vec<(u32, Hash)> {
-        Vec::new()
-    }
-    fn write(&mut self, _offset: u64, data: &[u8]) -> Result<()> {
-        self.pending.extend_from_slice(data);
-        Ok(())
-    }
-    fn chunk_checked(&mut self, _index: u32, _hash: &Hash) -> Result<()> {
-        let mut stdout = std::io::stdout().lock();
-        self.wrote = true;
-        stdout.write_all(&self.pending)?;
-        stdout.flush()?;
-        self.pending.clear();
-        Ok(())
-    }
-    fn commit(self: Box<Self>, _hash: &Hash) -> Result<Committed> {
-        Ok(Committed::new("<stdout>"))
-    }
-    fn in_order_only(&self) -> bool {
-        true
-    }
-    fn abandon(self: Box<Self>, _keep: bool) {
-        if self.wrote {
-            self.spoiled.store(true, Ordering::Relaxed);
-        }
-    }
-    fn cancelled(&self) -> CancellationToken {
-        CancellationToken::new()
-    }
-}
