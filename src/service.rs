@@ -16,7 +16,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::catalog::Catalog;
 use crate::escape::printable;
-use crate::peer_errors;
 use crate::protocol::coding::{Coding, Compress};
 use crate::protocol::governor::Governor;
 use crate::protocol::liveness::Liveness;
@@ -442,7 +441,7 @@ impl Service {
                     let connection = connection.clone();
                     Box::pin(async move { peer_answers(&connection).await })
                 });
-                peer_errors::accept(store, offer, alive).await
+                store.accept(offer, alive).await
             }
             Uploads::Stdout => {
                 // Files joined on one stream would read as the first alone.
