@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 use iroh::endpoint::Connection;
 use iroh::{Endpoint, EndpointId};
 use tokio::sync::{RwLock, Semaphore, mpsc};
@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::catalog::Catalog;
 use crate::escape::printable;
 use crate::protocol::coding::{Coding, Compress};
+use crate::protocol::errors::{ErrorCode, code_of};
 use crate::protocol::governor::Governor;
 use crate::protocol::liveness::Liveness;
 use crate::protocol::pool::peer_answers;
@@ -26,6 +27,7 @@ use crate::protocol::transfer::{Committed, Progress, Received, Sink, receive_fil
 use crate::protocol::wire::{CHUNK_SIZE, Hash, Message, Offer, PROTOCOL_VERSION, WireError};
 use crate::protocol::{CODE_SHUTDOWN, HELLO_ALPN};
 use crate::store::{AliveProbe, Store};
+use crate::ui::errors::describe;
 
 /// How long a listener waits on a silent peer in the middle of a request.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -244,8 +246,11 @@ impl Service {
                 // A request that breaks a bound (too many tensors, say) is
                 // answered, so the peer learns which.
                 if err.is::<WireError>() {
-                    let reason = format!("{err:#}");
-                    writer.message(&Message::Refused { reason }).await.ok();
+                    let refused = Message::Refused {
+                        code: code_of(&err),
+                        reason: format!("{err:#}"),
+                    };
+                    writer.message(&refused).await.ok();
                     writer.finish();
                 }
                 return Err(err);
@@ -314,7 +319,7 @@ impl Service {
                     Err(err) => Event::ReceiveFailed {
                         upload,
                         peer,
-                        error: format!("{err:#}"),
+                        error: describe(&err),
                     },
                 };
                 self.events.send(event).ok();
@@ -344,6 +349,7 @@ impl Service {
                         files: catalog.entries(),
                     },
                     None => Message::Refused {
+                        code: ErrorCode::NothingServed,
                         reason: NOTHING_SERVED.into(),
                     },
                 };
@@ -378,7 +384,7 @@ impl Service {
     ) -> Result<()> {
         let started = Instant::now();
         let source = match (&self.catalog, request) {
-            (None, _) => Err(anyhow!(NOTHING_SERVED)),
+            (None, _) => Err(ErrorCode::NothingServed.error(NOTHING_SERVED).into()),
             (
                 Some(catalog),
                 Message::Fetch {
@@ -397,17 +403,17 @@ impl Service {
         let source = match source {
             Ok(source) => source,
             Err(err) => {
-                let reason = format!("{err:#}");
                 writer
                     .message(&Message::Refused {
-                        reason: reason.clone(),
+                        code: code_of(&err),
+                        reason: format!("{err:#}"),
                     })
                     .await?;
                 writer.finish();
                 self.events
                     .send(Event::ServeFailed {
                         peer,
-                        error: reason,
+                        error: describe(&err),
                     })
                     .ok();
                 return Ok(());
@@ -423,7 +429,7 @@ impl Service {
             },
             Err(err) => Event::ServeFailed {
                 peer,
-                error: format!("{}: {err:#}", source.offer.name),
+                error: describe(&err.context(source.offer.name.clone())),
             },
         };
         self.events.send(event).ok();
@@ -446,10 +452,10 @@ impl Service {
             Uploads::Stdout => {
                 // Files joined on one stream would read as the first alone.
                 if offer.files_in_send > 1 {
-                    bail!(
+                    bail!(ErrorCode::NoUploads.error(format!(
                         "this listener writes to stdout and takes a send of one file; this send has {} (send them one by one, or listen with --out DIR)",
                         offer.files_in_send
-                    );
+                    )));
                 }
                 let guard = self.stdout_lock.clone().lock_owned().await;
                 Ok(Box::new(StdoutSink::new(
@@ -457,9 +463,9 @@ impl Service {
                     self.stdout_spoiled.clone(),
                 )))
             }
-            Uploads::Refused => bail!(
+            Uploads::Refused => bail!(ErrorCode::NoUploads.error(
                 "this listener only serves files; it takes uploads when started with --out DIR"
-            ),
+            )),
         }
     }
 }

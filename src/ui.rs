@@ -2,6 +2,7 @@
 //! on stdout. Commands report through this so `--json`, `-q`, `--color` and a
 //! terminal differ only here.
 
+pub mod errors;
 pub mod events;
 
 use std::io::{IsTerminal, Write};
@@ -371,10 +372,11 @@ pub fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// An error and its context chain as one line, a peer's text in it escaped:
-/// what the `error:` line, warnings and JSON `error` keys show.
+/// An error and its context chain as one line in a user's words
+/// ([`errors::describe`]), a peer's text in it escaped: what the `error:`
+/// line, warnings and JSON `error` keys show.
 pub fn error_text(err: &anyhow::Error) -> String {
-    printable_line(&format!("{err:#}"))
+    printable_line(&errors::describe(err))
 }
 
 /// `text` on one line, escaped: errors often carry a peer's words (a refusal

@@ -24,6 +24,7 @@ use crate::protocol::pool::Pool;
 use crate::protocol::stripes::Striping;
 use crate::protocol::transfer::Progress;
 use crate::protocol::wire::Offer;
+use crate::ui::errors::describe;
 use crate::ui::{
     Moved, Tally, Totals, Ui, count, error_text, events, human_bytes, mb_per_s, moved_note,
 };
@@ -377,7 +378,7 @@ async fn send_all(
             } else if sources.len() > 1 {
                 // The closing error names only the first failure; even with
                 // --quiet, every failed file must be named somewhere.
-                ui.warn(format!("{err:#}"));
+                ui.warn(describe(err));
             }
         }
         outcomes.push(sent.map(|_| ()));

@@ -16,6 +16,7 @@ use anyhow::{Context, Result, bail};
 
 use super::direct::DirectFile;
 use super::shown;
+use crate::protocol::errors::ErrorCode;
 use crate::protocol::wire::{Hash, Offer, hash_hex, parse_hash};
 
 pub(super) const PARTIAL_SUFFIX: &str = ".tensor-iroh-partial";
@@ -170,11 +171,11 @@ fn reserve(file: &File, paths: &PartialPaths, size: u64) -> Result<()> {
     if let Some(free) = free_space(dir)
         && free < size
     {
-        bail!(
+        bail!(ErrorCode::NoSpace.error(format!(
             "not enough space: the file needs {} and {shown_dir} has {} free",
             indicatif::HumanBytes(size),
             indicatif::HumanBytes(free)
-        );
+        )));
     }
     if size > 0 {
         use std::os::fd::AsRawFd;
@@ -182,10 +183,10 @@ fn reserve(file: &File, paths: &PartialPaths, size: u64) -> Result<()> {
         let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, size as libc::off_t) };
         match rc {
             0 => {}
-            libc::ENOSPC => bail!(
+            libc::ENOSPC => bail!(ErrorCode::NoSpace.error(format!(
                 "not enough space in {shown_dir} for {}",
                 indicatif::HumanBytes(size)
-            ),
+            ))),
             _ => file
                 .set_len(size)
                 .with_context(|| format!("cannot write to {shown_dir}"))?,
