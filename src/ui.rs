@@ -4,6 +4,7 @@
 
 pub mod errors;
 pub mod events;
+mod json;
 
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
@@ -98,8 +99,7 @@ impl Ui {
 
     /// One JSON event on its own stdout line.
     pub fn event(&self, event: impl Into<Event>) {
-        let line = serde_json::to_string(&event.into()).expect("events have string keys only");
-        self.out(line);
+        self.out(json::line(&event.into()));
     }
 
     /// A line on stdout (tickets, ids, listings); machine-readable output.
