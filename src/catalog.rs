@@ -15,6 +15,7 @@ use crate::codec::{Kind, Layout};
 use crate::formats::{
     Format, NpyConversion, SafetensorsBuilder, TensorFile, coding_kind, files_in,
 };
+use crate::protocol::errors::ErrorCode;
 use crate::protocol::transfer::{Segment, Source, file_offer};
 use crate::protocol::wire::{CatalogFile, Offer, TensorEntry, TensorRef};
 
@@ -91,19 +92,25 @@ impl Catalog {
 
     /// The served file `name`, validated again if it changed on disk.
     fn file(&self, name: &str) -> Result<Arc<TensorFile>> {
-        let place = *self
-            .places
-            .get(name)
-            .with_context(|| format!("no served file is named {name:?}"))?;
+        let place = *self.places.get(name).ok_or_else(|| {
+            ErrorCode::UnknownFile.error(format!("no served file is named {name:?}"))
+        })?;
         let file = self.files.read().expect("catalog lock")[place].clone();
         if file.check_unchanged().is_ok() {
             return Ok(file);
         }
         let fresh = TensorFile::open(&file.path)
             .map_err(|err| by_served_name(&file, err))
-            .with_context(|| format!("{name} changed on disk and cannot be served as it is now"))?;
+            .with_context(|| {
+                ErrorCode::SourceChanged.error(format!(
+                    "{name} changed on disk and cannot be served as it is now"
+                ))
+            })?;
         if fresh.format != file.format {
-            bail!("{name} changed on disk into another format");
+            bail!(
+                ErrorCode::SourceChanged
+                    .error(format!("{name} changed on disk into another format"))
+            );
         }
         let fresh = Arc::new(fresh);
         let served = &mut self.files.write().expect("catalog lock")[place];
@@ -122,7 +129,9 @@ impl Catalog {
         };
         let held: HashSet<&str> = file.tensors.iter().map(|t| t.name.as_str()).collect();
         if let Some(missing) = names.iter().find(|n| !held.contains(n.as_str())) {
-            bail!("{name} has no tensor named {missing:?}");
+            bail!(
+                ErrorCode::UnknownTensor.error(format!("{name} has no tensor named {missing:?}"))
+            );
         }
         let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
         // Every tensor of the file is the file itself (the one selection an .npy
@@ -132,7 +141,10 @@ impl Catalog {
             return whole_file(&file, whole_file_offer(&file, name.to_string()));
         }
         if file.format == Format::Npy {
-            bail!("{name} holds only the tensor {:?}", file.tensors[0].name);
+            bail!(ErrorCode::UnknownTensor.error(format!(
+                "{name} holds only the tensor {:?}",
+                file.tensors[0].name
+            )));
         }
         let handle = Arc::new(open(&file)?);
         let mut builder = SafetensorsBuilder::new(file.metadata.clone());
@@ -190,11 +202,11 @@ impl Catalog {
                     new.insert((file, tensors))
                 }
             };
-            let tensor = *tensors.get(&reference.tensor).with_context(|| {
-                format!(
+            let tensor = *tensors.get(&reference.tensor).ok_or_else(|| {
+                ErrorCode::UnknownTensor.error(format!(
                     "{} has no tensor named {:?}",
                     reference.file, reference.tensor
-                )
+                ))
             })?;
             parts.push((file.clone(), tensor));
         }

@@ -2,9 +2,10 @@
 //!
 //! The binary's subcommands live in [`commands`]; they wire together the file
 //! [`formats`], their lossless [`codec`], the network [`protocol`], the
-//! listener's [`service`], its output [`store`] (whose errors a peer is told
-//! through [`peer_errors`]) and served [`catalog`], a pull's [`patterns`], and
-//! the terminal [`ui`], which prints a peer's text only through [`escape`].
+//! listener's [`service`], its output [`store`] (whose errors name files
+//! relative to it, since peers are told them) and served [`catalog`], a pull's
+//! [`patterns`], and the terminal [`ui`], which prints a peer's text only
+//! through [`escape`].
 
 pub mod catalog;
 pub mod codec;
@@ -13,7 +14,6 @@ pub mod escape;
 pub mod file_version;
 pub mod formats;
 pub mod patterns;
-pub mod peer_errors;
 pub mod protocol;
 pub mod service;
 pub mod store;

@@ -30,7 +30,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tensor_iroh::ui::to_stderr(&tensor_iroh::ui::error_line(&format!("{err:#}")));
+            let message = tensor_iroh::ui::errors::describe(&err);
+            tensor_iroh::ui::to_stderr(&tensor_iroh::ui::error_line(&message));
             match err.downcast_ref::<commands::Interrupted>() {
                 Some(commands::Interrupted(signal)) => ExitCode::from((128 + signal) as u8),
                 None => ExitCode::FAILURE,

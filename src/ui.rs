@@ -2,7 +2,9 @@
 //! on stdout. Commands report through this so `--json`, `-q`, `--color` and a
 //! terminal differ only here.
 
+pub mod errors;
 pub mod events;
+mod json;
 
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
@@ -97,8 +99,7 @@ impl Ui {
 
     /// One JSON event on its own stdout line.
     pub fn event(&self, event: impl Into<Event>) {
-        let line = serde_json::to_string(&event.into()).expect("events have string keys only");
-        self.out(line);
+        self.out(json::line(&event.into()));
     }
 
     /// A line on stdout (tickets, ids, listings); machine-readable output.
@@ -371,10 +372,11 @@ pub fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// An error and its context chain as one line, a peer's text in it escaped:
-/// what the `error:` line, warnings and JSON `error` keys show.
+/// An error and its context chain as one line in a user's words
+/// ([`errors::describe`]), a peer's text in it escaped: what the `error:`
+/// line, warnings and JSON `error` keys show.
 pub fn error_text(err: &anyhow::Error) -> String {
-    printable_line(&format!("{err:#}"))
+    printable_line(&errors::describe(err))
 }
 
 /// `text` on one line, escaped: errors often carry a peer's words (a refusal

@@ -46,7 +46,7 @@ fn lists_every_served_tensor_plain_and_json() {
         r#"
 import numpy as np
 from safetensors.numpy import save_file
-save_file({"two\nlines\x1b[31m": np.zeros(1, dtype=np.uint8)}, "odd.safetensors")
+save_file({"two\nlines\x1b[31m\x7f\u009b\u202e": np.zeros(1, dtype=np.uint8)}, "odd.safetensors")
 "#,
         dir.path(),
     );
@@ -70,7 +70,7 @@ save_file({"two\nlines\x1b[31m": np.zeros(1, dtype=np.uint8)}, "odd.safetensors"
         "{plain}"
     );
     assert!(
-        plain.contains("two\\nlines\\u{1b}[31m\tU8") && !plain.contains('\x1b'),
+        plain.contains(r"two\nlines\u{1b}[31m\u{7f}\u{9b}\u{202e}") && !plain.contains('\x1b'),
         "a name from the network is printed escaped, on one line: {plain}"
     );
     let some = pull(&listener.ticket, &["--list", "model.layers.1?.*"]);
@@ -82,7 +82,20 @@ save_file({"two\nlines\x1b[31m": np.zeros(1, dtype=np.uint8)}, "odd.safetensors"
     assert_one_line_error(&pull(&listener.ticket, &["--list", "nothing*"]), "nothing*");
 
     let json = pull(&listener.ticket, &["--list", "--json"]);
+    // DEL, C1 and bidirectional controls, which JSON itself lets through,
+    // are escaped too; a parser reads the name back exactly.
+    let raw: Vec<char> = text(&json.stdout)
+        .chars()
+        .filter(|&c| c != '\n' && tensor_iroh::escape::is_unprintable(c))
+        .collect();
+    assert!(raw.is_empty(), "{raw:?} reached stdout raw");
     let lines = json_lines(&json);
+    assert!(
+        lines
+            .iter()
+            .any(|line| line["name"] == "two\nlines\x1b[31m\x7f\u{9b}\u{202e}"),
+        "{lines:?}"
+    );
     assert_eq!(lines.len(), 25);
     for line in &lines {
         assert_eq!(line["event"], "tensor");

@@ -19,6 +19,7 @@ use tensor_iroh::codec::{Encoder, Kind, Region};
 use tensor_iroh::formats::TensorFile;
 use tensor_iroh::protocol::coding::Compress;
 use tensor_iroh::protocol::endpoint::{self, EndpointOptions, Relay, parse_ticket};
+use tensor_iroh::protocol::errors::ErrorCode;
 use tensor_iroh::protocol::pool::Pool;
 use tensor_iroh::protocol::stream::{Frame, FrameReader, FrameWriter};
 use tensor_iroh::protocol::transport::{Congestion, Transport};
@@ -206,9 +207,22 @@ fn only_peers_on_the_allow_list_get_in() {
     let refused = send(
         &listener.ticket,
         &[&file],
-        &["--key", stranger.to_str().unwrap()],
+        &["--key", stranger.to_str().unwrap(), "--json"],
     );
-    assert_one_line_error(&refused, "refused");
+    // What the stranger can act on: whose list keeps it out.
+    assert_one_line_error(&refused, "not on the listener's --allow list");
+    let lines = json_lines(&refused);
+    for event in ["file_failed", "summary"] {
+        let line = lines
+            .iter()
+            .find(|line| line["event"] == event)
+            .unwrap_or_else(|| panic!("no {event} in {lines:?}"));
+        let error = line["error"].as_str().unwrap();
+        assert!(
+            error.contains("refused this endpoint") && error.contains("--allow"),
+            "{event}: {error}"
+        );
+    }
     assert!(
         files_below(&out).is_empty(),
         "a refused sender wrote {:?}",
@@ -237,7 +251,7 @@ fn only_peers_on_the_allow_list_get_in() {
         "--key",
         stranger.to_str().unwrap(),
     ]);
-    assert_one_line_error(&pulled, "refused");
+    assert_one_line_error(&pulled, "--allow");
     assert_eq!(refusals(), std::slice::from_ref(&stranger_id));
     let benched = run(&[
         "bench",
@@ -249,7 +263,7 @@ fn only_peers_on_the_allow_list_get_in() {
         "--key",
         stranger.to_str().unwrap(),
     ]);
-    assert_one_line_error(&benched, "refused");
+    assert_one_line_error(&benched, "--allow");
     assert_eq!(refusals(), std::slice::from_ref(&stranger_id));
 
     let admitted = send(
@@ -449,7 +463,7 @@ async fn names_from_the_network_cannot_leave_the_output_directory() {
                 assert!(path.starts_with(&out), "{name} landed at {path:?}");
                 assert_eq!(std::fs::read(&path).unwrap(), data);
             }
-            [Message::Refused { reason }] => assert!(!reason.is_empty()),
+            [Message::Refused { reason, .. }] => assert!(!reason.is_empty()),
             other => panic!("{name} got {other:?}; the listener stores or refuses"),
         }
     }
@@ -487,12 +501,13 @@ async fn names_from_the_network_cannot_leave_the_output_directory() {
     hostile.pool.close().await;
 }
 
-fn refused_with(answers: &[Message], words: &[&str]) -> bool {
-    matches!(answers, [Message::Refused { reason }] if words.iter().all(|w| reason.contains(w)))
+fn refused_with(answers: &[Message], code: ErrorCode, words: &[&str]) -> bool {
+    matches!(answers, [Message::Refused { code: said, reason }]
+        if *said == code && words.iter().all(|w| reason.contains(w)))
 }
 
 fn failed_with(answers: &[Message], words: &[&str]) -> bool {
-    matches!(answers.last(), Some(Message::Failed { reason }) if words.iter().all(|w| reason.contains(w)))
+    matches!(answers.last(), Some(Message::Failed { reason, .. }) if words.iter().all(|w| reason.contains(w)))
 }
 
 /// Visible files in `out`: what a user would take for received files.
@@ -544,15 +559,24 @@ async fn malformed_frames_and_silent_peers_do_not_stop_the_listener() {
     let answers = hostile
         .exchange(&upload(offer("huge.npy", 1 << 60, false)))
         .await;
-    assert!(refused_with(&answers, &["out of bounds"]), "{answers:?}");
+    assert!(
+        refused_with(&answers, ErrorCode::ProtocolViolation, &["out of bounds"]),
+        "{answers:?}"
+    );
     let answers = hostile
         .exchange(&upload(offer("vast.npy", 1 << 49, false)))
         .await;
-    assert!(refused_with(&answers, &["space"]), "{answers:?}");
+    assert!(
+        refused_with(&answers, ErrorCode::NoSpace, &["space"]),
+        "{answers:?}"
+    );
     let mut sneaky = offer("sneaky.npy", 4, true);
     sneaky.identity = "/../../../../tmp/x".into();
     let answers = hostile.exchange(&upload(sneaky)).await;
-    assert!(refused_with(&answers, &["identity"]), "{answers:?}");
+    assert!(
+        refused_with(&answers, ErrorCode::ProtocolViolation, &["identity"]),
+        "{answers:?}"
+    );
 
     // Data that does not match its offer: the listener names the file.
     let mut wrong_index = upload(offer("index.npy", 4, true));
@@ -585,6 +609,16 @@ async fn malformed_frames_and_silent_peers_do_not_stop_the_listener() {
     let answers = hostile.exchange(&corrupted).await;
     assert!(
         failed_with(&answers, &["corrupted.npy", "hash"]),
+        "{answers:?}"
+    );
+    assert!(
+        matches!(
+            answers.last(),
+            Some(Message::Failed {
+                code: ErrorCode::Corrupt,
+                ..
+            })
+        ),
         "{answers:?}"
     );
     let mut bad_end = upload(offer("badend.npy", 4, true));
@@ -633,7 +667,7 @@ async fn malformed_frames_and_silent_peers_do_not_stop_the_listener() {
     }
     let answer = striped_reader.message().await;
     assert!(
-        matches!(&answer, Ok(Message::Failed { reason }) if reason.contains("striped.npy") && reason.contains("stripe 1")),
+        matches!(&answer, Ok(Message::Failed { reason, .. }) if reason.contains("striped.npy") && reason.contains("stripe 1")),
         "{answer:?}"
     );
     assert!(
@@ -821,6 +855,30 @@ fn names_and_reasons_from_a_peer_reach_the_terminal_escaped() {
 }
 
 #[test]
+fn a_refused_name_says_why_on_the_error_line_and_in_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let listener = Listener::start(&["--out", out.to_str().unwrap()]);
+    let file = tiny_npy(&dir.path().join("t.npy"));
+
+    let sent = send(
+        &listener.ticket,
+        &[&file],
+        &["--name", "../t.npy", "--json"],
+    );
+    let why = r#"name "../t.npy" climbs out of the directory"#;
+    assert_one_line_error(&sent, why);
+    let failed = json_lines(&sent)
+        .into_iter()
+        .find(|line| line["event"] == "file_failed")
+        .expect("a file_failed event");
+    assert_eq!(failed["name"], "../t.npy");
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.ends_with(why), "{error}");
+    assert!(files_below(&out).is_empty(), "{:?}", files_below(&out));
+}
+
+#[test]
 fn a_refused_directory_send_names_the_directory_as_the_sender_does() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().canonicalize().unwrap();
@@ -885,6 +943,7 @@ async fn a_request_naming_too_many_tensors_is_refused_naming_the_bound() {
         assert!(
             refused_with(
                 &answers,
+                ErrorCode::RequestTooLarge,
                 &[&format!("at most {MAX_REQUEST_TENSORS} in one request")]
             ),
             "{answers:?}"

@@ -19,7 +19,6 @@ use super::{
 use crate::escape::printable;
 use crate::formats::Format;
 use crate::patterns::Patterns;
-use crate::peer_errors;
 use crate::protocol::client;
 use crate::protocol::coding::Compress;
 use crate::protocol::path::PathReport;
@@ -332,7 +331,9 @@ async fn fetch_to_store(
                 async |offer: &Offer| {
                     // Within one pull every fetch is live; two fetches of one file
                     // get sibling partial files rather than taking over.
-                    peer_errors::accept(&store, offer, Arc::new(|| Box::pin(async { true }))).await
+                    store
+                        .accept(offer, Arc::new(|| Box::pin(async { true })))
+                        .await
                 },
             )
             .await

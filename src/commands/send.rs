@@ -25,6 +25,7 @@ use crate::protocol::pool::Pool;
 use crate::protocol::stripes::Striping;
 use crate::protocol::transfer::{Progress, Sent};
 use crate::protocol::wire::Offer;
+use crate::ui::errors::describe;
 use crate::ui::{
     Moved, Tally, Totals, Ui, count, error_text, events, human_bytes, mb_per_s, moved_note,
 };
@@ -564,7 +565,7 @@ impl Reporter {
             } else if *deliveries > 1 {
                 // The closing error names only the first failure; even with
                 // --quiet, every failed file must be named somewhere.
-                ui.warn(format!("{err:#}"));
+                ui.warn(describe(err));
             }
         }
     }

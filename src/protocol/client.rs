@@ -4,7 +4,7 @@
 use anyhow::{Result, bail};
 use iroh::EndpointAddr;
 
-use super::explain;
+use super::errors::PeerError;
 use super::pool::Pool;
 use super::stripes::{StripeLink, Striping, link_stripes};
 use super::transfer::{Progress, Received, Sent, Sink, Source, receive_file, send_file};
@@ -31,7 +31,6 @@ pub async fn upload(
         progress,
     )
     .await
-    .map_err(explain)
 }
 
 /// Writes `pieces` on a bare stream and waits for the listener to have read
@@ -39,17 +38,14 @@ pub async fn upload(
 pub async fn raw_upload(pool: &Pool, addr: &EndpointAddr, pieces: &[bytes::Bytes]) -> Result<()> {
     let (mut writer, mut reader) = pool.open(addr).await?;
     let size = pieces.iter().map(|p| p.len() as u64).sum();
-    writer
-        .message(&Message::RawBench { size })
-        .await
-        .map_err(explain)?;
+    writer.message(&Message::RawBench { size }).await?;
     for piece in pieces {
-        writer.write(piece.clone()).await.map_err(explain)?;
+        writer.write(piece.clone()).await?;
     }
     writer.finish();
-    match reader.message().await.map_err(explain)? {
+    match reader.message().await? {
         Message::Ack => Ok(()),
-        Message::Refused { reason } => bail!("{reason}"),
+        Message::Refused { code, reason } => Err(PeerError { code, reason }.into()),
         other => bail!("unexpected answer to raw bench data: {other:?}"),
     }
 }
@@ -59,7 +55,7 @@ pub async fn done(pool: &Pool, addr: &EndpointAddr, files: u64) -> Result<()> {
     let (mut writer, mut reader) = pool.open(addr).await?;
     writer.message(&Message::Done { files }).await?;
     writer.finish();
-    match reader.message().await.map_err(explain)? {
+    match reader.message().await? {
         Message::Ack => Ok(()),
         other => bail!("unexpected answer to done: {other:?}"),
     }
@@ -70,9 +66,9 @@ pub async fn catalog(pool: &Pool, addr: &EndpointAddr) -> Result<Vec<CatalogFile
     let (mut writer, mut reader) = pool.open(addr).await?;
     writer.message(&Message::Catalog).await?;
     writer.finish();
-    match reader.message().await.map_err(explain)? {
+    match reader.message().await? {
         Message::CatalogReply { files } => Ok(files),
-        Message::Refused { reason } => bail!("{reason}"),
+        Message::Refused { code, reason } => Err(PeerError { code, reason }.into()),
         other => bail!("unexpected answer to a catalog request: {other:?}"),
     }
 }
@@ -100,12 +96,10 @@ where
         );
     }
     let (connection, mut writer, mut reader) = pool.open_on_connection(addr).await?;
-    writer.write(encoded.into()).await.map_err(explain)?;
+    writer.write(encoded.into()).await?;
     let link = StripeLink::Dialer {
         connection: &connection,
         stripes: striping.stripes(link_stripes(&connection)),
     };
-    receive_file(&mut writer, &mut reader, link, progress, accept)
-        .await
-        .map_err(explain)
+    receive_file(&mut writer, &mut reader, link, progress, accept).await
 }

@@ -6,6 +6,7 @@ pub mod client;
 pub mod coding;
 pub mod congestion;
 pub mod endpoint;
+pub mod errors;
 pub mod fanout;
 pub mod governor;
 pub mod hashing;
@@ -48,27 +49,4 @@ pub fn round_trip(connection: &iroh::endpoint::Connection) -> Option<std::time::
             .filter_map(|path| connection.rtt(path.id()))
             .max()
     })
-}
-
-/// Turns the ways a listener ends a connection into what a user can act on;
-/// other errors pass through unchanged.
-pub fn explain(error: anyhow::Error) -> anyhow::Error {
-    let text = format!("{error:#}");
-    if text.contains(&format!("(code {CODE_REFUSED})")) {
-        anyhow::anyhow!(
-            "the listener refused this endpoint: it is not on the listener's --allow list"
-        )
-    } else if text.contains(&format!("(code {CODE_SHUTDOWN})")) {
-        anyhow::anyhow!("the listener shut down before the transfer finished")
-    } else if text.contains(&format!("reset by peer: error {CODE_SOURCE_CHANGED}")) {
-        anyhow::anyhow!(
-            "the sender's file changed on disk while it was being sent; nothing was stored"
-        )
-    } else if text.contains(&format!("reset by peer: error {CODE_SOURCE_UNREADABLE}")) {
-        anyhow::anyhow!("the sender could not read its file; nothing was stored")
-    } else if text.contains("no application protocol") {
-        anyhow::anyhow!("the peer does not speak the tensor-iroh protocol")
-    } else {
-        error
-    }
 }

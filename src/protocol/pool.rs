@@ -8,14 +8,15 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use iroh::endpoint::{ConnectOptions, Connection, ConnectionError, VarInt};
+use iroh::endpoint::{ConnectOptions, ConnectingError, Connection, ConnectionError};
 use iroh::{Endpoint, EndpointAddr, EndpointId};
 use tokio::sync::Mutex;
 
+use super::errors::{PeerEnded, connection_failed};
 use super::liveness::{Liveness, with_progress};
 use super::stream::{FrameReader, FrameWriter};
 use super::wire::{Message, PROTOCOL_VERSION};
-use super::{ALPN, CODE_REFUSED, CODE_SHUTDOWN, HELLO_ALPN, explain, round_trip};
+use super::{ALPN, HELLO_ALPN, round_trip};
 
 /// The predecessor's defaults, which suit a CLI as well as a library.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -29,7 +30,7 @@ pub struct Pool {
     /// The last failed dial per peer, with when it ended: requests that waited
     /// for that dial, or come soon after it, share its failure instead of each
     /// waiting out a dial of their own.
-    failed_dials: std::sync::Mutex<HashMap<EndpointId, (Instant, String)>>,
+    failed_dials: std::sync::Mutex<HashMap<EndpointId, (Instant, DialFailure)>>,
     /// Bounds connecting and every wait on a stream.
     pub timeout: Duration,
 }
@@ -71,18 +72,16 @@ impl Pool {
         if let Some((ended, error)) = self.failed_dials.lock().expect("pool lock").get(&addr.id)
             && (*ended >= asked || ended.elapsed() < self.timeout)
         {
-            bail!("{error}");
+            return Err(error.error());
         }
         if let Some(pooled) = connections.get(&addr.id)
             && let Some(reason) = pooled.connection.close_reason()
-            && closed_on_purpose(&reason)
+            && let Some(ended) = closed_on_purpose(&reason)
         {
             // Shared like a failed dial, so concurrent requests do not each
             // dial again to be refused again.
-            let error = format!("{:#}", explain(reason.into()));
-            self.remember_failure(addr.id, error.clone());
             connections.remove(&addr.id);
-            bail!("{error}");
+            return Err(self.remember_failure(addr.id, ended.into()));
         }
         connections.retain(|_, pooled| {
             pooled.connection.close_reason().is_none() && pooled.last_used.elapsed() < IDLE_TIMEOUT
@@ -102,10 +101,7 @@ impl Pool {
         }
         let connection = match self.dial(addr).await {
             Ok(connection) => connection,
-            Err(err) => {
-                self.remember_failure(addr.id, format!("{err:#}"));
-                return Err(err);
-            }
+            Err(err) => return Err(self.remember_failure(addr.id, err)),
         };
         tokio::spawn(answer_pings(connection.clone()));
         connections.insert(
@@ -118,12 +114,14 @@ impl Pool {
         Ok(connection)
     }
 
-    /// Requests to `id` for the next while fail with `error` instead of dialing.
-    fn remember_failure(&self, id: EndpointId, error: String) {
+    /// Requests to `id` for the next while fail with `error` instead of
+    /// dialing; returns it.
+    fn remember_failure(&self, id: EndpointId, error: anyhow::Error) -> anyhow::Error {
         self.failed_dials
             .lock()
             .expect("pool lock")
-            .insert(id, (Instant::now(), error));
+            .insert(id, (Instant::now(), DialFailure::of(&error)));
+        error
     }
 
     async fn dial(&self, addr: &EndpointAddr) -> Result<Connection> {
@@ -135,7 +133,7 @@ impl Pool {
                 .connect_with_opts(addr.clone(), ALPN, options)
                 .await
                 .map_err(|err| anyhow!("{err:#}"))?;
-            connecting.await.map_err(|err| explain(err.into()))
+            connecting.await.map_err(handshake_failed)
         };
         let unreachable = || {
             anyhow!(
@@ -145,7 +143,9 @@ impl Pool {
         };
         let connection = match tokio::time::timeout(self.timeout, connecting).await {
             Err(_) => return Err(unreachable()),
-            Ok(Err(err)) if format!("{err:#}").contains("timed out") => return Err(unreachable()),
+            Ok(Err(err)) if timed_out(&err) => return Err(unreachable()),
+            // The peer was reached where it said why it would not go on.
+            Ok(Err(err)) if err.is::<PeerEnded>() => return Err(err),
             Ok(result) => result.with_context(|| format!("could not reach peer {peer}"))?,
         };
         if connection.alpn() != ALPN {
@@ -188,7 +188,7 @@ impl Pool {
                         FrameReader::new(recv, liveness),
                     ));
                 }
-                Ok(Err(err)) if !retried && !closed_on_purpose(&err) => {
+                Ok(Err(err)) if !retried && closed_on_purpose(&err).is_none() => {
                     tracing::debug!(
                         "pooled connection failed ({}), redialing",
                         crate::escape::printable(&err.to_string())
@@ -197,7 +197,7 @@ impl Pool {
                     retried = true;
                 }
                 Ok(Err(err)) => {
-                    return Err(explain(err.into()))
+                    return Err(connection_failed(err, "cannot open a stream"))
                         .with_context(|| format!("peer {}", addr.id.fmt_short()));
                 }
                 Err(stalled) => {
@@ -239,11 +239,56 @@ impl Pool {
     }
 }
 
-/// The listener refused this endpoint or shut down: a redial would only be
-/// refused again (and counted again in the listener's log).
-fn closed_on_purpose(err: &ConnectionError) -> bool {
-    matches!(err, ConnectionError::ApplicationClosed(close)
-        if [CODE_REFUSED, CODE_SHUTDOWN].map(VarInt::from_u32).contains(&close.error_code))
+/// Why the listener closed the connection, where it refused this endpoint or
+/// shut down: a redial would only be refused again (and counted again in the
+/// listener's log).
+fn closed_on_purpose(err: &ConnectionError) -> Option<PeerEnded> {
+    PeerEnded::of_connection(err)
+        .filter(|ended| matches!(ended, PeerEnded::NotAllowed | PeerEnded::ShuttingDown))
+}
+
+/// A failed handshake as an error: [`PeerEnded`] where the peer said why.
+fn handshake_failed(err: ConnectingError) -> anyhow::Error {
+    if let ConnectingError::ConnectionError { source, .. } = &err
+        && let Some(ended) = PeerEnded::of_connection(source)
+    {
+        return ended.into();
+    }
+    err.into()
+}
+
+/// Whether a dial failed because the peer never answered.
+fn timed_out(err: &anyhow::Error) -> bool {
+    matches!(
+        err.downcast_ref::<ConnectingError>(),
+        Some(ConnectingError::ConnectionError {
+            source: ConnectionError::TimedOut,
+            ..
+        })
+    )
+}
+
+/// A failed dial as the requests that share it see it: typed where the peer
+/// said why, else as text.
+enum DialFailure {
+    Ended(PeerEnded),
+    Other(String),
+}
+
+impl DialFailure {
+    fn of(err: &anyhow::Error) -> DialFailure {
+        match err.downcast_ref::<PeerEnded>() {
+            Some(ended) => DialFailure::Ended(*ended),
+            None => DialFailure::Other(format!("{err:#}")),
+        }
+    }
+
+    fn error(&self) -> anyhow::Error {
+        match self {
+            DialFailure::Ended(ended) => (*ended).into(),
+            DialFailure::Other(text) => anyhow!("{text}"),
+        }
+    }
 }
 
 /// Sends our version on a connection that negotiated the neutral ALPN and

@@ -8,7 +8,7 @@ use bytes::{Buf, BufMut, Bytes};
 use iroh::endpoint::{RecvStream, SendStream};
 use tokio::io::AsyncReadExt;
 
-use super::explain;
+use super::errors::{io_read_failed, read_failed, write_failed};
 use super::liveness::Liveness;
 use super::wire::{
     BLOCK_CODED, BLOCK_STORED, Hash, MAX_BLOCK, MAX_MESSAGE_BYTES, Message, TAG_CHUNK,
@@ -74,7 +74,7 @@ impl FrameReader {
             .liveness
             .bound(self.recv.read_chunk(MAX_READ))
             .await?
-            .map_err(|err| explain(anyhow::Error::new(err).context("stream broke")))?;
+            .map_err(read_failed)?;
         match read {
             Some(bytes) => {
                 self.pending = bytes;
@@ -187,7 +187,7 @@ impl FrameReader {
             .liveness
             .bound(self.recv.read_buf(&mut room))
             .await?
-            .map_err(|err| explain(anyhow::Error::new(err).context("stream broke")))?;
+            .map_err(io_read_failed)?;
         if read == 0 {
             bail!("stream ended in the middle of a chunk");
         }
@@ -266,7 +266,7 @@ impl FrameWriter {
         self.liveness
             .bound(self.send.write_all_chunks(pieces))
             .await?
-            .map_err(|err| explain(anyhow::Error::new(err).context("stream broke")))
+            .map_err(write_failed)
     }
 
     pub async fn message(&mut self, message: &Message) -> Result<()> {

@@ -19,10 +19,11 @@ use anyhow::{Context, Result, anyhow};
 use iroh::endpoint::Connection;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
+use super::errors::connection_failed;
 use super::liveness::Liveness;
+use super::round_trip;
 use super::stream::{FrameReader, FrameWriter};
 use super::wire::Message;
-use super::{explain, round_trip};
 
 /// The most streams one file is carried on: on a long link.
 pub const MAX_STRIPES: u32 = 8;
@@ -114,7 +115,7 @@ pub async fn open_stripes(
         let (send, recv) = liveness
             .bound(connection.open_bi())
             .await?
-            .map_err(|err| explain(anyhow::Error::new(err).context("cannot open a stream")))?;
+            .map_err(|err| connection_failed(err, "cannot open a stream"))?;
         let mut writer = FrameWriter::new(send, liveness.clone());
         writer
             .message(&Message::Stripe { transfer, stripe })

@@ -14,6 +14,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::coding::Compress;
+use super::errors::ErrorCode;
 
 /// The protocol this build speaks, carried in the ALPN and in [`Message::Hello`].
 /// Version 2 added coded chunks.
@@ -181,7 +182,10 @@ pub enum Message {
         stripe: u32,
     },
     /// The receiver will not take the offer, or the holder cannot serve a request.
+    /// Peers of protocol 2 before codes existed send no `code`.
     Refused {
+        #[serde(default)]
+        code: ErrorCode,
         reason: String,
     },
     /// The receiver wrote and checked the whole file under `name`.
@@ -189,7 +193,10 @@ pub enum Message {
         name: String,
         hash: String,
     },
+    /// The receiver gave up on the file.
     Failed {
+        #[serde(default)]
+        code: ErrorCode,
         reason: String,
     },
     Ack,
@@ -435,6 +442,26 @@ mod tests {
         let frame = offer.encode();
         assert_eq!(frame[0], TAG_MESSAGE);
         assert_eq!(Message::decode(&frame[5..]).unwrap(), offer);
+    }
+
+    #[test]
+    fn a_refusal_without_a_code_from_an_older_peer_still_reads() {
+        let older = br#"{"type":"refused","reason":"name \"..\" climbs out"}"#;
+        assert_eq!(
+            Message::decode(older).unwrap(),
+            Message::Refused {
+                code: ErrorCode::Other,
+                reason: "name \"..\" climbs out".into()
+            }
+        );
+        let failed = Message::Failed {
+            code: ErrorCode::NoSpace,
+            reason: "w.npy: not enough space".into(),
+        };
+        let frame = failed.encode();
+        let json = std::str::from_utf8(&frame[MESSAGE_PREFIX..]).unwrap();
+        assert!(json.contains(r#""code":"no_space""#), "{json}");
+        assert_eq!(Message::decode(json.as_bytes()).unwrap(), failed);
     }
 
     #[test]

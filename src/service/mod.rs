@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 use iroh::endpoint::Connection;
 use iroh::{Endpoint, EndpointId};
 use tokio::sync::{RwLock, Semaphore, mpsc};
@@ -22,9 +22,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::catalog::Catalog;
 use crate::escape::printable;
-use crate::peer_errors;
 use crate::protocol::coding::{Coding, Compress};
 use crate::protocol::endpoint::Admitted;
+use crate::protocol::errors::{ErrorCode, code_of};
 use crate::protocol::fanout::{Delivery, FanoutNode, FanoutSink};
 use crate::protocol::governor::Governor;
 use crate::protocol::liveness::Liveness;
@@ -35,6 +35,7 @@ use crate::protocol::transfer::{Progress, Received, Sink, receive_file, send_fil
 use crate::protocol::wire::{Message, Offer, PROTOCOL_VERSION, WireError};
 use crate::protocol::{CODE_SHUTDOWN, HELLO_ALPN};
 use crate::store::{AliveProbe, Store};
+use crate::ui::errors::describe;
 
 /// How long a listener waits on a silent peer in the middle of a request.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -269,8 +270,11 @@ impl Service {
                 // A request that breaks a bound (too many tensors, say) is
                 // answered, so the peer learns which.
                 if err.is::<WireError>() {
-                    let reason = format!("{err:#}");
-                    writer.message(&Message::Refused { reason }).await.ok();
+                    let refused = Message::Refused {
+                        code: code_of(&err),
+                        reason: format!("{err:#}"),
+                    };
+                    writer.message(&refused).await.ok();
                     writer.finish();
                 }
                 return Err(err);
@@ -288,7 +292,7 @@ impl Service {
             Message::Forwarded { .. } | Message::Stripe { .. } | Message::Hello { .. }
         );
         if admitted_only && !fan_out_request {
-            refuse(&mut writer, "not on the allow list").await;
+            refuse(&mut writer, ErrorCode::NotAllowed, "not on the allow list").await;
             return Ok(());
         }
         if let Message::Stripe { transfer, stripe } = request {
@@ -316,11 +320,8 @@ impl Service {
             }
             Message::Fanout { fanout, offer } => {
                 if !matches!(self.uploads, Uploads::Store(_)) {
-                    refuse(
-                        writer,
-                        "this listener keeps no copy it could pass on (it has no --out)",
-                    )
-                    .await;
+                    let reason = "this listener keeps no copy it could pass on (it has no --out)";
+                    refuse(writer, ErrorCode::NoUploads, reason).await;
                     return Ok(());
                 }
                 self.fanouts
@@ -332,7 +333,7 @@ impl Service {
                     self.receive_upload(connection, streams, writer, reader, Some(delivery))
                         .await;
                 }
-                Err(err) => refuse(writer, &format!("{err:#}")).await,
+                Err(err) => refuse(writer, ErrorCode::NotAllowed, &format!("{err:#}")).await,
             },
             Message::RawBench { size } => {
                 reader.discard(size).await?;
@@ -356,6 +357,7 @@ impl Service {
                         files: catalog.entries(),
                     },
                     None => Message::Refused {
+                        code: ErrorCode::NothingServed,
                         reason: NOTHING_SERVED.into(),
                     },
                 };
@@ -434,7 +436,7 @@ impl Service {
                 };
                 tokio::select! {
                     result = receiving => result,
-                    _ = replaced => Err(anyhow!("the sender moved this fan-out to another parent")),
+                    _ = replaced => Err(anyhow::anyhow!("the sender moved this fan-out to another parent")),
                 }
             }
         };
@@ -453,7 +455,7 @@ impl Service {
             Err(err) => Event::ReceiveFailed {
                 upload,
                 peer,
-                error: format!("{err:#}"),
+                error: describe(&err),
             },
         };
         self.events.send(event).ok();
@@ -477,7 +479,7 @@ impl Service {
     ) -> Result<()> {
         let started = Instant::now();
         let source = match (&self.catalog, request) {
-            (None, _) => Err(anyhow!(NOTHING_SERVED)),
+            (None, _) => Err(ErrorCode::NothingServed.error(NOTHING_SERVED).into()),
             (
                 Some(catalog),
                 Message::Fetch {
@@ -496,17 +498,17 @@ impl Service {
         let source = match source {
             Ok(source) => source,
             Err(err) => {
-                let reason = format!("{err:#}");
                 writer
                     .message(&Message::Refused {
-                        reason: reason.clone(),
+                        code: code_of(&err),
+                        reason: format!("{err:#}"),
                     })
                     .await?;
                 writer.finish();
                 self.events
                     .send(Event::ServeFailed {
                         peer,
-                        error: reason,
+                        error: describe(&err),
                     })
                     .ok();
                 return Ok(());
@@ -522,7 +524,7 @@ impl Service {
             },
             Err(err) => Event::ServeFailed {
                 peer,
-                error: format!("{}: {err:#}", source.offer.name),
+                error: describe(&err.context(source.offer.name.clone())),
             },
         };
         self.events.send(event).ok();
@@ -540,15 +542,15 @@ impl Service {
                     let connection = connection.clone();
                     Box::pin(async move { peer_answers(&connection).await })
                 });
-                peer_errors::accept(store, offer, alive).await
+                store.accept(offer, alive).await
             }
             Uploads::Stdout => {
                 // Files joined on one stream would read as the first alone.
                 if offer.files_in_send > 1 {
-                    bail!(
+                    bail!(ErrorCode::NoUploads.error(format!(
                         "this listener writes to stdout and takes a send of one file; this send has {} (send them one by one, or listen with --out DIR)",
                         offer.files_in_send
-                    );
+                    )));
                 }
                 let guard = self.stdout_lock.clone().lock_owned().await;
                 Ok(Box::new(StdoutSink::new(
@@ -556,17 +558,20 @@ impl Service {
                     self.stdout_spoiled.clone(),
                 )))
             }
-            Uploads::Refused => bail!(
+            Uploads::Refused => bail!(ErrorCode::NoUploads.error(
                 "this listener only serves files; it takes uploads when started with --out DIR"
-            ),
+            )),
         }
     }
 }
 
 /// Answers a request with the reason it is refused.
-async fn refuse(writer: &mut FrameWriter, reason: &str) {
+async fn refuse(writer: &mut FrameWriter, code: ErrorCode, reason: &str) {
     let reason = reason.to_string();
-    writer.message(&Message::Refused { reason }).await.ok();
+    writer
+        .message(&Message::Refused { code, reason })
+        .await
+        .ok();
     writer.finish();
 }
 

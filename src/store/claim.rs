@@ -19,6 +19,7 @@ use anyhow::{Context, Result, bail, ensure};
 use tokio_util::sync::CancellationToken;
 
 use super::partial::partial_path;
+use super::shown;
 use crate::file_version::still_at;
 
 /// Concurrent transfers of one file (same name and identity) into one directory.
@@ -62,11 +63,13 @@ impl Drop for Claim {
 }
 
 impl Claims {
-    /// Locks a partial file for this transfer: the one a rerun resumes from, taken
-    /// over when the transfer holding it in this process has lost its peer, or
-    /// else a fresh sibling, so two live transfers never share one file.
+    /// Locks a partial file in `dir`, under the output directory `root`, for
+    /// this transfer: the one a rerun resumes from, taken over when the
+    /// transfer holding it in this process has lost its peer, or else a fresh
+    /// sibling, so two live transfers never share one file.
     pub(super) async fn claim(
         self: &Arc<Self>,
+        root: &Path,
         dir: &Path,
         base: &str,
         alive: AliveProbe,
@@ -81,8 +84,11 @@ impl Claims {
                 .create(true)
                 .truncate(false)
                 .open(&path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            let locked = self.lock(&path, &file).await?;
+                .with_context(|| format!("cannot create {}", shown(root, &path)))?;
+            let locked = self
+                .lock(&path, &file)
+                .await
+                .with_context(|| format!("cannot lock {}", shown(root, &path)))?;
             // The holder may have committed (and unlinked) the file between our
             // open and our lock: a lock on a file no longer at `path` is worth
             // nothing, so open the path afresh.
@@ -91,7 +97,7 @@ impl Claims {
                 ensure!(
                     vanished <= MAX_SIBLINGS,
                     "{} keeps being replaced while it is opened",
-                    path.display()
+                    shown(root, &path)
                 );
                 continue;
             }
@@ -105,13 +111,11 @@ impl Claims {
 
     /// Locks `file`, taking it over from a holder in this process whose peer
     /// is gone; false when it stays held.
-    async fn lock(&self, path: &Path, file: &File) -> Result<bool> {
+    async fn lock(&self, path: &Path, file: &File) -> std::io::Result<bool> {
         match file.try_lock() {
             Ok(()) => Ok(true),
             Err(std::fs::TryLockError::WouldBlock) => Ok(self.take_over(path, file).await),
-            Err(std::fs::TryLockError::Error(err)) => {
-                Err(err).with_context(|| format!("cannot lock {}", path.display()))
-            }
+            Err(std::fs::TryLockError::Error(err)) => Err(err),
         }
     }
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use super::shown;
 use crate::formats::Format;
 use crate::protocol::transfer::Committed;
 
@@ -17,6 +18,8 @@ pub(super) struct Target {
     pub(super) name: PathBuf,
     /// Its path under the store.
     pub(super) path: PathBuf,
+    /// `dir` as messages name it (see [`shown`]).
+    pub(super) shown_dir: String,
     /// Whether it replaces a file stored under its name (`--force`).
     force: bool,
 }
@@ -25,6 +28,7 @@ impl Target {
     pub(super) fn new(store: &Path, dir: PathBuf, name: PathBuf, force: bool) -> Target {
         Target {
             path: store.join(&name),
+            shown_dir: shown(store, &dir),
             dir,
             name,
             force,
@@ -51,7 +55,7 @@ impl Target {
         };
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
-            .with_context(|| format!("cannot sync directory {}", self.dir.display()))?;
+            .with_context(|| format!("cannot sync {}", self.shown_dir))?;
         Ok(Committed {
             name: relative_dir.join(chosen).to_string_lossy().into_owned(),
             replaced,
@@ -64,7 +68,7 @@ impl Target {
         if let Err(err) = std::fs::rename(partial, self.dir.join(file_name)) {
             std::fs::remove_file(partial).ok();
             return Err(err)
-                .with_context(|| format!("cannot move the file into {}", self.dir.display()));
+                .with_context(|| format!("cannot move the file into {}", self.shown_dir));
         }
         Ok(replaced)
     }
@@ -91,9 +95,8 @@ impl Target {
                 }
                 Err(err) => {
                     std::fs::remove_file(partial).ok();
-                    return Err(err).with_context(|| {
-                        format!("cannot link the file into {}", self.dir.display())
-                    });
+                    return Err(err)
+                        .with_context(|| format!("cannot link the file into {}", self.shown_dir));
                 }
             }
         }

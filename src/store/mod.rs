@@ -14,6 +14,9 @@
 //! the partial is fsynced and linked under the first free name (or renamed over
 //! the old file with `--force`), so a file under its final name is always whole
 //! (`commit.rs`). Names from the network are made safe in `names.rs`.
+//!
+//! The store's messages name files relative to its directory ([`shown`]): a
+//! refusal or failure reaches the peer, who has no business with our paths.
 
 mod claim;
 mod commit;
@@ -37,7 +40,7 @@ pub use partial::STALE_AFTER;
 use claim::Claims;
 use commit::Target;
 use dedupe::Existing;
-use partial::{Partial, partial_base, record_path_for};
+use partial::{Partial, PartialPaths, partial_base, record_path_for};
 use resume::Checked;
 use sink::DiskSink;
 
@@ -105,7 +108,7 @@ impl Store {
         let dir = self.dir_for(&name)?;
         let base = partial_base(&name, &offer.identity);
         // An error from here on drops the claim: it must not outlive the transfer.
-        let (file, claim) = self.claims.claim(&dir, &base, alive).await?;
+        let (file, claim) = self.claims.claim(&self.dir, &dir, &base, alive).await?;
         let partial = self.open_partial(offer, file, &claim.path).await?;
         let target = Target::new(&self.dir, dir, name, self.force);
         let stored_before = target.path.exists();
@@ -132,21 +135,21 @@ impl Store {
         match name.parent() {
             Some(sub) if !sub.as_os_str().is_empty() => {
                 let dir = self.dir.join(sub);
+                let shown_dir = shown(&self.dir, &dir);
                 std::fs::create_dir_all(&dir)
-                    .with_context(|| format!("cannot create directory {}", dir.display()))?;
-                let meta = std::fs::symlink_metadata(&dir)?;
+                    .with_context(|| format!("cannot create directory {shown_dir}"))?;
+                let meta = std::fs::symlink_metadata(&dir)
+                    .with_context(|| format!("cannot look at directory {shown_dir}"))?;
                 ensure!(
                     meta.is_dir() && !meta.file_type().is_symlink(),
-                    "{} is not a plain directory",
-                    dir.display()
+                    "{shown_dir} is not a plain directory"
                 );
                 Ok(dir)
             }
             _ => {
                 // Removed while the listener runs, it comes back as `mkdir -p` would.
-                std::fs::create_dir_all(&self.dir).with_context(|| {
-                    format!("cannot create output directory {}", self.dir.display())
-                })?;
+                std::fs::create_dir_all(&self.dir)
+                    .with_context(|| format!("cannot create {OUTPUT_DIRECTORY}"))?;
                 Ok(self.dir.clone())
             }
         }
@@ -167,12 +170,33 @@ impl Store {
             let store = self.clone();
             move || {
                 let held = resume::held(&file, &record_path, &offer, checked);
-                Partial::open(&offer, file, &path, &record_path, held, &store.reserving)
+                let paths = PartialPaths {
+                    root: &store.dir,
+                    partial: &path,
+                    record: &record_path,
+                };
+                Partial::open(&offer, file, paths, held, &store.reserving)
             }
         })
         .await
         .context("opening the partial file failed")
         .and_then(|opened| opened)
+    }
+}
+
+const OUTPUT_DIRECTORY: &str = "the output directory";
+
+/// `path`, under the output directory `root`, as the store's messages name
+/// it: relative to `root`, and `root` itself [`OUTPUT_DIRECTORY`].
+fn shown(root: &Path, path: &Path) -> String {
+    match path.strip_prefix(root) {
+        Ok(relative) if relative.as_os_str().is_empty() => OUTPUT_DIRECTORY.to_string(),
+        Ok(relative) => relative.display().to_string(),
+        // Not under the output directory: its name alone, rather than a path
+        // of ours.
+        Err(_) => path
+            .file_name()
+            .map_or_else(String::new, |name| name.to_string_lossy().into_owned()),
     }
 }
 
@@ -246,5 +270,50 @@ mod tests {
         let mut fourth = store.accept(&offer, gone).await.unwrap();
         assert!(fourth.held().is_empty(), "{:?}", fourth.held());
         fourth.abandon(false);
+    }
+
+    #[test]
+    fn messages_name_paths_relative_to_the_output_directory() {
+        let root = Path::new("/srv/in");
+        assert_eq!(shown(root, Path::new("/srv/in/ckpt/.w.npy")), "ckpt/.w.npy");
+        assert_eq!(shown(root, root), "the output directory");
+        assert_eq!(shown(Path::new("/"), Path::new("/ckpt")), "ckpt");
+        assert_eq!(shown(root, Path::new("/srv/inbox/x.npy")), "x.npy");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_never_names_our_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), false).unwrap();
+        let ours = store.dir().to_string_lossy().into_owned();
+        // A link an operator left where the send's directory would go.
+        std::os::unix::fs::symlink(elsewhere.path(), store.dir().join("ckpt")).unwrap();
+        let alive: AliveProbe = Arc::new(|| Box::pin(async { true }));
+        let refused = |offer: Offer| {
+            let (store, alive) = (store.clone(), alive.clone());
+            async move {
+                let Err(err) = store.accept(&offer, alive).await else {
+                    panic!("{} was accepted", offer.name);
+                };
+                format!("{err:#}")
+            }
+        };
+
+        let linked = refused(Offer {
+            name: "ckpt/w.safetensors".into(),
+            ..test_offer(10)
+        })
+        .await;
+        assert_eq!(linked, "ckpt is not a plain directory");
+        let too_big = refused(test_offer(1 << 50)).await;
+        assert!(
+            too_big.starts_with("not enough space: the file needs ")
+                && too_big.contains(" and the output directory has "),
+            "{too_big}"
+        );
+        for told in [linked, too_big] {
+            assert!(!told.contains(&ours), "{told}");
+        }
     }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Result, ensure};
 
 use crate::formats::Format;
+use crate::protocol::errors::ErrorCode;
 use crate::protocol::wire::Offer;
 
 const MAX_COMPONENT_BYTES: usize = 200;
@@ -51,17 +52,19 @@ pub fn safe_name(name: &str) -> Result<PathBuf> {
 /// The offered file's path under the store, once its name is safe and fits its
 /// content, and its identity (which goes into the partial file's name) is hex.
 pub(super) fn target_of(offer: &Offer) -> Result<PathBuf> {
-    let target = safe_name(&offer.name)?;
+    // Each reason is one message, naming nothing but the offered name.
+    let target = safe_name(&offer.name).map_err(|err| ErrorCode::BadName.error(err.to_string()))?;
     let named = Format::from_name(&offer.name).map(Format::as_str);
     ensure!(
         named == Some(offer.format.as_str()),
-        "name {:?} does not fit its {} content",
-        offer.name,
-        offer.format
+        ErrorCode::BadName.error(format!(
+            "name {:?} does not fit its {} content",
+            offer.name, offer.format
+        ))
     );
     ensure!(
         offer.identity.len() <= 64 && offer.identity.chars().all(|c| c.is_ascii_hexdigit()),
-        "malformed file identity"
+        ErrorCode::ProtocolViolation.error("malformed file identity")
     );
     Ok(target)
 }

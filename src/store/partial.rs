@@ -15,6 +15,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result, bail};
 
 use super::direct::DirectFile;
+use super::shown;
+use crate::protocol::errors::ErrorCode;
 use crate::protocol::wire::{Hash, Offer, hash_hex, parse_hash};
 
 pub(super) const PARTIAL_SUFFIX: &str = ".tensor-iroh-partial";
@@ -45,6 +47,13 @@ pub(super) fn record_path_for(partial: &Path) -> PathBuf {
     partial.with_file_name(format!("{base}{RECORD_SUFFIX}"))
 }
 
+/// Where a partial file and its record are, under the output directory `root`.
+pub(super) struct PartialPaths<'a> {
+    pub(super) root: &'a Path,
+    pub(super) partial: &'a Path,
+    pub(super) record: &'a Path,
+}
+
 /// A partial file and its record, opened for one transfer.
 pub(super) struct Partial {
     pub(super) file: DirectFile,
@@ -62,28 +71,31 @@ impl Partial {
     pub(super) fn open(
         offer: &Offer,
         file: File,
-        path: &Path,
-        record_path: &Path,
+        paths: PartialPaths,
         held: Vec<(u32, Hash)>,
         reserving: &Mutex<()>,
     ) -> Result<Partial> {
+        let shown_record = || shown(paths.root, paths.record);
         let mut record = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(record_path)
-            .with_context(|| format!("cannot create {}", record_path.display()))?;
-        record.set_len(0)?;
+            .open(paths.record)
+            .with_context(|| format!("cannot create {}", shown_record()))?;
+        record
+            .set_len(0)
+            .with_context(|| format!("cannot reset {}", shown_record()))?;
         if held.is_empty() {
-            start_afresh(&file, path, record_path, offer.size, reserving)?;
+            start_afresh(&file, &paths, offer.size, reserving)?;
         }
         for (index, hash) in &held {
-            record_line(&mut record, *index, hash)?;
+            record_line(&mut record, *index, hash)
+                .with_context(|| format!("cannot write to {}", shown_record()))?;
         }
         Ok(Partial {
             file: DirectFile::new(file),
-            path: path.to_path_buf(),
+            path: paths.partial.to_path_buf(),
             record,
-            record_path: record_path.to_path_buf(),
+            record_path: paths.record.to_path_buf(),
             held,
         })
     }
@@ -136,22 +148,16 @@ pub(super) fn read_record(record_path: &Path, chunks: u64) -> Result<HashMap<u32
 
 /// Empties the partial file and reserves `size` bytes for it; without the
 /// space, removes it and its record.
-fn start_afresh(
-    file: &File,
-    path: &Path,
-    record_path: &Path,
-    size: u64,
-    reserving: &Mutex<()>,
-) -> Result<()> {
+fn start_afresh(file: &File, paths: &PartialPaths, size: u64, reserving: &Mutex<()>) -> Result<()> {
     file.set_len(0)
-        .with_context(|| format!("cannot reset {}", path.display()))?;
+        .with_context(|| format!("cannot reset {}", shown(paths.root, paths.partial)))?;
     let reserved = {
         let _only_one = reserving.lock().expect("store lock");
-        reserve(file, path, size)
+        reserve(file, paths, size)
     };
     if let Err(err) = reserved {
-        std::fs::remove_file(path).ok();
-        std::fs::remove_file(record_path).ok();
+        std::fs::remove_file(paths.partial).ok();
+        std::fs::remove_file(paths.record).ok();
         return Err(err);
     }
     Ok(())
@@ -159,17 +165,17 @@ fn start_afresh(
 
 /// Refuses a file that cannot fit, then reserves its blocks so a full disk shows
 /// up now rather than halfway through.
-fn reserve(file: &File, path: &Path, size: u64) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+fn reserve(file: &File, paths: &PartialPaths, size: u64) -> Result<()> {
+    let dir = paths.partial.parent().unwrap_or(paths.root);
+    let shown_dir = shown(paths.root, dir);
     if let Some(free) = free_space(dir)
         && free < size
     {
-        bail!(
-            "not enough space: the file needs {} and {} has {} free",
+        bail!(ErrorCode::NoSpace.error(format!(
+            "not enough space: the file needs {} and {shown_dir} has {} free",
             indicatif::HumanBytes(size),
-            dir.display(),
             indicatif::HumanBytes(free)
-        );
+        )));
     }
     if size > 0 {
         use std::os::fd::AsRawFd;
@@ -177,12 +183,13 @@ fn reserve(file: &File, path: &Path, size: u64) -> Result<()> {
         let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, size as libc::off_t) };
         match rc {
             0 => {}
-            libc::ENOSPC => bail!(
-                "not enough space in {} for {}",
-                dir.display(),
+            libc::ENOSPC => bail!(ErrorCode::NoSpace.error(format!(
+                "not enough space in {shown_dir} for {}",
                 indicatif::HumanBytes(size)
-            ),
-            _ => file.set_len(size)?,
+            ))),
+            _ => file
+                .set_len(size)
+                .with_context(|| format!("cannot write to {shown_dir}"))?,
         }
     }
     Ok(())

@@ -91,7 +91,7 @@ impl DiskSink {
             self.partial
                 .file
                 .write_all_at(&buf, u64::from(index) * CHUNK_SIZE)
-                .with_context(|| format!("cannot write to {}", self.target.dir.display()))?;
+                .with_context(|| format!("cannot write to {}", self.target.shown_dir))?;
         }
         Ok(())
     }
@@ -149,7 +149,7 @@ impl Sink for DiskSink {
         self.partial
             .file
             .write_all_at(data, offset)
-            .with_context(|| format!("cannot write to {}", self.target.dir.display()))?;
+            .with_context(|| format!("cannot write to {}", self.target.shown_dir))?;
         self.written = FileVersion::of(self.partial.file.file());
         Ok(())
     }
@@ -163,7 +163,7 @@ impl Sink for DiskSink {
         );
         self.partial
             .record_checked(index, hash)
-            .with_context(|| format!("cannot write to {}", self.target.dir.display()))
+            .with_context(|| format!("cannot write to {}", self.target.shown_dir))
     }
 
     fn commit(mut self: Box<Self>, hash: &Hash) -> Result<Committed> {
@@ -180,9 +180,8 @@ impl Sink for DiskSink {
         }
         if let Err(err) = self.partial.file.file().sync_all() {
             self.partial.remove();
-            return Err(err).with_context(|| {
-                format!("cannot flush the file to {}", self.target.dir.display())
-            });
+            return Err(err)
+                .with_context(|| format!("cannot flush the file to {}", self.target.shown_dir));
         }
         self.partial.remove_record();
         // From here the partial's name may be claimed by a new transfer as soon

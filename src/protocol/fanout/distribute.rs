@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 
 use crate::protocol::client;
 use crate::protocol::endpoint::parse_endpoint_id;
+use crate::protocol::errors::PeerError;
 use crate::protocol::pool::Pool;
 use crate::protocol::stream::{Frame, FrameReader, FrameWriter};
 use crate::protocol::stripes::{StripeLink, Striping, fanout_stripes};
@@ -145,8 +146,8 @@ async fn open_control(
         .await?;
     match reader.message().await? {
         Message::Ack => Ok(Opened::Control(Box::new((writer, reader)))),
-        Message::Refused { reason } => Ok(Opened::Refused(reason)),
-        Message::Failed { reason } => bail!("{reason}"),
+        Message::Refused { reason, .. } => Ok(Opened::Refused(reason)),
+        Message::Failed { code, reason } => Err(PeerError { code, reason }.into()),
         other => bail!("unexpected answer to a fan-out: {}", other.kind()),
     }
 }
@@ -240,7 +241,7 @@ fn answer(index: usize, message: Message) -> Result<Event> {
                 },
             },
         ),
-        Message::Failed { reason } => Event::Failed(index, reason),
+        Message::Failed { reason, .. } => Event::Failed(index, reason),
         other => bail!("unexpected {} message from a receiver", other.kind()),
     })
 }

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::state::{FanoutState, Forwarding};
 use crate::protocol::endpoint::{Admitted, parse_endpoint_id, parse_ticket};
+use crate::protocol::errors::{ErrorCode, code_of};
 use crate::protocol::pool::Pool;
 use crate::protocol::stream::{Frame, FrameReader, FrameWriter};
 use crate::protocol::stripes::{StripeLink, fanout_stripes};
@@ -42,7 +43,7 @@ pub struct Fanout {
     /// Held by the transfer receiving the file: a new parent's waits for the
     /// old one's to let go of the partial file.
     receiving: Arc<tokio::sync::Mutex<()>>,
-    verdicts: mpsc::UnboundedSender<Result<Received, String>>,
+    verdicts: mpsc::UnboundedSender<Result<Received, (ErrorCode, String)>>,
     /// Counts the bytes of the transfer under way, for the heartbeats.
     arriving: Mutex<Progress>,
 }
@@ -126,7 +127,7 @@ impl FanoutNode {
         fanout: &Arc<Fanout>,
         writer: &mut FrameWriter,
         reader: &mut FrameReader,
-        verdicts: &mut mpsc::UnboundedReceiver<Result<Received, String>>,
+        verdicts: &mut mpsc::UnboundedReceiver<Result<Received, (ErrorCode, String)>>,
         forwards: &mut JoinSet<Option<(EndpointId, String)>>,
     ) -> Result<()> {
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
@@ -285,13 +286,13 @@ impl Fanout {
     pub fn report(&self, outcome: &Result<Received>) {
         let verdict = match outcome {
             Ok(received) => Ok(received.clone()),
-            Err(err) => Err(format!("{err:#}")),
+            Err(err) => Err((code_of(err), format!("{err:#}"))),
         };
         self.verdicts.send(verdict).ok();
     }
 }
 
-fn verdict_message(verdict: Result<Received, String>) -> Message {
+fn verdict_message(verdict: Result<Received, (ErrorCode, String)>) -> Message {
     match verdict {
         Ok(received) => Message::FanoutStored {
             name: received.stored_as,
@@ -299,7 +300,7 @@ fn verdict_message(verdict: Result<Received, String>) -> Message {
             data_bytes: received.traffic.data_bytes,
             wire_bytes: received.traffic.wire_bytes,
         },
-        Err(reason) => Message::Failed { reason },
+        Err((code, reason)) => Message::Failed { code, reason },
     }
 }
 

@@ -9,11 +9,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use anyhow::anyhow;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::protocol::coding;
+use crate::protocol::errors::ErrorCode;
 use crate::protocol::hashing::ChunkHasher;
 use crate::protocol::wire::Hash;
 
@@ -135,10 +135,14 @@ impl Work {
         if let Some(claimed) = batch.claimed {
             let (_, hasher) = self.hasher.take().expect("a hasher for the chunk");
             if hasher.finalize() != claimed {
-                return Err(Failure::kept(anyhow!(
-                    "chunk {} does not match its hash; the data was corrupted on the way",
-                    batch.chunk
-                )));
+                return Err(Failure::kept(
+                    ErrorCode::Corrupt
+                        .error(format!(
+                            "chunk {} does not match its hash; the data was corrupted on the way",
+                            batch.chunk
+                        ))
+                        .into(),
+                ));
             }
             sink.chunk_checked(batch.chunk as u32, &claimed)
                 .map_err(Failure::dropped)?;
@@ -154,10 +158,14 @@ fn decode(batch: &mut Batch) -> Result<(), Failure> {
         return Ok(());
     };
     coding::decode(&coded, len, batch.data.appender()).map_err(|err| {
-        Failure::kept(anyhow!(
-            "chunk {} does not decode ({err}); the data was corrupted on the way",
-            batch.chunk
-        ))
+        Failure::kept(
+            ErrorCode::Corrupt
+                .error(format!(
+                    "chunk {} does not decode ({err}); the data was corrupted on the way",
+                    batch.chunk
+                ))
+                .into(),
+        )
     })
 }
 

@@ -5,9 +5,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 use iroh::endpoint::Connection;
 
+use crate::protocol::errors::{ErrorCode, PeerError, code_of};
 use crate::protocol::liveness::{Liveness, Stalled};
 use crate::protocol::stream::{FrameReader, FrameWriter};
 use crate::protocol::stripes::{Joining, StripeLink, open_stripes, usable_stripes};
@@ -70,26 +71,29 @@ where
 {
     let offer = match reader.message().await {
         Ok(Message::Offer(offer)) => offer,
-        Ok(Message::Refused { reason } | Message::Failed { reason }) => bail!("{reason}"),
+        Ok(Message::Refused { code, reason } | Message::Failed { code, reason }) => {
+            return Err(PeerError { code, reason }.into());
+        }
         // An offer that breaks a bound is answered, so a sender learns why
         // instead of seeing the stream end.
         Ok(other) => {
-            let reason = format!("expected a file offer, got a {} message", other.kind());
-            refuse(writer, reader, &reason).await;
-            bail!("{reason}");
+            let violation = ErrorCode::ProtocolViolation.error(format!(
+                "expected a file offer, got a {} message",
+                other.kind()
+            ));
+            refuse(writer, reader, violation.code, &violation.message).await;
+            return Err(violation.into());
         }
         Err(err) => {
-            let reason = format!("{err:#}");
-            refuse(writer, reader, &reason).await;
-            bail!("refused an offer: {reason}");
+            refuse(writer, reader, code_of(&err), &format!("{err:#}")).await;
+            return Err(err.context("refused an offer"));
         }
     };
     match accept(&offer).await {
         Ok(sink) => Ok((offer, sink)),
         Err(err) => {
-            let reason = format!("{err:#}");
-            refuse(writer, reader, &reason).await;
-            bail!("refused {}: {reason}", offer.name);
+            refuse(writer, reader, code_of(&err), &format!("{err:#}")).await;
+            Err(err.context(format!("refused {}", offer.name)))
         }
     }
 }
@@ -220,9 +224,10 @@ async fn answer_stored(
     })
 }
 
-async fn refuse(writer: &mut FrameWriter, reader: &mut FrameReader, reason: &str) {
+async fn refuse(writer: &mut FrameWriter, reader: &mut FrameReader, code: ErrorCode, reason: &str) {
     writer
         .message(&Message::Refused {
+            code,
             reason: reason.to_string(),
         })
         .await
@@ -238,10 +243,10 @@ async fn fail(
     err: anyhow::Error,
 ) -> Result<Received> {
     let err_stalled = err.is::<Stalled>();
-    let reason = format!("{}: {err:#}", offer.name);
     writer
         .message(&Message::Failed {
-            reason: reason.clone(),
+            code: code_of(&err),
+            reason: format!("{}: {err:#}", offer.name),
         })
         .await
         .ok();
@@ -253,5 +258,5 @@ async fn fail(
         REASON_WAIT
     };
     writer.finish_and_flush_within(wait).await;
-    Err(anyhow!(reason))
+    Err(err.context(offer.name.clone()))
 }

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use futures_util::future::try_join_all;
 use tokio::sync::mpsc;
 
+use crate::protocol::errors::PeerError;
 use crate::protocol::hashing::file_hash;
 use crate::protocol::liveness::{Liveness, Stalled};
 use crate::protocol::stream::{FrameReader, FrameWriter};
@@ -134,7 +135,7 @@ async fn await_ready(reader: &mut FrameReader, offered_stripes: u32) -> Result<R
             stripes: stripes.clamp(1, offered_stripes),
             transfer,
         }),
-        Message::Refused { reason } => bail!("{reason}"),
+        Message::Refused { code, reason } => Err(PeerError { code, reason }.into()),
         other => bail!("unexpected answer to an offer: {other:?}"),
     }
 }
@@ -386,10 +387,10 @@ async fn stopped(
             // A receiver that gives up stops the stream and says why on its
             // side; a stalled one will say nothing.
             if !err.is::<Stalled>()
-                && let Ok(Ok(Message::Failed { reason } | Message::Refused { reason })) =
+                && let Ok(Ok(Message::Failed { code, reason } | Message::Refused { code, reason })) =
                     tokio::time::timeout(REASON_WAIT, reader.message()).await
             {
-                return anyhow!("{reason}");
+                return PeerError { code, reason }.into();
             }
             err
         }
@@ -418,7 +419,9 @@ async fn await_verdict(
                 traffic: Traffic::total(sent),
             })
         }
-        Message::Failed { reason } | Message::Refused { reason } => bail!("{reason}"),
+        Message::Failed { code, reason } | Message::Refused { code, reason } => {
+            Err(PeerError { code, reason }.into())
+        }
         other => bail!("unexpected answer after the data: {other:?}"),
     }
 }
