@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Result, anyhow};
 use futures_util::future::try_join_all;
 
+use crate::protocol::errors::ErrorCode;
 use crate::protocol::hashing::file_hash;
 use crate::protocol::liveness::Liveness;
 use crate::protocol::stream::{Block, Frame, FrameReader};
@@ -124,9 +125,11 @@ async fn receive_chunks(
     }
     let hash = file_hash_frame(reader, offer.chunks()).await?;
     if file_hash(offer.size, &merge_hashes(offer.chunks(), &done)) != hash {
-        return Err(Failure::dropped(anyhow!(
-            "the file hash does not match its chunks"
-        )));
+        return Err(Failure::dropped(
+            ErrorCode::Corrupt
+                .error("the file hash does not match its chunks")
+                .into(),
+        ));
     }
     Ok((hash, Traffic::total(&done)))
 }
@@ -150,9 +153,9 @@ async fn file_hash_frame(reader: &mut FrameReader, chunks: u64) -> Result<Hash, 
         None => Err(Failure::kept(anyhow!(
             "the sender stopped after its last chunk, before the file hash"
         ))),
-        Some(_) => Err(Failure::kept(anyhow!(
+        Some(_) => Err(Failure::kept(violation(format!(
             "protocol violation: more than the offered {chunks} chunks"
-        ))),
+        )))),
     }
 }
 
@@ -175,9 +178,9 @@ async fn receive_stripe(
         hashes.push(hash);
     }
     if stripe != 0 && reader.next().await.map_err(Failure::kept)?.is_some() {
-        return Err(Failure::kept(anyhow!(
+        return Err(Failure::kept(violation(format!(
             "protocol violation: more on stream {stripe} after its last chunk"
-        )));
+        ))));
     }
     Ok(StripeDone { hashes, traffic })
 }
@@ -201,9 +204,13 @@ impl Chunks<'_> {
         };
         let announced = expected.expected(index).await.map_err(Failure::kept)?;
         if announced != claimed {
-            return Err(Failure::kept(anyhow!(
-                "chunk {index} is not the sender's: its hash differs from the one the sender announced"
-            )));
+            return Err(Failure::kept(
+                ErrorCode::Corrupt
+                    .error(format!(
+                        "chunk {index} is not the sender's: its hash differs from the one the sender announced"
+                    ))
+                    .into(),
+            ));
         }
         Ok(claimed)
     }
@@ -227,9 +234,9 @@ async fn receive_chunk(
     match reader.next().await.map_err(Failure::kept)? {
         Some(Frame::Chunk { index, len, coded }) => {
             if u64::from(index) != next || u64::from(len) != expected_len {
-                return Err(Failure::kept(anyhow!(
+                return Err(Failure::kept(violation(format!(
                     "protocol violation: chunk {index} of {len} bytes where chunk {next} of {expected_len} belongs"
-                )));
+                ))));
             }
             let chunk = ChunkAt {
                 index: next,
@@ -245,9 +252,9 @@ async fn receive_chunk(
         Some(Frame::Kept { index }) => {
             let hash = held.get(&index).filter(|_| u64::from(index) == next);
             let Some(hash) = hash else {
-                return Err(Failure::kept(anyhow!(
+                return Err(Failure::kept(violation(format!(
                     "protocol violation: kept chunk {index} was not offered"
-                )));
+                ))));
             };
             progress.add(expected_len, 0);
             chunks.vouch(next, *hash).await
@@ -255,9 +262,9 @@ async fn receive_chunk(
         Some(Frame::End { .. }) => Err(Failure::kept(anyhow!(
             "the sender ended the file before chunk {next} of {chunks_in_file}"
         ))),
-        Some(Frame::Message(message)) => Err(Failure::kept(anyhow!(
+        Some(Frame::Message(message)) => Err(Failure::kept(violation(format!(
             "protocol violation: message {message:?} inside the data"
-        ))),
+        )))),
         None => Err(Failure::kept(anyhow!(
             "the sender stopped before chunk {next} of {chunks_in_file}"
         ))),
@@ -336,11 +343,11 @@ async fn receive_blocks(
         let block = reader.block().await.map_err(Failure::kept)?;
         let len = u64::from(block.decoded_len());
         if len > chunk.len - read {
-            return Err(Failure::kept(anyhow!(
+            return Err(Failure::kept(violation(format!(
                 "protocol violation: a block of {len} bytes where chunk {} has {} left",
                 chunk.index,
                 chunk.len - read
-            )));
+            ))));
         }
         let mut data = checker.buffer();
         let coded = match block {
@@ -383,8 +390,13 @@ async fn receive_blocks(
             return Ok(claimed);
         }
     }
-    Err(Failure::kept(anyhow!(
+    Err(Failure::kept(violation(format!(
         "protocol violation: chunk {} of no data",
         chunk.index
-    )))
+    ))))
+}
+
+/// A peer's breach of the protocol, coded so.
+fn violation(message: String) -> anyhow::Error {
+    ErrorCode::ProtocolViolation.error(message).into()
 }

@@ -1,0 +1,236 @@
+//! What a fan-out's parent can and cannot do to a listener that admits only
+//! the sender: deliver the announced file, and nothing else. The sender and
+//! the parent are hand-written clients on the library crate, the parent a
+//! hostile one.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::Listener;
+use iroh::{EndpointAddr, SecretKey};
+use tensor_iroh::protocol::endpoint::{self, EndpointOptions, Relay, parse_ticket};
+use tensor_iroh::protocol::errors::ErrorCode;
+use tensor_iroh::protocol::pool::Pool;
+use tensor_iroh::protocol::stream::{Frame, FrameReader, FrameWriter};
+use tensor_iroh::protocol::transport::{Congestion, Transport};
+use tensor_iroh::protocol::wire::{Message, Offer, chunk_header, end_frame, hash_hex};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A peer on the library crate, with its own key.
+struct Peer {
+    pool: Pool,
+    id: String,
+    addr: EndpointAddr,
+}
+
+impl Peer {
+    async fn new(secret_key: SecretKey, ticket: &str) -> Peer {
+        let id = secret_key.public().to_string();
+        let endpoint = endpoint::bind(EndpointOptions {
+            secret_key,
+            relay: Relay::Disabled,
+            transport: Transport {
+                congestion: Congestion::default(),
+                patience: TIMEOUT,
+            },
+            bind: None,
+            port_from_key: false,
+            accept: false,
+            allow: None,
+        })
+        .await
+        .unwrap();
+        Peer {
+            pool: Pool::new(endpoint, TIMEOUT),
+            id,
+            addr: parse_ticket(ticket).unwrap(),
+        }
+    }
+
+    async fn open(&self) -> anyhow::Result<(FrameWriter, FrameReader)> {
+        self.pool.open(&self.addr).await
+    }
+
+    /// Whether the listener closes the connection on this peer: its TLS
+    /// handshake may complete before the listener's refusal arrives, so a
+    /// request is tried, and must get no answer.
+    async fn is_shut_out(&self) -> bool {
+        let Ok((mut writer, mut reader)) = self.open().await else {
+            return true;
+        };
+        writer.message(&Message::Catalog).await.ok();
+        writer.finish();
+        !matches!(reader.next().await, Ok(Some(_)))
+    }
+
+    /// Writes `frames` on a new stream and ends it; the messages answered.
+    async fn exchange(&self, frames: &[Vec<u8>]) -> Vec<Message> {
+        let (mut writer, mut reader) = self.open().await.unwrap();
+        for frame in frames {
+            if writer.write(Bytes::copy_from_slice(frame)).await.is_err() {
+                break;
+            }
+        }
+        writer.finish();
+        let mut answers = Vec::new();
+        while let Ok(Some(Frame::Message(message))) = reader.next().await {
+            answers.push(message);
+        }
+        answers
+    }
+}
+
+/// The next message on a control stream other than a heartbeat.
+async fn next_word(reader: &mut FrameReader) -> Message {
+    loop {
+        match reader.message().await.unwrap() {
+            Message::Have { .. } => continue,
+            message => return message,
+        }
+    }
+}
+
+fn offer(name: &str, size: u64) -> Offer {
+    Offer {
+        name: name.into(),
+        format: "npy".into(),
+        size,
+        tensors: 1,
+        identity: "0123456789abcdef0123456789abcdef".into(),
+        eager: true,
+        discard: false,
+        first_chunk: None,
+        patience_secs: 20,
+        files_in_send: 1,
+        stripes: 1,
+        transfer: 0,
+    }
+}
+
+/// A delivery of `data` as file `offer` under fan-out `fanout`, its chunk
+/// claiming the hash of what it carries.
+fn delivery(fanout: u64, offer: Offer, data: &[u8]) -> Vec<Vec<u8>> {
+    let hash = *blake3::hash(data).as_bytes();
+    vec![
+        Message::Forwarded { fanout }.encode(),
+        Message::Offer(offer).encode(),
+        chunk_header(0, data.len() as u32, false).to_vec(),
+        data.to_vec(),
+        hash.to_vec(),
+        end_frame(&hash).to_vec(),
+    ]
+}
+
+fn refused(answers: &[Message], code: ErrorCode) -> bool {
+    answers
+        .iter()
+        .any(|m| matches!(m, Message::Refused { code: c, .. } if *c == code))
+}
+
+fn stored(out: &Path) -> bool {
+    out.join("w.npy").exists()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_parent_delivers_the_announced_file_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let data = b"the sender's own bytes".to_vec();
+    let mut altered = data.clone();
+    altered[0] ^= 1;
+    let file = offer("w.npy", data.len() as u64);
+
+    let sender_key = SecretKey::generate();
+    let allow = sender_key.public().to_string();
+    let listener = Listener::start(&["--out", out.to_str().unwrap(), "--allow", &allow]);
+    let sender = Peer::new(sender_key, &listener.ticket).await;
+    let parent = Peer::new(SecretKey::generate(), &listener.ticket).await;
+    let stranger = Peer::new(SecretKey::generate(), &listener.ticket).await;
+    assert!(
+        stranger.is_shut_out().await,
+        "a peer no fan-out names is refused"
+    );
+
+    // The sender announces the file, its hash and its parent.
+    let fanout = 7;
+    let (mut control, mut answers) = sender.open().await.unwrap();
+    control
+        .message(&Message::Fanout {
+            fanout,
+            offer: file.clone(),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(next_word(&mut answers).await, Message::Ack));
+    let hashes = vec![hash_hex(blake3::hash(&data).as_bytes())];
+    control
+        .message(&Message::ChunkHashes { first: 0, hashes })
+        .await
+        .unwrap();
+    let parent_id = parent.id.clone();
+    control
+        .message(&Message::Attach { parent: parent_id })
+        .await
+        .unwrap();
+    assert!(matches!(next_word(&mut answers).await, Message::Ack));
+
+    // Admitted, the parent may deliver that file only.
+    let catalog = parent.exchange(&[Message::Catalog.encode()]).await;
+    assert!(refused(&catalog, ErrorCode::NotAllowed), "{catalog:?}");
+    let upload = parent
+        .exchange(&[
+            Message::Upload.encode(),
+            Message::Offer(file.clone()).encode(),
+        ])
+        .await;
+    assert!(refused(&upload, ErrorCode::NotAllowed), "{upload:?}");
+    let elsewhere = parent
+        .exchange(&delivery(fanout + 1, file.clone(), &data))
+        .await;
+    assert!(refused(&elsewhere, ErrorCode::NotAllowed), "{elsewhere:?}");
+    let other_file = parent
+        .exchange(&delivery(fanout, offer("v.npy", data.len() as u64), &data))
+        .await;
+    assert!(
+        other_file
+            .iter()
+            .any(|m| matches!(m, Message::Refused { reason, .. } if reason.contains("other than"))),
+        "{other_file:?}"
+    );
+    assert!(
+        matches!(next_word(&mut answers).await, Message::Failed { .. }),
+        "the sender hears of the refused delivery"
+    );
+
+    // Altered bytes with a hash that matches them are not the sender's.
+    let lie = parent
+        .exchange(&delivery(fanout, file.clone(), &altered))
+        .await;
+    assert!(
+        lie.iter().any(
+            |m| matches!(m, Message::Failed { reason, .. } if reason.contains("not the sender's"))
+        ),
+        "{lie:?}"
+    );
+    assert!(
+        matches!(next_word(&mut answers).await, Message::Failed { .. }),
+        "the sender hears of the failed delivery"
+    );
+    assert!(!stored(&out), "nothing is stored from an altered delivery");
+
+    // The announced bytes are stored, and the sender told.
+    let honest = parent.exchange(&delivery(fanout, file, &data)).await;
+    assert!(
+        honest.iter().any(|m| matches!(m, Message::Stored { .. })),
+        "{honest:?}"
+    );
+    assert!(matches!(
+        next_word(&mut answers).await,
+        Message::FanoutStored { .. }
+    ));
+    assert_eq!(std::fs::read(out.join("w.npy")).unwrap(), data);
+}
