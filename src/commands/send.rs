@@ -153,7 +153,7 @@ async fn prepare(args: &SendArgs) -> Result<(Vec<EndpointAddr>, Arc<Vec<Planned>
             file: o.file,
         })
         .collect();
-    let pool = Arc::new(args.net.pool(&args.timeout).await?);
+    let pool = Arc::new(args.net.pool(&args.timeout).await?.for_peers(targets.len()));
     Ok((targets, Arc::new(planned), pool))
 }
 

@@ -33,6 +33,8 @@ pub struct Pool {
     failed_dials: std::sync::Mutex<HashMap<EndpointId, (Instant, DialFailure)>>,
     /// Bounds connecting and every wait on a stream.
     pub timeout: Duration,
+    /// Connections kept at most; the least recently used one goes first.
+    capacity: usize,
 }
 
 struct Pooled {
@@ -47,7 +49,16 @@ impl Pool {
             connections: Mutex::new(HashMap::new()),
             failed_dials: std::sync::Mutex::default(),
             timeout,
+            capacity: MAX_CONNECTIONS,
         }
+    }
+
+    /// The pool, keeping up to `peers` connections when that is more than
+    /// [`MAX_CONNECTIONS`]: a send to more listeners needs one to each at once,
+    /// and closing one would cut its transfer.
+    pub fn for_peers(mut self, peers: usize) -> Pool {
+        self.capacity = self.capacity.max(peers);
+        self
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -90,7 +101,7 @@ impl Pool {
             pooled.last_used = Instant::now();
             return Ok(pooled.connection.clone());
         }
-        if connections.len() >= MAX_CONNECTIONS
+        if connections.len() >= self.capacity
             && let Some(oldest) = connections
                 .iter()
                 .min_by_key(|(_, pooled)| pooled.last_used)
