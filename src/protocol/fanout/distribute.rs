@@ -18,6 +18,7 @@ use iroh_tickets::endpoint::EndpointTicket;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::{Frames, with_frames};
 use crate::protocol::client;
 use crate::protocol::endpoint::parse_endpoint_id;
 use crate::protocol::errors::PeerError;
@@ -30,6 +31,14 @@ use crate::protocol::wire::{Hash, Message, hash_hex};
 /// How often an inbound transfer of one receiver may fail before it counts
 /// as failed: each failure attaches it straight to the sender.
 const ATTEMPTS: u32 = 3;
+/// How long a receiver may send nothing (not even its heartbeat, once a
+/// second) before it counts as gone: half the stall timeout, at least 5 s. A
+/// receiver killed outright is noticed this soon rather than after the whole
+/// stall timeout and QUIC's own idle timeout.
+fn heartbeat_silence(stall: Duration) -> Duration {
+    (stall / 2).max(Duration::from_secs(5))
+}
+
 /// How often the sender looks for receivers that make no progress.
 const WATCHDOG: Duration = Duration::from_secs(1);
 /// Chunk hashes per announcement.
@@ -62,13 +71,9 @@ pub async fn distribute(
         match opened {
             Ok(Opened::Control(streams)) => {
                 let (writer, reader) = *streams;
-                tokio::spawn(member(
-                    index,
-                    writer,
-                    reader,
-                    commands_rx,
-                    events_tx.clone(),
-                ));
+                let events = events_tx.clone();
+                let silence = heartbeat_silence(pool.timeout);
+                tokio::spawn(member(index, writer, reader, commands_rx, events, silence));
                 takes_part = true;
                 outcomes.push(None);
             }
@@ -175,47 +180,64 @@ enum Event {
 }
 
 /// Drives one receiver's control stream: writes the sender's commands, reads
-/// its answers as events, until the sender is done with it.
+/// its answers as events, until the sender is done with it. A receiver silent
+/// for `silence` (it sends a heartbeat every second) counts as gone.
 async fn member(
     index: usize,
     mut writer: FrameWriter,
     mut reader: FrameReader,
     mut commands: mpsc::UnboundedReceiver<Command>,
     events: mpsc::UnboundedSender<Event>,
+    silence: Duration,
 ) {
-    let gone = loop {
-        tokio::select! {
-            command = commands.recv() => {
-                let Some(command) = command else {
-                    writer.finish();
-                    return;
-                };
-                let message = match command {
-                    Command::Announce(message) => message,
-                    Command::Attach(parent) => Message::Attach { parent: parent.to_string() },
-                    Command::ForwardTo(child) => Message::ForwardTo {
-                        child: EndpointTicket::new(child).to_string(),
-                    },
-                };
-                if let Err(err) = writer.message(&message).await {
-                    break err;
+    let gone = with_frames(&mut reader, async |frames: &mut Frames| {
+        let mut heard = Instant::now();
+        loop {
+            tokio::select! {
+                command = commands.recv() => {
+                    let Some(command) = command else {
+                        writer.finish();
+                        return None;
+                    };
+                    if let Err(err) = writer.message(&command_message(command)).await {
+                        return Some(err);
+                    }
+                }
+                frame = frames.recv() => {
+                    let event = match frame.transpose().map(Option::flatten) {
+                        Ok(Some(Frame::Message(message))) => match answer(index, message) {
+                            Ok(event) => event,
+                            Err(err) => return Some(err),
+                        },
+                        Ok(Some(_)) => return Some(anyhow!("data on a fan-out's control stream")),
+                        Ok(None) => return Some(anyhow!("it ended the fan-out")),
+                        Err(err) => return Some(err),
+                    };
+                    heard = Instant::now();
+                    events.send(event).ok();
+                }
+                _ = tokio::time::sleep_until((heard + silence).into()) => {
+                    return Some(anyhow!("it sent nothing for {} s", silence.as_secs()));
                 }
             }
-            frame = reader.next() => {
-                let event = match frame {
-                    Ok(Some(Frame::Message(message))) => match answer(index, message) {
-                        Ok(event) => event,
-                        Err(err) => break err,
-                    },
-                    Ok(Some(_)) => break anyhow!("data on a fan-out's control stream"),
-                    Ok(None) => break anyhow!("it ended the fan-out"),
-                    Err(err) => break err,
-                };
-                events.send(event).ok();
-            }
         }
-    };
-    events.send(Event::Gone(index, gone)).ok();
+    })
+    .await;
+    if let Some(gone) = gone {
+        events.send(Event::Gone(index, gone)).ok();
+    }
+}
+
+fn command_message(command: Command) -> Message {
+    match command {
+        Command::Announce(message) => message,
+        Command::Attach(parent) => Message::Attach {
+            parent: parent.to_string(),
+        },
+        Command::ForwardTo(child) => Message::ForwardTo {
+            child: EndpointTicket::new(child).to_string(),
+        },
+    }
 }
 
 fn answer(index: usize, message: Message) -> Result<Event> {

@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::state::{FanoutState, Forwarding};
+use super::{Frames, with_frames};
 use crate::protocol::endpoint::{Admitted, parse_endpoint_id, parse_ticket};
 use crate::protocol::errors::{ErrorCode, code_of};
 use crate::protocol::pool::Pool;
@@ -109,9 +110,11 @@ impl FanoutNode {
         }
         writer.message(&Message::Ack).await?;
         let mut forwards = JoinSet::new();
-        let served = self
-            .control_loop(&fanout, writer, reader, &mut verdicts_rx, &mut forwards)
-            .await;
+        let served = with_frames(reader, async |frames: &mut Frames| {
+            self.control_loop(&fanout, writer, frames, &mut verdicts_rx, &mut forwards)
+                .await
+        })
+        .await;
         self.fanouts().remove(&id);
         fanout.state.close("the sender ended the fan-out");
         let parent = fanout.detach();
@@ -126,14 +129,14 @@ impl FanoutNode {
         &self,
         fanout: &Arc<Fanout>,
         writer: &mut FrameWriter,
-        reader: &mut FrameReader,
+        frames: &mut Frames,
         verdicts: &mut mpsc::UnboundedReceiver<Result<Received, (ErrorCode, String)>>,
         forwards: &mut JoinSet<Option<(EndpointId, String)>>,
     ) -> Result<()> {
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         loop {
             tokio::select! {
-                frame = reader.next() => match frame? {
+                frame = frames.recv() => match frame.transpose()?.flatten() {
                     Some(Frame::Message(message)) => {
                         self.obey(fanout, message, writer, forwards).await?;
                     }
