@@ -8,80 +8,25 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::Listener;
-use iroh::{EndpointAddr, SecretKey};
-use tensor_iroh::protocol::endpoint::{self, EndpointOptions, Relay, parse_ticket};
+use common::peer::LibraryPeer;
+use iroh::SecretKey;
 use tensor_iroh::protocol::errors::ErrorCode;
-use tensor_iroh::protocol::pool::Pool;
-use tensor_iroh::protocol::stream::{Frame, FrameReader, FrameWriter};
-use tensor_iroh::protocol::transport::{Congestion, Transport};
+use tensor_iroh::protocol::stream::FrameReader;
 use tensor_iroh::protocol::wire::{Message, Offer, chunk_header, end_frame, hash_hex};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A peer on the library crate, with its own key.
-struct Peer {
-    pool: Pool,
-    id: String,
-    addr: EndpointAddr,
-}
-
-impl Peer {
-    async fn new(secret_key: SecretKey, ticket: &str) -> Peer {
-        let id = secret_key.public().to_string();
-        let endpoint = endpoint::bind(EndpointOptions {
-            secret_key,
-            relay: Relay::Disabled,
-            transport: Transport {
-                congestion: Congestion::default(),
-                patience: TIMEOUT,
-            },
-            bind: None,
-            port_from_key: false,
-            accept: false,
-            allow: None,
-        })
-        .await
-        .unwrap();
-        Peer {
-            pool: Pool::new(endpoint, TIMEOUT),
-            id,
-            addr: parse_ticket(ticket).unwrap(),
-        }
-    }
-
-    async fn open(&self) -> anyhow::Result<(FrameWriter, FrameReader)> {
-        self.pool.open(&self.addr).await
-    }
-
-    /// Whether the listener closes the connection on this peer: its TLS
-    /// handshake may complete before the listener's refusal arrives, so a
-    /// request is tried, and must get no answer.
-    async fn is_shut_out(&self) -> bool {
-        let Ok((mut writer, mut reader)) = self.open().await else {
-            return true;
-        };
-        writer.message(&Message::Catalog).await.ok();
-        writer.finish();
-        !matches!(reader.next().await, Ok(Some(_)))
-    }
-
-    /// Writes `frames` on a new stream and ends it; the messages answered.
-    async fn exchange(&self, frames: &[Vec<u8>]) -> Vec<Message> {
-        let (mut writer, mut reader) = self.open().await.unwrap();
-        for frame in frames {
-            if writer.write(Bytes::copy_from_slice(frame)).await.is_err() {
-                break;
-            }
-        }
-        writer.finish();
-        let mut answers = Vec::new();
-        while let Ok(Some(Frame::Message(message))) = reader.next().await {
-            answers.push(message);
-        }
-        answers
-    }
+/// Whether the listener closes the connection on `peer`: its TLS handshake
+/// may complete before the listener's refusal arrives, so a request is
+/// tried, and must get no answer.
+async fn is_shut_out(peer: &LibraryPeer) -> bool {
+    let Ok((mut writer, mut reader)) = peer.open().await else {
+        return true;
+    };
+    writer.message(&Message::Catalog).await.ok();
+    writer.finish();
+    !matches!(reader.next().await, Ok(Some(_)))
 }
 
 /// The next message on a control stream other than a heartbeat.
@@ -147,11 +92,11 @@ async fn a_parent_delivers_the_announced_file_and_nothing_else() {
     let sender_key = SecretKey::generate();
     let allow = sender_key.public().to_string();
     let listener = Listener::start(&["--out", out.to_str().unwrap(), "--allow", &allow]);
-    let sender = Peer::new(sender_key, &listener.ticket).await;
-    let parent = Peer::new(SecretKey::generate(), &listener.ticket).await;
-    let stranger = Peer::new(SecretKey::generate(), &listener.ticket).await;
+    let sender = LibraryPeer::connect(sender_key, &listener.ticket, TIMEOUT).await;
+    let parent = LibraryPeer::connect(SecretKey::generate(), &listener.ticket, TIMEOUT).await;
+    let stranger = LibraryPeer::connect(SecretKey::generate(), &listener.ticket, TIMEOUT).await;
     assert!(
-        stranger.is_shut_out().await,
+        is_shut_out(&stranger).await,
         "a peer no fan-out names is refused"
     );
 

@@ -12,17 +12,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::peer::LibraryPeer;
 use common::*;
-use iroh::EndpointAddr;
 use tensor_iroh::catalog::whole_file_offer;
 use tensor_iroh::codec::{Encoder, Kind, Region};
 use tensor_iroh::formats::TensorFile;
 use tensor_iroh::protocol::coding::Compress;
-use tensor_iroh::protocol::endpoint::{self, EndpointOptions, Relay, parse_ticket};
+use tensor_iroh::protocol::endpoint::{self, parse_ticket};
 use tensor_iroh::protocol::errors::ErrorCode;
-use tensor_iroh::protocol::pool::Pool;
-use tensor_iroh::protocol::stream::{Frame, FrameReader, FrameWriter};
-use tensor_iroh::protocol::transport::{Congestion, Transport};
 use tensor_iroh::protocol::wire::{
     CHUNK_SIZE, Hash, MAX_REQUEST_TENSORS, Message, Offer, TensorRef, chunk_header,
     coded_block_header, end_frame, kept_frame,
@@ -293,54 +290,9 @@ fn only_peers_on_the_allow_list_get_in() {
     assert!(out.join("b.npy").exists());
 }
 
-/// A client on the library crate that frames whatever it is told to.
-struct Hostile {
-    pool: Pool,
-    addr: EndpointAddr,
-}
-
-impl Hostile {
-    async fn connect(ticket: &str, timeout: Duration) -> Hostile {
-        let endpoint = endpoint::bind(EndpointOptions {
-            secret_key: iroh::SecretKey::generate(),
-            relay: Relay::Disabled,
-            transport: Transport {
-                congestion: Congestion::default(),
-                patience: timeout,
-            },
-            bind: None,
-            port_from_key: false,
-            accept: false,
-            allow: None,
-        })
-        .await
-        .unwrap();
-        Hostile {
-            pool: Pool::new(endpoint, timeout),
-            addr: parse_ticket(ticket).unwrap(),
-        }
-    }
-
-    async fn open(&self) -> (FrameWriter, FrameReader) {
-        self.pool.open(&self.addr).await.unwrap()
-    }
-
-    /// Writes `frames` on a new stream and ends it; returns the messages the
-    /// listener answers before it ends its side (or stalls).
-    async fn exchange(&self, frames: &[Vec<u8>]) -> Vec<Message> {
-        let (mut writer, mut reader) = self.open().await;
-        for frame in frames {
-            if writer.write(Bytes::copy_from_slice(frame)).await.is_err() {
-                break;
-            }
-        }
-        writer.finish();
-        let mut answers = Vec::new();
-        while let Ok(Some(Frame::Message(message))) = reader.next().await {
-            answers.push(message);
-        }
-        answers
-    }
+/// A client that frames whatever it is told to, under a fresh key.
+async fn hostile_peer(ticket: &str, timeout: Duration) -> LibraryPeer {
+    LibraryPeer::connect(iroh::SecretKey::generate(), ticket, timeout).await
 }
 
 fn offer(name: &str, size: u64, eager: bool) -> Offer {
@@ -411,7 +363,7 @@ async fn names_from_the_network_cannot_leave_the_output_directory() {
     let before_outside = files_outside(&root, &out);
 
     let listener = Listener::start(&["--out", out.to_str().unwrap()]);
-    let hostile = Hostile::connect(&listener.ticket, Duration::from_secs(10)).await;
+    let hostile = hostile_peer(&listener.ticket, Duration::from_secs(10)).await;
     let escape = format!("{}/escaped-{}.npy", outside.display(), std::process::id());
     let hostile_names = [
         "../../x.npy".to_string(),
@@ -523,7 +475,7 @@ async fn malformed_frames_and_silent_peers_do_not_stop_the_listener() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let listener = Listener::start(&["--out", out.to_str().unwrap()]);
-    let hostile = Hostile::connect(&listener.ticket, Duration::from_secs(10)).await;
+    let hostile = hostile_peer(&listener.ticket, Duration::from_secs(10)).await;
     let data = [1u8, 2, 3, 4];
     let hash = *blake3::hash(&data).as_bytes();
 
@@ -640,7 +592,7 @@ async fn malformed_frames_and_silent_peers_do_not_stop_the_listener() {
     // listener says why on the offer's stream.
     let mut two_chunks = offer("striped.npy", 2 * CHUNK_SIZE, false);
     two_chunks.stripes = 2;
-    let (mut striped, mut striped_reader) = hostile.open().await;
+    let (mut striped, mut striped_reader) = hostile.open().await.unwrap();
     for frame in upload(two_chunks) {
         striped.write(frame.into()).await.unwrap();
     }
@@ -655,7 +607,7 @@ async fn malformed_frames_and_silent_peers_do_not_stop_the_listener() {
     };
     let mut extra_streams = Vec::new();
     for _ in 0..2 {
-        let (mut extra, extra_reader) = hostile.open().await;
+        let (mut extra, extra_reader) = hostile.open().await.unwrap();
         extra
             .message(&Message::Stripe {
                 transfer,
@@ -687,12 +639,12 @@ async fn malformed_frames_and_silent_peers_do_not_stop_the_listener() {
     )
     .unwrap();
     let real_offer = whole_file_offer(&TensorFile::open(&held).unwrap(), "held.safetensors".into());
-    let (mut mid_frame, _mid_frame_reader) = hostile.open().await;
+    let (mut mid_frame, _mid_frame_reader) = hostile.open().await.unwrap();
     mid_frame
         .write(Bytes::from_static(&[1, 200]))
         .await
         .unwrap();
-    let (mut holder, mut holder_reader) = hostile.open().await;
+    let (mut holder, mut holder_reader) = hostile.open().await.unwrap();
     for frame in upload(real_offer) {
         holder.write(frame.into()).await.unwrap();
     }
@@ -700,7 +652,7 @@ async fn malformed_frames_and_silent_peers_do_not_stop_the_listener() {
         matches!(holder_reader.message().await, Ok(Message::Ready { .. })),
         "the listener takes the hostile offer"
     );
-    let crowd = Hostile::connect(&listener.ticket, Duration::from_secs(3)).await;
+    let crowd = hostile_peer(&listener.ticket, Duration::from_secs(3)).await;
     let mut crowding = Vec::new();
     while crowding.len() < 200 {
         let Ok((mut writer, reader)) = crowd.pool.open(&crowd.addr).await else {
@@ -919,7 +871,7 @@ async fn a_request_naming_too_many_tensors_is_refused_naming_the_bound() {
     let dir = tempfile::tempdir().unwrap();
     let served = tiny_npy(&dir.path().join("t.npy"));
     let listener = Listener::start(&["--serve", served.to_str().unwrap()]);
-    let hostile = Hostile::connect(&listener.ticket, Duration::from_secs(20)).await;
+    let hostile = hostile_peer(&listener.ticket, Duration::from_secs(20)).await;
     let names = vec!["t".to_string(); MAX_REQUEST_TENSORS + 1];
     let refs = vec![
         TensorRef {

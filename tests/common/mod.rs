@@ -4,6 +4,7 @@
 
 pub mod long_link;
 pub mod netns;
+pub mod peer;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
