@@ -15,6 +15,7 @@ use crate::codec::{Kind, Layout};
 use crate::formats::{
     Format, NpyConversion, SafetensorsBuilder, TensorFile, coding_kind, files_in,
 };
+use crate::hash_lists::HashLists;
 use crate::protocol::errors::ErrorCode;
 use crate::protocol::transfer::{Segment, Source, file_offer};
 use crate::protocol::wire::{CatalogFile, Offer, TensorEntry, TensorRef};
@@ -27,6 +28,8 @@ pub struct Catalog {
     /// a request names files, and a scan per name would make a pull of many
     /// files quadratic.
     places: HashMap<String, usize>,
+    /// The chunk hashes of files pulled from several sources at once.
+    pub hash_lists: HashLists,
 }
 
 impl Catalog {
@@ -59,6 +62,7 @@ impl Catalog {
         Ok(Catalog {
             files: RwLock::new(files.into_iter().map(Arc::new).collect()),
             places,
+            hash_lists: HashLists::default(),
         })
     }
 
@@ -119,6 +123,14 @@ impl Catalog {
             *served = fresh.clone();
         }
         Ok(fresh)
+    }
+
+    /// The served file `name` whole: the file as validated now (its version
+    /// keys its hash list) and its source.
+    pub fn whole(&self, name: &str) -> Result<(Arc<TensorFile>, Source)> {
+        let file = self.file(name)?;
+        let source = whole_file(&file, whole_file_offer(&file, name.to_string()))?;
+        Ok((file, source))
     }
 
     /// The source for a served file, whole or reduced to the named tensors.

@@ -3,7 +3,8 @@
 //! The binary's subcommands live in [`commands`]; they wire together the file
 //! [`formats`], their lossless [`codec`], the network [`protocol`], the
 //! listener's [`service`], its output [`store`] (whose errors name files
-//! relative to it, since peers are told them) and served [`catalog`], a pull's
+//! relative to it, since peers are told them) and served [`catalog`] (with the
+//! [`hash_lists`] of its files), a pull's
 //! [`patterns`], and the terminal [`ui`], which prints a peer's text only
 //! through [`escape`].
 
@@ -13,6 +14,7 @@ pub mod commands;
 pub mod escape;
 pub mod file_version;
 pub mod formats;
+pub mod hash_lists;
 pub mod patterns;
 pub mod protocol;
 pub mod service;

@@ -1,14 +1,17 @@
 //! The dialing side's requests: upload a file, say a send is done, list a
-//! listener's tensors, fetch them.
+//! listener's tensors, fetch them, or a file's chunk hashes and some of its chunks.
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use iroh::EndpointAddr;
 
 use super::errors::PeerError;
+use super::hashing::HashList;
 use super::pool::Pool;
 use super::stripes::{StripeLink, Striping, link_stripes};
 use super::transfer::{Progress, Received, Sent, Sink, Source, receive_file, send_file};
-use super::wire::{CatalogFile, MAX_MESSAGE_BYTES, MESSAGE_PREFIX, Message, Offer};
+use super::wire::{
+    CHUNK_SIZE, CatalogFile, MAX_MESSAGE_BYTES, MESSAGE_PREFIX, Message, Offer, parse_hash,
+};
 
 /// Sends one file to the listener at `addr` and waits until it is stored.
 pub async fn upload(
@@ -102,4 +105,53 @@ where
         stripes: striping.stripes(link_stripes(&connection)),
     };
     receive_file(&mut writer, &mut reader, link, progress, accept).await
+}
+
+/// The chunk hashes of the file `name` (of `size` bytes, as its catalog says)
+/// served at `addr`, checked to add up to the file hash the listener claims,
+/// and the offer the listener makes for the whole file.
+pub async fn hash_list(
+    pool: &Pool,
+    addr: &EndpointAddr,
+    name: &str,
+    size: u64,
+) -> Result<(Offer, HashList)> {
+    let (mut writer, mut reader) = pool.open(addr).await?;
+    writer
+        .message(&Message::FetchHashes {
+            file: name.to_string(),
+        })
+        .await?;
+    writer.finish();
+    let chunks_in_file = size.div_ceil(CHUNK_SIZE);
+    let mut chunks = Vec::new();
+    loop {
+        match reader.message().await? {
+            Message::ChunkHashes { first, hashes } => {
+                ensure!(
+                    first == chunks.len() as u64 && first + hashes.len() as u64 <= chunks_in_file,
+                    "protocol violation: hashes of chunks {first} to {} of a file of {chunks_in_file}",
+                    first + hashes.len() as u64
+                );
+                for hash in &hashes {
+                    chunks.push(parse_hash(hash)?);
+                }
+            }
+            Message::FileHashes { offer, hash } => {
+                ensure!(
+                    offer.size == size,
+                    "{name} is {} bytes now, not the {size} its catalog said",
+                    offer.size
+                );
+                let list = HashList::verified(size, chunks, parse_hash(&hash)?)
+                    .with_context(|| format!("the hashes of {name}"))?;
+                return Ok((offer, list));
+            }
+            Message::Refused { code, reason } => return Err(PeerError { code, reason }.into()),
+            other => bail!(
+                "unexpected answer to a hash request: a {} message",
+                other.kind()
+            ),
+        }
+    }
 }

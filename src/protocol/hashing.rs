@@ -5,6 +5,7 @@
 //! along BLAKE3's tree, gives exactly `b3sum` of the file, with no second pass.
 //! A file of a single chunk is its own root: its chunk hash is the file hash.
 
+use anyhow::{Result, ensure};
 use blake3::Hasher;
 use blake3::hazmat::{
     HasherExt, Mode, left_subtree_len, merge_subtrees_non_root, merge_subtrees_root,
@@ -55,6 +56,39 @@ pub fn file_hash(size: u64, chunk_hashes: &[Hash]) -> Hash {
     }
 }
 
+/// One file's chunk hashes, in order, and the BLAKE3 hash they merge into:
+/// what a pull from several sources checks every source's chunks against.
+#[derive(Debug, PartialEq, Eq)]
+pub struct HashList {
+    pub chunks: Vec<Hash>,
+    pub file: Hash,
+}
+
+impl HashList {
+    /// The list of a file of `size` bytes with these chunk hashes.
+    pub fn new(size: u64, chunks: Vec<Hash>) -> HashList {
+        let file = file_hash(size, &chunks);
+        HashList { chunks, file }
+    }
+
+    /// The list a peer sent for a file of `size` bytes, if it holds one hash
+    /// per chunk and they merge into the file hash it `claimed`.
+    pub fn verified(size: u64, chunks: Vec<Hash>, claimed: Hash) -> Result<HashList> {
+        let expected = size.div_ceil(CHUNK_SIZE);
+        ensure!(
+            chunks.len() as u64 == expected,
+            "{} chunk hashes for a file of {expected} chunks",
+            chunks.len()
+        );
+        let list = HashList::new(size, chunks);
+        ensure!(
+            list.file == claimed,
+            "the chunk hashes do not add up to the file hash"
+        );
+        Ok(list)
+    }
+}
+
 /// The two children of the subtree covering `len` bytes from `start`.
 fn split(start: u64, len: u64, chunk_hashes: &[Hash]) -> (Hash, Hash) {
     let left_len = left_subtree_len(len);
@@ -90,6 +124,27 @@ mod tests {
             })
             .collect();
         file_hash(data.len() as u64, &hashes)
+    }
+
+    #[test]
+    fn a_hash_list_holds_only_if_it_adds_up_to_the_claimed_hash() {
+        let data: Vec<u8> = (0..2 * CHUNK_SIZE as usize + 5).map(|i| i as u8).collect();
+        let chunks: Vec<Hash> = data
+            .chunks(CHUNK_SIZE as usize)
+            .enumerate()
+            .map(|(index, chunk)| {
+                let mut hasher = ChunkHasher::new(index as u64, 3);
+                hasher.update(chunk);
+                hasher.finalize()
+            })
+            .collect();
+        let size = data.len() as u64;
+        let b3sum = *blake3::hash(&data).as_bytes();
+        assert!(HashList::verified(size, chunks.clone(), b3sum).is_ok());
+        let mut swapped = chunks.clone();
+        swapped.swap(0, 1);
+        assert!(HashList::verified(size, swapped, b3sum).is_err());
+        assert!(HashList::verified(size, chunks[..2].to_vec(), b3sum).is_err());
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub const MAX_NAME_BYTES: usize = 1024;
 pub const MAX_REQUEST_TENSORS: usize = 1 << 20;
 /// The most chunk hashes one `ChunkHashes` message carries: 32 GiB of file.
 pub const MAX_ANNOUNCED_HASHES: usize = 4096;
+/// The most chunks one `FetchChunks` request names: a puller hands out small
+/// batches, so that a failed source gives back little.
+pub const MAX_CHUNKS_PER_REQUEST: usize = 64;
 
 pub const TAG_MESSAGE: u8 = 1;
 pub const TAG_CHUNK: u8 = 2;
@@ -221,11 +224,31 @@ pub enum Message {
     ForwardTo {
         child: String,
     },
-    /// On a fan-out's control stream, from the sender: the hashes of chunks
-    /// `first`, `first + 1`, ... of the file, as hex.
+    /// The dialer asks for the chunk hashes and BLAKE3 hash of a served file,
+    /// to fetch it from several listeners at once.
+    FetchHashes {
+        file: String,
+    },
+    /// The hashes of chunks `first`, `first + 1`, ... of a file, as hex: from
+    /// a fan-out's sender on its control stream, or answering `FetchHashes`.
     ChunkHashes {
         first: u64,
         hashes: Vec<String>,
+    },
+    /// Ends the answer to `FetchHashes`: the offer the listener makes for the
+    /// whole file, and the file's BLAKE3 hash (hex) its chunk hashes merge into.
+    FileHashes {
+        offer: Offer,
+        hash: String,
+    },
+    /// The dialer asks for some chunks of a served whole file whose BLAKE3
+    /// hash is `hash`; they follow in the order named, then the stream ends.
+    FetchChunks {
+        file: String,
+        hash: String,
+        chunks: Vec<u32>,
+        #[serde(default)]
+        compress: Compress,
     },
     /// On a fan-out's control stream, from the receiver, about once a second: the
     /// file bytes it holds checked.
@@ -303,12 +326,24 @@ impl Message {
             }
             Message::FetchMerged { tensors, .. } => check_request(tensors.len())?,
             Message::Fanout { offer, .. } => Message::Offer(offer.clone()).validate()?,
+            Message::FetchHashes { file } => check_name(file)?,
             Message::ChunkHashes { hashes, .. } if hashes.len() > MAX_ANNOUNCED_HASHES => {
                 return Err(WireError::Bound(
                     "announced hashes",
                     hashes.len() as u64,
                     MAX_ANNOUNCED_HASHES as u64,
                 ));
+            }
+            Message::FileHashes { offer, .. } => Message::Offer(offer.clone()).validate()?,
+            Message::FetchChunks { file, chunks, .. } => {
+                check_name(file)?;
+                if chunks.len() > MAX_CHUNKS_PER_REQUEST {
+                    return Err(WireError::Bound(
+                        "chunks in one request",
+                        chunks.len() as u64,
+                        MAX_CHUNKS_PER_REQUEST as u64,
+                    ));
+                }
             }
             _ => {}
         }

@@ -1,8 +1,10 @@
 //! What a listener does with its connections: takes uploads into the store (or
 //! stdout, or nowhere for bench traffic), serves its catalog, and reports each
 //! outcome as an [`Event`] for the command to show. `sinks` holds where
-//! uploads go other than the store: stdout, and nowhere for bench data.
+//! uploads go other than the store: stdout, and nowhere for bench data;
+//! serving a pull from several sources (hash lists, chunk sets) is in `chunks`.
 
+mod chunks;
 mod sinks;
 
 use sinks::DiscardSink;
@@ -372,6 +374,8 @@ impl Service {
                 self.serve_fetch(peer, &request, link, writer, reader)
                     .await?
             }
+            Message::FetchHashes { file } => self.serve_hashes(peer, &file, writer).await?,
+            Message::FetchChunks { .. } => self.serve_chunks(peer, &request, writer).await?,
             other => bail!("unexpected request {other:?}"),
         }
         Ok(())

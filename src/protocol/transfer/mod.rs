@@ -29,7 +29,7 @@ use crate::protocol::stripes::stripe_chunks;
 use crate::protocol::wire::{Hash, Offer};
 
 pub use receive::receive_file;
-pub use send::send_file;
+pub use send::{send_chunk_set, send_file};
 pub use sink::{Committed, ExpectedHashes, ReadBack, Sink};
 pub use source::{Conversion, Segment, Source, file_offer};
 

@@ -15,7 +15,7 @@ use crate::protocol::hashing::file_hash;
 use crate::protocol::liveness::{Liveness, Stalled};
 use crate::protocol::stream::{FrameReader, FrameWriter};
 use crate::protocol::stripes::{
-    Joining, StripeLink, collect_stripes, open_stripes, usable_stripes,
+    Joining, StripeLink, collect_stripes, open_stripes, stripe_chunks, usable_stripes,
 };
 use crate::protocol::wire::{
     Hash, HeldChunk, Message, Offer, end_frame, hash_hex, kept_frame, parse_hash,
@@ -157,7 +157,8 @@ async fn send_small_inline(
 ) -> Result<(Vec<StripeDone>, Hash), StripeFailed> {
     let mut traffic = Traffic::default();
     let connection = writer.liveness().connection().clone();
-    let hashes = read_chunks(source, held, &PiecePool::default(), 0, 1, &mut |piece| {
+    let all: Vec<u64> = (0..source.offer.chunks()).collect();
+    let hashes = read_chunks(source, held, &PiecePool::default(), &all, &mut |piece| {
         let coded = match &piece {
             Piece::Data { bytes, offset } if source.coding.should_code(Some(&connection)) => {
                 source.coding.code(bytes, *offset, &source.layout)
@@ -217,13 +218,16 @@ async fn send_striped(
         .chain(extra.iter_mut())
         .zip(0..)
         .map(|(writer, stripe)| {
-            send_stripe(
+            let indices = stripe_chunks(stripe, ready.stripes, source.offer.chunks()).collect();
+            let read_ahead =
+                (READ_AHEAD_PER_FILE / ready.stripes as usize).clamp(READ_AHEAD_MIN, READ_AHEAD);
+            send_chunks(
                 writer,
                 source,
                 &ready.held,
                 &pool,
-                stripe,
-                ready.stripes,
+                indices,
+                read_ahead,
                 progress,
             )
         });
@@ -254,23 +258,22 @@ async fn send_striped(
     Ok((sent, hash))
 }
 
-/// Reads, hashes and writes the chunks of one stripe: the reading on a blocking
-/// thread, a few pieces ahead of the network.
-async fn send_stripe(
+/// Reads, hashes and writes the chunks `indices` (one stripe's): the reading
+/// on a blocking thread, `read_ahead` pieces ahead of the network.
+async fn send_chunks(
     writer: &mut FrameWriter,
     source: &Source,
     held: &Arc<HashMap<u32, Hash>>,
     pool: &PiecePool,
-    stripe: u32,
-    stripes: u32,
+    indices: Vec<u64>,
+    read_ahead: usize,
     progress: &Progress,
 ) -> Result<StripeDone, StripeFailed> {
-    let read_ahead = (READ_AHEAD_PER_FILE / stripes as usize).clamp(READ_AHEAD_MIN, READ_AHEAD);
     let (tx, mut rx) = mpsc::channel(read_ahead);
     let reading = {
         let (source, held, pool) = (source.clone(), held.clone(), pool.clone());
         tokio::task::spawn_blocking(move || {
-            read_chunks(&source, &held, &pool, stripe, stripes, &mut |piece| {
+            read_chunks(&source, &held, &pool, &indices, &mut |piece| {
                 tx.blocking_send(piece)
                     .map_err(|_| std::io::Error::other("stream closed"))
             })
@@ -294,6 +297,53 @@ async fn send_stripe(
     written.map_err(StripeFailed::Write)?;
     let hashes = read.map_err(|err| StripeFailed::Read(err.into()))?;
     Ok(StripeDone { hashes, traffic })
+}
+
+/// Sends the chunks `indices` of `source` on `writer`, in that order, for a
+/// puller fetching the file from several sources; then ends the stream, or
+/// resets it where the file could not be read or changed meanwhile. No `END`
+/// and no verdict: the puller checks each chunk against the file's hash list.
+pub async fn send_chunk_set(
+    writer: &mut FrameWriter,
+    source: &Source,
+    indices: Vec<u64>,
+    progress: &Progress,
+) -> Result<Traffic> {
+    let sent = send_chunks(
+        writer,
+        source,
+        &Arc::default(),
+        &PiecePool::default(),
+        indices,
+        READ_AHEAD,
+        progress,
+    )
+    .await;
+    let sent = match sent {
+        Ok(_) if !source.unchanged() => Err(StripeFailed::Changed),
+        sent => sent,
+    };
+    match sent {
+        Ok(done) => {
+            writer.finish_and_flush().await;
+            Ok(done.traffic)
+        }
+        Err(failed) => {
+            if let Some(code) = failed.reset_code(source) {
+                writer.reset(code);
+            }
+            Err(match failed {
+                StripeFailed::Write(err) => err,
+                StripeFailed::Read(err) => {
+                    err.context(format!("cannot read {}", source.offer.name))
+                }
+                StripeFailed::Changed => anyhow!(
+                    "{} changed on disk while it was being sent",
+                    source.offer.name
+                ),
+            })
+        }
+    }
 }
 
 /// The coded block for `piece` where it is data, its chunk goes as blocks

@@ -13,7 +13,7 @@ use crate::codec::Layout;
 use crate::file_version::FileVersion;
 use crate::protocol::coding::Coding;
 use crate::protocol::hashing::ChunkHasher;
-use crate::protocol::stripes::{MAX_STRIPES, stripe_chunks};
+use crate::protocol::stripes::MAX_STRIPES;
 use crate::protocol::wire::{CHUNK_SIZE, Hash, Offer, chunk_header};
 
 /// Bytes read from disk and written to the stream at a time.
@@ -160,7 +160,8 @@ impl Source {
     }
 
     /// Reads and hashes every chunk in order, handing each hash to `emit`: what
-    /// a fan-out's sender announces. Blocks; `emit` returning false stops it.
+    /// a fan-out's sender announces, and a listener gives a puller fetching
+    /// from several sources. Blocks; `emit` returning false stops it.
     pub fn hash_chunks(&self, emit: &mut dyn FnMut(u64, Hash) -> bool) -> Result<()> {
         let pool = PiecePool::default();
         let chunks = self.offer.chunks();
@@ -346,21 +347,20 @@ pub(super) enum Piece {
     Kept(u32),
 }
 
-/// Reads and hashes the chunks of `stripe`, handing each piece to `emit`; runs
-/// on a blocking thread for all but small files. Returns the chunks' hashes, or
-/// the read error that stopped it.
+/// Reads and hashes the chunks `indices` (a stripe's, or those a puller asked
+/// for), handing each piece to `emit`; runs on a blocking thread for all but
+/// small files. Returns the chunks' hashes, or the read error that stopped it.
 pub(super) fn read_chunks(
     source: &Source,
     held: &HashMap<u32, Hash>,
     pool: &PiecePool,
-    stripe: u32,
-    stripes: u32,
+    indices: &[u64],
     emit: &mut dyn FnMut(Piece) -> std::io::Result<()>,
 ) -> std::io::Result<Vec<Hash>> {
     let size = source.offer.size;
     let chunks = source.offer.chunks();
     let mut hashes = Vec::new();
-    for index in stripe_chunks(stripe, stripes, chunks) {
+    for &index in indices {
         let start = index * CHUNK_SIZE;
         let len = CHUNK_SIZE.min(size - start);
         let header = Piece::Header(Bytes::copy_from_slice(&chunk_header(

@@ -1,0 +1,114 @@
+//! Pulls from several sources: a listener's chunk hashes and chunk sets, and
+//! `pull T1 T2` fetching one file from two listeners at once.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tensor_iroh::protocol::client;
+use tensor_iroh::protocol::coding::Compress;
+use tensor_iroh::protocol::endpoint::{self, EndpointOptions, Relay, parse_ticket};
+use tensor_iroh::protocol::errors::ErrorCode;
+use tensor_iroh::protocol::pool::Pool;
+use tensor_iroh::protocol::stream::Frame;
+use tensor_iroh::protocol::transport::{Congestion, Transport};
+use tensor_iroh::protocol::wire::{CHUNK_SIZE, Message, hash_hex};
+
+async fn pool() -> Pool {
+    let timeout = Duration::from_secs(20);
+    let endpoint = endpoint::bind(EndpointOptions {
+        secret_key: iroh::SecretKey::generate(),
+        relay: Relay::Disabled,
+        transport: Transport {
+            congestion: Congestion::default(),
+            patience: timeout,
+        },
+        bind: None,
+        port_from_key: false,
+        accept: false,
+        allow: None,
+    })
+    .await
+    .unwrap();
+    Pool::new(endpoint, timeout)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listener_gives_a_files_chunk_hashes_and_any_of_its_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = safetensors_file(
+        &dir.path().join("w.safetensors"),
+        2 * CHUNK_SIZE as usize + 100,
+        7,
+    );
+    let bytes = std::fs::read(&path).unwrap();
+    let listener = Listener::start(&["--serve", path.to_str().unwrap()]);
+    let pool = pool().await;
+    let addr = parse_ticket(&listener.ticket).unwrap();
+    let size = bytes.len() as u64;
+
+    let (offer, list) = client::hash_list(&pool, &addr, "w.safetensors", size)
+        .await
+        .unwrap();
+    assert_eq!(list.file, *blake3::hash(&bytes).as_bytes());
+    assert_eq!(list.chunks.len(), 3);
+    assert_eq!((offer.name.as_str(), offer.size), ("w.safetensors", size));
+    // Kept: asked again, the same list.
+    let (_, again) = client::hash_list(&pool, &addr, "w.safetensors", size)
+        .await
+        .unwrap();
+    assert_eq!(again, list);
+
+    // Chunks in the order asked, each with its data and hash, then the end.
+    let (mut writer, mut reader) = pool.open(&addr).await.unwrap();
+    writer
+        .message(&Message::FetchChunks {
+            file: "w.safetensors".into(),
+            hash: hash_hex(&list.file),
+            chunks: vec![2, 0],
+            compress: Compress::Off,
+        })
+        .await
+        .unwrap();
+    writer.finish();
+    for index in [2u32, 0] {
+        let Some(Frame::Chunk {
+            index: got,
+            len,
+            coded: false,
+        }) = reader.next().await.unwrap()
+        else {
+            panic!("expected chunk {index}");
+        };
+        assert_eq!(got, index);
+        let start = index as usize * CHUNK_SIZE as usize;
+        let mut data = Vec::new();
+        reader.exact_into(&mut data, len as usize).await.unwrap();
+        assert!(data == bytes[start..start + len as usize], "chunk {index}");
+        assert_eq!(reader.hash().await.unwrap(), list.chunks[index as usize]);
+    }
+    assert!(reader.next().await.unwrap().is_none());
+
+    // Rewritten, the file is not the one of that hash any more.
+    safetensors_file(&path, 2 * CHUNK_SIZE as usize + 100, 8);
+    let (mut writer, mut reader) = pool.open(&addr).await.unwrap();
+    writer
+        .message(&Message::FetchChunks {
+            file: "w.safetensors".into(),
+            hash: hash_hex(&list.file),
+            chunks: vec![1],
+            compress: Compress::Off,
+        })
+        .await
+        .unwrap();
+    writer.finish();
+    match reader.message().await.unwrap() {
+        Message::Refused { code, reason } => {
+            assert_eq!(code, ErrorCode::SourceChanged, "{reason}");
+            assert!(reason.contains("changed on disk"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    pool.close().await;
+}
