@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -11,9 +12,12 @@ use tensor_iroh::protocol::coding::Compress;
 use tensor_iroh::protocol::endpoint::{self, EndpointOptions, Relay, parse_ticket};
 use tensor_iroh::protocol::errors::ErrorCode;
 use tensor_iroh::protocol::pool::Pool;
+use tensor_iroh::protocol::sources;
 use tensor_iroh::protocol::stream::Frame;
+use tensor_iroh::protocol::transfer::Progress;
 use tensor_iroh::protocol::transport::{Congestion, Transport};
-use tensor_iroh::protocol::wire::{CHUNK_SIZE, Message, hash_hex};
+use tensor_iroh::protocol::wire::{CHUNK_SIZE, Message, Offer, hash_hex};
+use tensor_iroh::store::Store;
 
 async fn pool() -> Pool {
     let timeout = Duration::from_secs(20);
@@ -110,5 +114,50 @@ async fn a_listener_gives_a_files_chunk_hashes_and_any_of_its_chunks() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_file_from_two_listeners_arrives_whole_with_a_share_from_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = safetensors_file(
+        &dir.path().join("w.safetensors"),
+        12 * CHUNK_SIZE as usize,
+        3,
+    );
+    let bytes = std::fs::read(&path).unwrap();
+    let a = Listener::start(&["--serve", path.to_str().unwrap()]);
+    let b = Listener::start(&["--serve", path.to_str().unwrap()]);
+    let pool = pool().await;
+    let sources = [
+        parse_ticket(&a.ticket).unwrap(),
+        parse_ticket(&b.ticket).unwrap(),
+    ];
+    let out = dir.path().join("out");
+    let store = Store::open(&out, false).unwrap();
+    let fetched = sources::fetch_from_all(
+        &pool,
+        &sources,
+        "w.safetensors",
+        bytes.len() as u64,
+        Compress::Off,
+        Duration::from_secs(20),
+        &Progress::default(),
+        async |offer: &Offer| {
+            store
+                .accept(offer, Arc::new(|| Box::pin(async { true })))
+                .await
+        },
+    )
+    .await
+    .unwrap();
+    assert!(std::fs::read(out.join("w.safetensors")).unwrap() == bytes);
+    assert_eq!(
+        fetched.received.hash,
+        blake3::hash(&bytes).to_hex().to_string()
+    );
+    let shares: Vec<u64> = fetched.sources.iter().map(|s| s.bytes).collect();
+    assert_eq!(shares.iter().sum::<u64>(), bytes.len() as u64, "{shares:?}");
+    assert!(shares.iter().all(|&share| share > 0), "{shares:?}");
     pool.close().await;
 }

@@ -4,13 +4,17 @@
 use anyhow::{Context, Result, bail, ensure};
 use iroh::EndpointAddr;
 
+use super::coding::Compress;
 use super::errors::PeerError;
 use super::hashing::HashList;
 use super::pool::Pool;
 use super::stripes::{StripeLink, Striping, link_stripes};
-use super::transfer::{Progress, Received, Sent, Sink, Source, receive_file, send_file};
+use super::transfer::{
+    Progress, Received, Sent, SetFailed, SharedFile, Sink, Source, Traffic, receive_file, send_file,
+};
 use super::wire::{
-    CHUNK_SIZE, CatalogFile, MAX_MESSAGE_BYTES, MESSAGE_PREFIX, Message, Offer, parse_hash,
+    CHUNK_SIZE, CatalogFile, MAX_MESSAGE_BYTES, MESSAGE_PREFIX, Message, Offer, hash_hex,
+    parse_hash,
 };
 
 /// Sends one file to the listener at `addr` and waits until it is stored.
@@ -154,4 +158,37 @@ pub async fn hash_list(
             ),
         }
     }
+}
+
+/// Asks the listener at `addr` for `chunks` of the file `name` whose hash is
+/// `hash`, and receives them into `file`; `done` hears of each chunk once it
+/// is checked and written.
+// Each argument is one independent input of the request; see `sources.rs`.
+#[allow(clippy::too_many_arguments)]
+pub async fn fetch_chunks(
+    pool: &Pool,
+    addr: &EndpointAddr,
+    name: &str,
+    file: &SharedFile,
+    chunks: &[u32],
+    compress: Compress,
+    progress: &Progress,
+    traffic: &mut Traffic,
+    done: &mut dyn FnMut(u32),
+) -> Result<(), SetFailed> {
+    let not_fatal = |error| SetFailed {
+        error,
+        fatal: false,
+    };
+    let (mut writer, mut reader) = pool.open(addr).await.map_err(not_fatal)?;
+    let request = Message::FetchChunks {
+        file: name.to_string(),
+        hash: hash_hex(&file.hash()),
+        chunks: chunks.to_vec(),
+        compress,
+    };
+    writer.message(&request).await.map_err(not_fatal)?;
+    writer.finish();
+    file.receive(&mut reader, chunks, progress, traffic, done)
+        .await
 }

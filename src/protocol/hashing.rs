@@ -58,7 +58,7 @@ pub fn file_hash(size: u64, chunk_hashes: &[Hash]) -> Hash {
 
 /// One file's chunk hashes, in order, and the BLAKE3 hash they merge into:
 /// what a pull from several sources checks every source's chunks against.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HashList {
     pub chunks: Vec<Hash>,
     pub file: Hash,

@@ -13,6 +13,7 @@ pub mod hashing;
 pub mod liveness;
 pub mod path;
 pub mod pool;
+pub mod sources;
 pub mod stream;
 pub mod stripes;
 pub mod transfer;

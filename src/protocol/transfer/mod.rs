@@ -12,11 +12,14 @@
 //! `source` reads a file in pieces and `send` puts them on the streams;
 //! `receive` answers the offer and `receive_chunks` takes the chunks off, each
 //! stream's into a `checker` that hashes and writes them into a [`Sink`].
+//! `receive_set` takes chunk sets of one file from several sources into one
+//! sink, each chunk checked against the file's hash list.
 
 mod checker;
 mod failure;
 mod receive;
 mod receive_chunks;
+mod receive_set;
 mod send;
 mod sink;
 mod source;
@@ -29,6 +32,7 @@ use crate::protocol::stripes::stripe_chunks;
 use crate::protocol::wire::{Hash, Offer};
 
 pub use receive::receive_file;
+pub use receive_set::{SetFailed, SharedFile};
 pub use send::{send_chunk_set, send_file};
 pub use sink::{Committed, ExpectedHashes, ReadBack, Sink};
 pub use source::{Conversion, Segment, Source, file_offer};

@@ -7,14 +7,14 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Result, anyhow};
 use futures_util::future::try_join_all;
 
-use crate::protocol::errors::ErrorCode;
+use crate::protocol::errors::{ErrorCode, PeerError};
 use crate::protocol::hashing::file_hash;
 use crate::protocol::liveness::Liveness;
 use crate::protocol::stream::{Block, Frame, FrameReader};
 use crate::protocol::stripes::{
     Joining, StripeStream, collect_stripes, stripe_chunks, unexpected_stripe,
 };
-use crate::protocol::wire::{CHUNK_SIZE, CODED_BLOCK_HEADER, Hash, Offer};
+use crate::protocol::wire::{CHUNK_SIZE, CODED_BLOCK_HEADER, Hash, Message, Offer};
 
 use super::checker::{BATCH, Batch, Checker, SharedSink};
 use super::failure::{Failure, lost};
@@ -186,18 +186,19 @@ async fn receive_stripe(
 }
 
 /// What a stripe's chunks are checked against: the offer, the chunks this side
-/// held, and for a fanned-out file the hashes its sender announced.
+/// held, and for a fanned-out file or one from several sources the hashes its
+/// chunks must have (the sender's announced hashes, the file's hash list).
 #[derive(Clone, Copy)]
-struct Chunks<'a> {
-    offer: &'a Offer,
-    held: &'a HashMap<u32, Hash>,
-    expected: Option<&'a dyn ExpectedHashes>,
+pub(super) struct Chunks<'a> {
+    pub(super) offer: &'a Offer,
+    pub(super) held: &'a HashMap<u32, Hash>,
+    pub(super) expected: Option<&'a dyn ExpectedHashes>,
 }
 
 impl Chunks<'_> {
-    /// Fails a fanned-out chunk whose claimed hash is not the one its sender
-    /// announced: checked before its last batch is, so a chunk that does not
-    /// match never counts as checked here, nor is it passed on.
+    /// Fails a chunk whose claimed hash is not the one announced for it:
+    /// checked before its last batch is, so a chunk that does not match never
+    /// counts as checked here, nor is it passed on.
     async fn vouch(&self, index: u64, claimed: Hash) -> Result<Hash, Failure> {
         let Some(expected) = self.expected else {
             return Ok(claimed);
@@ -207,7 +208,7 @@ impl Chunks<'_> {
             return Err(Failure::kept(
                 ErrorCode::Corrupt
                     .error(format!(
-                        "chunk {index} is not the sender's: its hash differs from the one the sender announced"
+                        "chunk {index} is not the file's: its hash differs from the one announced for it"
                     ))
                     .into(),
             ));
@@ -219,7 +220,7 @@ impl Chunks<'_> {
 /// Receives chunk `next`: as data (stored or in blocks) into `checker`, or as a
 /// chunk this side holds (`KEPT`). Returns the chunk's hash, as claimed or
 /// held; the data received is counted in `traffic`.
-async fn receive_chunk(
+pub(super) async fn receive_chunk(
     reader: &mut FrameReader,
     checker: &mut Checker,
     chunks: Chunks<'_>,
@@ -262,6 +263,9 @@ async fn receive_chunk(
         Some(Frame::End { .. }) => Err(Failure::kept(anyhow!(
             "the sender ended the file before chunk {next} of {chunks_in_file}"
         ))),
+        Some(Frame::Message(Message::Refused { code, reason })) => {
+            Err(Failure::kept(PeerError { code, reason }.into()))
+        }
         Some(Frame::Message(message)) => Err(Failure::kept(violation(format!(
             "protocol violation: message {message:?} inside the data"
         )))),

@@ -53,7 +53,8 @@ pub trait ReadBack: Send + Sync {
     fn read_at(&self, offset: u64, buf: &mut [u8], held: bool) -> std::io::Result<()>;
 }
 
-/// The hashes a fanned-out file's chunks must have, as its sender announced them.
+/// The hashes a file's chunks must have, as a fan-out's sender announced them
+/// or as the verified hash list of a file from several sources has them.
 pub trait ExpectedHashes: Send + Sync {
     /// Chunk `index`'s hash, once announced.
     fn expected(&self, index: u64) -> Pin<Box<dyn Future<Output = Result<Hash>> + Send + '_>>;
