@@ -162,6 +162,20 @@ pub fn parse_tickets<'a>(
         .collect()
 }
 
+/// A pull's sources and patterns: `first` is a ticket, and so is each of
+/// `rest` up to the first that does not read as one (a pattern never does);
+/// the others are patterns. Only `first` must parse: `pull T PATTERN` is as
+/// it always was.
+pub fn split_sources(first: &str, rest: &[String]) -> Result<(Vec<EndpointAddr>, Vec<String>)> {
+    let mut sources = vec![endpoint::parse_ticket(first)?];
+    let mut rest = rest.iter().peekable();
+    while let Some(addr) = rest.peek().and_then(|arg| endpoint::parse_ticket(arg).ok()) {
+        sources.push(addr);
+        rest.next();
+    }
+    Ok((sources, rest.cloned().collect()))
+}
+
 /// The listeners a `send` or `pull` dialed and its pool, once the endpoint is
 /// up: for the paths in its summary, also of a command a signal stopped.
 pub type Reached = OnceLock<(Vec<EndpointId>, Arc<Pool>)>;
@@ -265,6 +279,7 @@ impl Cli {
     pub fn check_usage(&self) -> Result<(), String> {
         match &self.command {
             Command::Send(args) => args.check_usage(),
+            Command::Pull(args) => args.check_usage(),
             _ => Ok(()),
         }
     }

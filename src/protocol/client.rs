@@ -174,7 +174,7 @@ pub async fn fetch_chunks(
     compress: Compress,
     progress: &Progress,
     traffic: &mut Traffic,
-    done: &mut dyn FnMut(u32),
+    done: &mut (dyn FnMut(u32) + Send),
 ) -> Result<(), SetFailed> {
     let not_fatal = |error| SetFailed {
         error,

@@ -161,6 +161,12 @@ where
     })
 }
 
+/// Whether a file of `size` bytes gains from several sources: it must have
+/// two chunks or more to divide.
+pub fn worth_several_sources(size: u64) -> bool {
+    size > CHUNK_SIZE
+}
+
 fn chunk_len(size: u64, index: u32) -> u64 {
     CHUNK_SIZE.min(size - u64::from(index) * CHUNK_SIZE)
 }

@@ -36,6 +36,7 @@ events! {
     #[serde(rename = "file")]
     FileSent,
     FileFailed,
+    Source,
     #[serde(rename = "file")]
     FilePulled,
     Summary,
@@ -131,6 +132,21 @@ pub struct FileFailed {
     pub error: String,
 }
 
+/// What one source of a file `pull` fetched from several did; before the
+/// file's event.
+#[derive(Debug, Serialize)]
+pub struct Source {
+    pub name: String,
+    pub peer: String,
+    /// File bytes it delivered, checked.
+    pub bytes: u64,
+    pub chunks: u64,
+    pub seconds: f64,
+    pub mb_per_s: f64,
+    /// Why it was retired or not used for the file.
+    pub error: Option<String>,
+}
+
 /// `pull` stored a file.
 #[derive(Debug, Serialize)]
 pub struct FilePulled {
@@ -223,7 +239,7 @@ mod tests {
             | Event::Refused(_)
             | Event::SendComplete(_) => &["listen"],
             Event::FileSent(_) | Event::FileFailed(_) => &["send"],
-            Event::FilePulled(_) => &["pull"],
+            Event::Source(_) | Event::FilePulled(_) => &["pull"],
             Event::Summary(_) => &["send", "pull"],
             Event::Tensor(_) => &["pull --list"],
             Event::BenchSize(_) => &["bench"],
@@ -295,6 +311,16 @@ mod tests {
                 name: text(),
                 peer: text(),
                 error: text(),
+            }
+            .into(),
+            Source {
+                name: text(),
+                peer: text(),
+                bytes: 0,
+                chunks: 0,
+                seconds: 0.0,
+                mb_per_s: 0.0,
+                error: None,
             }
             .into(),
             FilePulled {

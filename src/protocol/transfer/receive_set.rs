@@ -88,7 +88,7 @@ impl SharedFile {
         chunks: &[u32],
         progress: &Progress,
         traffic: &mut Traffic,
-        done: &mut dyn FnMut(u32),
+        done: &mut (dyn FnMut(u32) + Send),
     ) -> Result<(), SetFailed> {
         let mut checker = Checker::new(self.sink.clone(), self.offer.size, self.offer.chunks());
         let none_held = HashMap::new();

@@ -1,20 +1,24 @@
 //! `tensor-iroh pull`: list a listener's tensors, fetch whole files or the
-//! tensors that match glob patterns, to a directory or as one safetensors stream.
+//! tensors that match glob patterns, to a directory or as one safetensors stream;
+//! from several listeners at once where they serve the same whole file
+//! (`sources`).
+
+mod sources;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use iroh::EndpointAddr;
+use iroh::{EndpointAddr, EndpointId};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::{
-    CompressArgs, NetArgs, Reached, TimeoutArgs, first_failure, interrupted, parse_tickets,
-    paths_then_close,
+    CompressArgs, NetArgs, Reached, TimeoutArgs, first_failure, interrupted, paths_then_close,
+    split_sources,
 };
 use crate::escape::printable;
 use crate::formats::Format;
@@ -23,12 +27,14 @@ use crate::protocol::client;
 use crate::protocol::coding::Compress;
 use crate::protocol::path::PathReport;
 use crate::protocol::pool::Pool;
+use crate::protocol::sources::{SourceReport, fetch_from_all};
 use crate::protocol::stripes::Striping;
 use crate::protocol::transfer::{Progress, Received, Sink};
 use crate::protocol::wire::{CatalogFile, Message, Offer, TensorRef};
 use crate::service::StdoutSink;
 use crate::store::Store;
 use crate::ui::{Moved, Tally, Totals, Ui, count, events, human_bytes, mb_per_s, moved_note};
+use sources::Served;
 
 /// Files fetched at once, each on its own stream.
 const FILES_IN_FLIGHT: usize = 4;
@@ -37,13 +43,16 @@ const EXAMPLES: &str = "Examples:
   tensor-iroh pull <TICKET> --list
   tensor-iroh pull <TICKET> --out ./weights                  # every served file, byte-identical
   tensor-iroh pull <TICKET> 'model.layers.1[0-5].*' --out ./w  # matching tensors per file
-  tensor-iroh pull <TICKET> 'lm_head.*' --stdout > head.safetensors";
+  tensor-iroh pull <TICKET> 'lm_head.*' --stdout > head.safetensors
+  tensor-iroh pull <TICKET> <TICKET2> --out ./w              # each shared file from both at once";
 
 /// Fetch files or tensors from a listener started with --serve
 #[derive(Debug, Args)]
 #[command(after_help = EXAMPLES)]
 pub struct PullArgs {
-    /// Ticket printed by `tensor-iroh listen --serve`
+    /// Ticket printed by `tensor-iroh listen --serve`; arguments after it that
+    /// read as tickets are further sources, and a whole file several of them
+    /// serve comes from all at once
     pub ticket: String,
     /// Globs over full tensor names (`*` also matches `.` and `/`); a pattern equal
     /// to a tensor's name selects it exactly; with --list they filter the list.
@@ -70,6 +79,20 @@ pub struct PullArgs {
     pub net: NetArgs,
     #[command(flatten)]
     pub timeout: TimeoutArgs,
+}
+
+impl PullArgs {
+    /// `--list` and `--stdout` read one listener; several tickets with them
+    /// are a usage error rather than a silent choice.
+    pub fn check_usage(&self) -> Result<(), String> {
+        let several =
+            split_sources(&self.ticket, &self.patterns).is_ok_and(|(sources, _)| sources.len() > 1);
+        match (several, self.list, self.stdout) {
+            (true, true, _) => Err("--list takes one ticket".into()),
+            (true, _, true) => Err("--stdout takes one ticket".into()),
+            _ => Ok(()),
+        }
+    }
 }
 
 pub async fn run(args: PullArgs, ui: Ui) -> Result<()> {
@@ -111,18 +134,21 @@ pub async fn run(args: PullArgs, ui: Ui) -> Result<()> {
     result
 }
 
-/// The listener's address, the patterns, and a pool to reach it.
-async fn prepare(args: &PullArgs) -> Result<(EndpointAddr, Patterns, Arc<Pool>)> {
-    let addr = parse_tickets([&args.ticket])?.remove(0);
-    let patterns = Patterns::new(&args.patterns)?;
+/// The listeners' addresses in ticket order, the patterns, and a pool to
+/// reach them.
+async fn prepare(args: &PullArgs) -> Result<(Vec<EndpointAddr>, Patterns, Arc<Pool>)> {
+    let (addrs, patterns) = split_sources(&args.ticket, &args.patterns)?;
+    let patterns = Patterns::new(&patterns)?;
     let pool = Arc::new(args.net.pool(&args.timeout).await?);
-    Ok((addr, patterns, pool))
+    Ok((addrs, patterns, pool))
 }
 
 async fn list_served(args: &PullArgs, ui: &Ui) -> Result<()> {
-    let (addr, patterns, pool) = prepare(args).await?;
+    let (addrs, patterns, pool) = prepare(args).await?;
+    // `check_usage` let one ticket through.
+    let addr = &addrs[0];
     let result = async {
-        let catalog = client::catalog(&pool, &addr).await?;
+        let catalog = client::catalog(&pool, addr).await?;
         patterns.all_match(&catalog)?;
         list(ui, &catalog, &patterns);
         Ok(())
@@ -141,21 +167,29 @@ async fn pull_all(
     tally: &Tally,
     reached: &Reached,
 ) -> Result<(Totals, Result<()>)> {
-    let (addr, patterns, pool) = prepare(args).await?;
-    reached.set((vec![addr.id], pool.clone())).ok();
+    let (addrs, patterns, pool) = prepare(args).await?;
+    reached
+        .set((addrs.iter().map(|addr| addr.id).collect(), pool.clone()))
+        .ok();
     async {
-        let catalog = client::catalog(&pool, &addr).await?;
-        let wanted = Wanted::select(&patterns, &catalog, args.stdout)?;
+        let served = Served::ask(&pool, &addrs, ui).await?;
+        let (catalog, origins) = served.merged();
+        let wanted = Wanted::select(&patterns, &catalog, &origins, &served, args.stdout)?;
         let outcomes = if args.stdout {
-            let outcome = fetch_to_stdout(&pool, &addr, &wanted, args.compress.compress).await;
-            if let Ok((received, _)) = &outcome {
-                tally.stored(received.offer.size, received.traffic);
+            // `check_usage` let one ticket through.
+            let addr = &addrs[0];
+            let outcome = fetch_to_stdout(&pool, addr, &wanted, args.compress.compress).await;
+            if let Ok(pulled) = &outcome {
+                tally.stored(pulled.received.offer.size, pulled.received.traffic);
             }
             vec![outcome]
         } else {
             let store = Store::open(&args.out.clone().unwrap_or_else(|| ".".into()), args.force)?;
-            let compress = args.compress.compress;
-            fetch_to_store(&pool, &addr, store, wanted, compress, ui, tally).await
+            let how = How {
+                compress: args.compress.compress,
+                patience: args.timeout.duration(),
+            };
+            fetch_to_store(&pool, store, wanted, how, ui, tally).await
         };
         let failures: Vec<_> = outcomes.into_iter().filter_map(Result::err).collect();
         Ok((tally.finished(failures.len()), first_failure(failures)))
@@ -196,46 +230,86 @@ struct Wanted {
     tensors: Option<Vec<String>>,
     /// About how many bytes will arrive, for progress.
     bytes: u64,
+    /// Where from, in ticket order: the first source serving the file, and
+    /// for a whole file the others serving one of its name and size.
+    sources: Vec<EndpointAddr>,
 }
 
 impl Wanted {
     /// Applies the patterns to the catalog; a pattern that matches nothing is an
     /// error before anything is fetched. Without patterns whole files are
-    /// wanted, or, for one `merged` stream, every tensor of every file.
-    fn select(patterns: &Patterns, catalog: &[CatalogFile], merged: bool) -> Result<Vec<Wanted>> {
+    /// wanted, or, for one `merged` stream, every tensor of every file. Each
+    /// file of `catalog` comes from its `origins` entry, or, wanted whole,
+    /// from every source `served` has for it.
+    fn select(
+        patterns: &Patterns,
+        catalog: &[CatalogFile],
+        origins: &[EndpointAddr],
+        served: &Served,
+        merged: bool,
+    ) -> Result<Vec<Wanted>> {
         if catalog.is_empty() {
             bail!("the listener serves no files");
         }
         if patterns.is_empty() && !merged {
             return Ok(catalog
                 .iter()
-                .map(|f| Wanted {
+                .zip(origins)
+                .map(|(f, origin)| Wanted {
                     file: f.name.clone(),
                     tensors: None,
                     bytes: f.size,
+                    sources: served.of_whole(f, origin),
                 })
                 .collect());
         }
         patterns.all_match(catalog)?;
         Ok(catalog
             .iter()
-            .filter_map(|file| {
+            .zip(origins)
+            .filter_map(|(file, origin)| {
                 let chosen: Vec<_> = file
                     .tensors
                     .iter()
                     .filter(|t| patterns.matches(&t.name))
                     .collect();
+                // Every tensor of a file is the file: several sources may
+                // serve it, byte for byte.
+                let sources = if chosen.len() == file.tensors.len() && !merged {
+                    served.of_whole(file, origin)
+                } else {
+                    vec![origin.clone()]
+                };
                 (!chosen.is_empty()).then(|| Wanted {
                     file: file.name.clone(),
                     tensors: Some(chosen.iter().map(|t| t.name.clone()).collect()),
                     bytes: chosen.iter().map(|t| t.bytes).sum(),
+                    sources,
                 })
             })
             .collect())
     }
 }
 
-type Outcome = Result<(Received, std::time::Duration)>;
+/// A stored file, how long it took, and what each source did where it came
+/// from several.
+struct Pulled {
+    received: Received,
+    elapsed: Duration,
+    /// The listener whose path the file's event shows: its first source.
+    peer: EndpointId,
+    sources: Vec<SourceReport>,
+}
+
+type Outcome = Result<Pulled>;
+
+/// How each file is fetched.
+#[derive(Clone, Copy)]
+struct How {
+    compress: Compress,
+    /// How long to wait on a silent source of a file from several.
+    patience: Duration,
+}
 
 async fn fetch_to_stdout(
     pool: &Pool,
@@ -285,15 +359,19 @@ async fn fetch_to_stdout(
         async |_: &Offer| Ok(Box::new(StdoutSink::new((), Arc::default())) as Box<dyn Sink>),
     )
     .await?;
-    Ok((received, started.elapsed()))
+    Ok(Pulled {
+        received,
+        elapsed: started.elapsed(),
+        peer: addr.id,
+        sources: Vec::new(),
+    })
 }
 
 async fn fetch_to_store(
     pool: &Arc<Pool>,
-    addr: &iroh::EndpointAddr,
     store: Arc<Store>,
     wanted: Vec<Wanted>,
-    compress: Compress,
+    how: How,
     ui: &Ui,
     tally: &Tally,
 ) -> Vec<Outcome> {
@@ -305,9 +383,8 @@ async fn fetch_to_store(
     let striping = Striping::SharedAmong(wanted.len().min(FILES_IN_FLIGHT));
     let mut fetches = JoinSet::new();
     for item in wanted {
-        let (pool, addr, store, slots, progress, ui) = (
+        let (pool, store, slots, progress, ui) = (
             pool.clone(),
-            addr.clone(),
             store.clone(),
             slots.clone(),
             progress.child(),
@@ -317,42 +394,69 @@ async fn fetch_to_store(
             let _slot = slots.acquire().await.expect("never closed");
             let _bar = ui.progress(&item.file, Some(item.bytes), &progress);
             let started = Instant::now();
+            // Within one pull every fetch is live; two fetches of one file
+            // get sibling partial files rather than taking over.
+            let accept = async |offer: &Offer| {
+                store
+                    .accept(offer, Arc::new(|| Box::pin(async { true })))
+                    .await
+            };
+            if item.sources.len() > 1 {
+                let fetched = fetch_from_all(
+                    &pool,
+                    &item.sources,
+                    &item.file,
+                    item.bytes,
+                    how.compress,
+                    how.patience,
+                    &progress,
+                    accept,
+                )
+                .await
+                .with_context(|| format!("pulling {}", item.file))?;
+                return Ok(Pulled {
+                    received: fetched.received,
+                    elapsed: started.elapsed(),
+                    peer: item.sources[0].id,
+                    sources: fetched.sources,
+                });
+            }
             let request = Message::Fetch {
                 file: item.file.clone(),
                 tensors: item.tensors,
-                compress,
+                compress: how.compress,
             };
             let received = client::fetch(
                 &pool,
-                &addr,
+                &item.sources[0],
                 &request,
                 striping,
                 &progress,
-                async |offer: &Offer| {
-                    // Within one pull every fetch is live; two fetches of one file
-                    // get sibling partial files rather than taking over.
-                    store
-                        .accept(offer, Arc::new(|| Box::pin(async { true })))
-                        .await
-                },
+                accept,
             )
             .await
             .with_context(|| format!("pulling {}", item.file))?;
-            Ok((received, started.elapsed()))
+            Ok(Pulled {
+                received,
+                elapsed: started.elapsed(),
+                peer: item.sources[0].id,
+                sources: Vec::new(),
+            })
         });
     }
     let mut outcomes = Vec::new();
     while let Some(joined) = fetches.join_next().await {
         let outcome =
             joined.unwrap_or_else(|err| Err(anyhow::anyhow!("a pull task failed: {err}")));
-        if let Ok((received, elapsed)) = &outcome {
-            tally.stored(received.offer.size, received.traffic);
+        if let Ok(pulled) = &outcome {
+            tally.stored(pulled.received.offer.size, pulled.received.traffic);
             let path = if ui.json_mode() {
-                PathReport::to_peer(pool, &addr.id).await
+                PathReport::to_peer(pool, &pulled.peer).await
             } else {
                 None
             };
-            report_file(ui, received, *elapsed, path);
+            report_sources(ui, &pulled.received.offer.name, &pulled.sources);
+            report_file(ui, &pulled.received, pulled.elapsed, path);
         }
         outcomes.push(outcome);
     }
@@ -360,14 +464,32 @@ async fn fetch_to_store(
     outcomes
 }
 
+/// What each source of a file from several did: a JSON event each, or a
+/// warning for a source that failed or was not used.
+fn report_sources(ui: &Ui, name: &str, sources: &[SourceReport]) {
+    for source in sources {
+        if ui.json_mode() {
+            ui.event(events::Source {
+                name: name.to_string(),
+                peer: source.peer.to_string(),
+                bytes: source.bytes,
+                chunks: source.chunks,
+                seconds: source.elapsed.as_secs_f64(),
+                mb_per_s: mb_per_s(source.bytes, source.elapsed),
+                error: source.error.clone(),
+            });
+        } else if let Some(error) = &source.error {
+            ui.warn(format!(
+                "{name}: source {} did not finish: {error}",
+                source.peer
+            ));
+        }
+    }
+}
+
 /// A stored file's line, or its JSON event with `path`, the path to the
 /// listener as it stands.
-fn report_file(
-    ui: &Ui,
-    received: &Received,
-    elapsed: std::time::Duration,
-    path: Option<PathReport>,
-) {
+fn report_file(ui: &Ui, received: &Received, elapsed: Duration, path: Option<PathReport>) {
     let offer = &received.offer;
     if ui.json_mode() {
         ui.event(events::FilePulled {
