@@ -17,13 +17,16 @@
 #
 #   bash scripts/fanout.sh                       # 256 MiB, 200mbit, 1 4 8 receivers
 #   bash scripts/fanout.sh --kill                # and: kill a forwarding receiver, rerun
+#   bash scripts/fanout.sh --sources --receivers "" --rate 100mbit   # pull T1 vs pull T1 T2
 #   bash scripts/fanout.sh --bin /path/tensor-iroh --receivers "1 4" --runs 3 --json
 #
 # Options: --bin PATH (or TENSOR_IROH_BIN; otherwise `cargo build --release`,
 # honouring CARGO_TARGET_DIR), --size-mib N (256), --rate RATE (200mbit; tc
 # units kbit/mbit/gbit), --receivers "LIST" (1 4 8), --runs N (1: each case
-# N times, medians reported), --kill, --compress MODE (passed to send; default:
-# send's own default), --json (one JSON line per case on stdout; the table then
+# N times, medians reported), --kill, --sources (a pull of the file served by
+# two capped listeners, from the first alone and from both at once: the second
+# machine's upload should nearly halve the time), --compress MODE (passed to
+# send; default: send's own default), --json (one JSON line per case on stdout; the table then
 # goes to stderr), --keep (leave the work directory for inspection).
 #
 # Needs root, `ip netns` and tc (with tbf): without them it says so in one line
@@ -37,6 +40,7 @@ RATE=200mbit
 RECEIVERS="1 4 8"
 RUNS=1
 KILL=0
+SOURCES=0
 JSON=0
 KEEP=0
 COMPRESS=
@@ -55,6 +59,7 @@ while [ $# -gt 0 ]; do
         --runs) RUNS=$2; shift 2 ;;
         --compress) COMPRESS=$2; shift 2 ;;
         --kill) KILL=1; shift ;;
+        --sources) SOURCES=1; shift ;;
         --json) JSON=1; shift ;;
         --keep) KEEP=1; shift ;;
         -h | --help) usage; exit 0 ;;
@@ -221,16 +226,17 @@ TICKET=()
 ENDPOINT=()
 
 # Starts receiver I's listener on its fixed key, address and port, writing into
-# DIR, admitting only the sender; waits for its ticket (the `listening` line),
-# at most 20 s.
+# DIR, admitting only the sender, with any further arguments (--serve);
+# waits for its ticket (the `listening` line), at most 20 s.
 start_listener() {
     local i=$1 dir=$2 log_base=$3 line
+    shift 3
     mkdir -p "$dir"
     # `ip netns exec` execs the command, so $! is the listener itself (kill -9
     # in --kill hits it, not a wrapper).
     ip netns exec "$(receiver_ns "$i")" "$BIN" listen --relay disabled --json \
         --bind "$(receiver_ip "$i"):$PORT" --key "$WORK/keys/r$i.key" \
-        --allow "$SENDER_ID" --out "$dir" \
+        --allow "$SENDER_ID" --out "$dir" "$@" \
         >"$log_base.out" 2>"$log_base.err" &
     LISTENER_PID[i]=$!
     for _ in $(seq 400); do
@@ -484,12 +490,53 @@ kill_case() {
     [ "$KEEP" = 1 ] || rm -rf "$base"/out*
 }
 
+# The file served by receivers 1 and 2 (each upload capped), pulled into the
+# sender's namespace from receiver 1 alone, then from both at once.
+sources_case() {
+    local base=$WORK/sources count i rc seconds start ratio
+    local -A took=() codes=() same=()
+    for count in 1 2; do
+        log "pull from $count source(s) ..."
+        for i in $(seq "$count"); do
+            start_listener "$i" "$base/in$i" "$base/s$count-r$i" --serve "$SOURCE"
+        done
+        local args=(pull --relay disabled --key "$WORK/keys/sender.key" --json)
+        [ -z "$COMPRESS" ] || args+=(--compress "$COMPRESS")
+        for i in $(seq "$count"); do args+=("${TICKET[i]}"); done
+        args+=(--out "$base/pulled$count")
+        start=$(date +%s.%N)
+        rc=0
+        timeout -s KILL $((SIZE_MIB * 1048576 * 5 / RATE_BPS + 60)) \
+            ip netns exec "$SENDER_NS" "$BIN" "${args[@]}" \
+            >"$base/pull$count.out" 2>"$base/pull$count.err" || rc=$?
+        seconds=$(echo "$(date +%s.%N) - $start" | bc -l)
+        for i in $(seq "$count"); do stop_listener "$i"; done
+        [ "$rc" = 0 ] || { log "  pull exited $rc:"; tail -n3 "$base/pull$count.err" >&2; }
+        took[$count]=$seconds
+        codes[$count]=$rc
+        same[$count]=no
+        [ "$(digest "$base/pulled$count/$FILE_NAME" 2>/dev/null)" != "$SOURCE_DIGEST" ] || same[$count]=yes
+        log "  $(printf '%.2f s, exit %s, identical %s' "$seconds" "$rc" "${same[$count]}")"
+        [ "$KEEP" = 1 ] || rm -rf "$base/pulled$count"
+    done
+    ratio=$(echo "${took[1]} / ${took[2]}" | bc -l)
+    out ""
+    out "$(printf 'pull of the file from 1 source: %.2f s; from 2 at once: %.2f s (%.2fx faster); exits %s,%s; identical %s,%s' \
+        "${took[1]}" "${took[2]}" "$ratio" "${codes[1]}" "${codes[2]}" "${same[1]}" "${same[2]}")"
+    if [ "$JSON" = 1 ]; then
+        printf '{"case":"sources","size_bytes":%d,"rate":"%s","one_source_seconds":%.3f,"two_sources_seconds":%.3f,"speedup":%.3f,"exit_codes":[%s,%s],"identical":%s}\n' \
+            "$SOURCE_BYTES" "$RATE" "${took[1]}" "${took[2]}" "$ratio" "${codes[1]}" "${codes[2]}" \
+            "$( [ "${same[1]}${same[2]}" = yesyes ] && echo true || echo false)"
+    fi
+}
+
 # --- main --------------------------------------------------------------------
 
 main() {
     local most=0 count
     for count in $RECEIVERS; do [ "$count" -le "$most" ] || most=$count; done
     [ "$KILL" = 0 ] || [ "$most" -ge 4 ] || most=4
+    [ "$SOURCES" = 0 ] || [ "$most" -ge 2 ] || most=2
     [ "$most" -ge 1 ] || cannot "no receivers to send to"
     [ "$most" -le 200 ] || cannot "at most 200 receivers (one /24)"
     command -v bc >/dev/null || cannot "needs bc"
@@ -532,6 +579,7 @@ EOF_PY
     out "$("$BIN" --version), $(nproc) cores, $RUNS run(s) per case"
     [ -z "$RECEIVERS" ] || scaling
     [ "$KILL" = 0 ] || kill_case
+    [ "$SOURCES" = 0 ] || sources_case
 }
 
 main "$@"

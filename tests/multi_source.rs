@@ -1,10 +1,13 @@
 //! Pulls from several sources: a listener's chunk hashes and chunk sets, and
-//! `pull T1 T2` fetching one file from two listeners at once.
+//! `pull T1 T2` fetching one file from two listeners at once, also when one
+//! of them is killed midway.
 
 mod common;
 
+use std::io::Read;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use tensor_iroh::protocol::client;
@@ -160,4 +163,138 @@ async fn one_file_from_two_listeners_arrives_whole_with_a_share_from_each() {
     assert_eq!(shares.iter().sum::<u64>(), bytes.len() as u64, "{shares:?}");
     assert!(shares.iter().all(|&share| share > 0), "{shares:?}");
     pool.close().await;
+}
+
+/// Waits for the listener's next `served` JSON line.
+fn next_served(listener: &Listener) -> serde_json::Value {
+    let until = Instant::now() + Duration::from_secs(60);
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        let Ok(line) = listener.lines.recv_timeout(left) else {
+            break;
+        };
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if event["event"] == "served" {
+            return event;
+        }
+    }
+    panic!("no served event from the listener: {}", listener.stderr());
+}
+
+/// The `source` events of a pull's JSON, by peer.
+fn source_events(events: &[serde_json::Value]) -> Vec<&serde_json::Value> {
+    events.iter().filter(|e| e["event"] == "source").collect()
+}
+
+fn endpoint_id(ticket: &str) -> String {
+    parse_ticket(ticket).unwrap().id.to_string()
+}
+
+#[test]
+fn pull_with_two_tickets_takes_a_file_both_serve_from_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = safetensors_file(
+        &dir.path().join("w.safetensors"),
+        12 * CHUNK_SIZE as usize,
+        5,
+    );
+    let serve = path.to_str().unwrap();
+    let a = Listener::start(&["--serve", serve, "--json"]);
+    let b = Listener::start(&["--serve", serve, "--json"]);
+    let out = dir.path().join("out");
+    let pulled = run(&[
+        "pull",
+        "--relay",
+        "disabled",
+        &a.ticket,
+        &b.ticket,
+        "w*",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(pulled.status.success(), "{}", text(&pulled.stderr));
+    assert!(std::fs::read(out.join("w.safetensors")).unwrap() == std::fs::read(&path).unwrap());
+
+    let events = json_lines(&pulled);
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["source", "source", "file", "summary"], "{events:?}");
+    let sources = source_events(&events);
+    let peers: Vec<&str> = sources
+        .iter()
+        .map(|s| s["peer"].as_str().unwrap())
+        .collect();
+    assert_eq!(peers, [endpoint_id(&a.ticket), endpoint_id(&b.ticket)]);
+    for source in &sources {
+        assert!(source["error"].is_null(), "{source}");
+        assert!(source["bytes"].as_u64().unwrap() > 0, "{source}");
+    }
+    for listener in [&a, &b] {
+        assert_eq!(next_served(listener)["name"], "w.safetensors");
+    }
+}
+
+#[test]
+fn a_source_killed_midway_leaves_its_share_to_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = safetensors_file(&dir.path().join("w.safetensors"), 200 << 20, 9);
+    let serve = path.to_str().unwrap();
+    let a = Listener::start(&["--serve", serve, "--json"]);
+    let b = Listener::start(&["--serve", serve, "--json"]);
+    let out = dir.path().join("out");
+    let mut puller = Command::new(bin())
+        .args(["pull", "--relay", "disabled", "--timeout", "5", "--json"])
+        .args([&a.ticket, &b.ticket, "--out", out.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    next_served(&a);
+    signal(a.pid(), libc::SIGKILL);
+    let status = wait_with_deadline(&mut puller, Duration::from_secs(120));
+    let Some(status) = status else {
+        puller.kill().ok();
+        panic!("the pull did not finish");
+    };
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    puller
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut stdout)
+        .unwrap();
+    puller
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_end(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "{}", text(&stderr));
+    assert!(std::fs::read(out.join("w.safetensors")).unwrap() == std::fs::read(&path).unwrap());
+
+    let output = std::process::Output {
+        status,
+        stdout,
+        stderr,
+    };
+    let events = json_lines(&output);
+    let sources = source_events(&events);
+    let killed = sources
+        .iter()
+        .find(|s| s["peer"] == endpoint_id(&a.ticket))
+        .expect("a source event for the killed listener");
+    assert!(killed["error"].is_string(), "{killed}");
+    let other = sources
+        .iter()
+        .find(|s| s["peer"] == endpoint_id(&b.ticket))
+        .expect("a source event for the other listener");
+    assert!(other["error"].is_null(), "{other}");
+    assert!(
+        other["bytes"].as_u64().unwrap() > killed["bytes"].as_u64().unwrap(),
+        "{sources:?}"
+    );
 }

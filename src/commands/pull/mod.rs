@@ -228,7 +228,8 @@ fn list(ui: &Ui, catalog: &[CatalogFile], patterns: &Patterns) {
 struct Wanted {
     file: String,
     tensors: Option<Vec<String>>,
-    /// About how many bytes will arrive, for progress.
+    /// About how many bytes will arrive, for progress; the file's size where
+    /// it is wanted whole.
     bytes: u64,
     /// Where from, in ticket order: the first source serving the file, and
     /// for a whole file the others serving one of its name and size.
@@ -273,17 +274,18 @@ impl Wanted {
                     .iter()
                     .filter(|t| patterns.matches(&t.name))
                     .collect();
-                // Every tensor of a file is the file: several sources may
-                // serve it, byte for byte.
-                let sources = if chosen.len() == file.tensors.len() && !merged {
-                    served.of_whole(file, origin)
+                // Every tensor of a file is the file, byte for byte: several
+                // sources may serve it.
+                let whole = chosen.len() == file.tensors.len() && !merged;
+                let (sources, bytes) = if whole {
+                    (served.of_whole(file, origin), file.size)
                 } else {
-                    vec![origin.clone()]
+                    (vec![origin.clone()], chosen.iter().map(|t| t.bytes).sum())
                 };
                 (!chosen.is_empty()).then(|| Wanted {
                     file: file.name.clone(),
                     tensors: Some(chosen.iter().map(|t| t.name.clone()).collect()),
-                    bytes: chosen.iter().map(|t| t.bytes).sum(),
+                    bytes,
                     sources,
                 })
             })
