@@ -12,33 +12,22 @@ use std::time::{Duration, Instant};
 use common::*;
 use tensor_iroh::protocol::client;
 use tensor_iroh::protocol::coding::Compress;
-use tensor_iroh::protocol::endpoint::{self, EndpointOptions, Relay, parse_ticket};
+use tensor_iroh::protocol::endpoint::parse_ticket;
 use tensor_iroh::protocol::errors::ErrorCode;
 use tensor_iroh::protocol::pool::Pool;
 use tensor_iroh::protocol::sources;
 use tensor_iroh::protocol::stream::Frame;
 use tensor_iroh::protocol::transfer::Progress;
-use tensor_iroh::protocol::transport::{Congestion, Transport};
 use tensor_iroh::protocol::wire::{CHUNK_SIZE, Message, Offer, hash_hex};
 use tensor_iroh::store::Store;
 
-async fn pool() -> Pool {
-    let timeout = Duration::from_secs(20);
-    let endpoint = endpoint::bind(EndpointOptions {
-        secret_key: iroh::SecretKey::generate(),
-        relay: Relay::Disabled,
-        transport: Transport {
-            congestion: Congestion::default(),
-            patience: timeout,
-        },
-        bind: None,
-        port_from_key: false,
-        accept: false,
-        allow: None,
-    })
-    .await
-    .unwrap();
-    Pool::new(endpoint, timeout)
+/// The pool of a hand-written peer (tests/common/peer.rs), which the
+/// requests below use for any listener, not only `ticket`'s.
+async fn pool(ticket: &str) -> Pool {
+    let peer =
+        peer::LibraryPeer::connect(iroh::SecretKey::generate(), ticket, Duration::from_secs(20))
+            .await;
+    peer.pool
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -51,7 +40,7 @@ async fn a_listener_gives_a_files_chunk_hashes_and_any_of_its_chunks() {
     );
     let bytes = std::fs::read(&path).unwrap();
     let listener = Listener::start(&["--serve", path.to_str().unwrap()]);
-    let pool = pool().await;
+    let pool = pool(&listener.ticket).await;
     let addr = parse_ticket(&listener.ticket).unwrap();
     let size = bytes.len() as u64;
 
@@ -131,7 +120,7 @@ async fn one_file_from_two_listeners_arrives_whole_with_a_share_from_each() {
     let bytes = std::fs::read(&path).unwrap();
     let a = Listener::start(&["--serve", path.to_str().unwrap()]);
     let b = Listener::start(&["--serve", path.to_str().unwrap()]);
-    let pool = pool().await;
+    let pool = pool(&a.ticket).await;
     let sources = [
         parse_ticket(&a.ticket).unwrap(),
         parse_ticket(&b.ticket).unwrap(),
