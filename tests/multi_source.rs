@@ -145,7 +145,7 @@ async fn one_file_from_two_listeners_arrives_whole_with_a_share_from_each() {
     .unwrap();
     assert!(std::fs::read(out.join("w.safetensors")).unwrap() == bytes);
     assert_eq!(
-        fetched.received.hash,
+        fetched.received.as_ref().unwrap().hash,
         blake3::hash(&bytes).to_hex().to_string()
     );
     let shares: Vec<u64> = fetched.sources.iter().map(|s| s.bytes).collect();

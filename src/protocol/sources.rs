@@ -33,18 +33,20 @@ pub struct SourceReport {
     pub chunks: u64,
     pub elapsed: Duration,
     /// Why it was retired, or not used at all.
-    pub error: Option<String>,
+    pub error: Option<anyhow::Error>,
 }
 
-/// A file fetched from several sources, and what each did.
+/// A file fetched from several sources, or why it was not, and what each
+/// source did either way.
 pub struct Fetched {
-    pub received: Received,
+    pub received: Result<Received>,
     pub sources: Vec<SourceReport>,
 }
 
 /// Fetches the whole file `name` of `size` bytes (as the catalogs say) from
 /// `sources`, into the sink `accept` gives for the first valid source's offer.
-/// `patience` is how long this side waits on a silent source.
+/// `patience` is how long this side waits on a silent source. Fails before
+/// any chunk is asked for where no source gives a valid hash list.
 // Each argument is one independent input from the pull; a struct bundling
 // them would only be unpacked again here.
 #[allow(clippy::too_many_arguments)]
@@ -68,21 +70,21 @@ where
             .map(|addr| client::hash_list(pool, addr, name, size)),
     )
     .await;
-    let Some((offer, list)) = lists.iter().find_map(|list| list.as_ref().ok()) else {
+    let Some((offer, list)) = lists.iter().find_map(|list| list.as_ref().ok()).cloned() else {
         let first = lists.into_iter().find_map(Result::err);
         return Err(first.unwrap_or_else(|| anyhow!("no source serves {name}")));
     };
-    let mut offer = offer.clone();
+    let mut offer = offer;
     offer.first_chunk = list.chunks.first().map(hash_hex);
     offer.patience_secs = patience.as_secs().max(1);
-    let list = Arc::new(list.clone());
+    let list = Arc::new(list);
     let mut reports: Vec<SourceReport> = Vec::new();
     let mut serving = Vec::new();
-    for (addr, answer) in sources.iter().zip(&lists) {
+    for (addr, answer) in sources.iter().zip(lists) {
         let unused = match answer {
             Ok((_, theirs)) if theirs.file == list.file => None,
-            Ok(_) => Some(format!("its {name} is another file (another BLAKE3 hash)")),
-            Err(err) => Some(format!("{err:#}")),
+            Ok(_) => Some(anyhow!("its {name} is another file (another BLAKE3 hash)")),
+            Err(err) => Some(err),
         };
         if unused.is_none() {
             serving.push(reports.len());
@@ -144,19 +146,21 @@ where
             report.error = tally.error;
         }
     }
-    if let Some(failure) = queue.unfinished() {
-        file.abandon(!failure.fatal);
-        return Err(failure.error.context(format!("pulling {name}")));
-    }
-    let committed = file.commit().await?;
-    Ok(Fetched {
-        received: Received {
+    let received = match queue.unfinished() {
+        Some(failure) => {
+            file.abandon(!failure.fatal);
+            Err(failure.error)
+        }
+        None => file.commit().await.map(|committed| Received {
             offer,
             stored_as: committed.name,
             replaced: committed.replaced,
             hash: hash_hex(&list.file),
             traffic,
-        },
+        }),
+    };
+    Ok(Fetched {
+        received,
         sources: reports,
     })
 }
@@ -177,7 +181,8 @@ struct Tally {
     bytes: u64,
     chunks: u64,
     traffic: Traffic,
-    error: Option<String>,
+    /// Why the source was retired.
+    error: Option<anyhow::Error>,
 }
 
 /// What every request of one file shares.
@@ -231,18 +236,17 @@ impl Job<'_> {
                 Ok(()) => self.queue.finished(done.len()),
                 Err(failed) => {
                     self.queue.finished(done.len());
-                    let retiring = tally.error.is_none();
-                    tally
-                        .error
-                        .get_or_insert_with(|| format!("{:#}", failed.error));
-                    drop(tally);
                     if failed.fatal {
+                        // This side failed (its disk), not the source.
+                        drop(tally);
                         self.queue.give_back(unfinished, 0);
                         self.queue.stop(failed.error, true);
                     } else {
+                        let retiring = tally.error.is_none();
+                        tally.error.get_or_insert(failed.error);
+                        drop(tally);
                         self.queue
                             .give_back(unfinished, if retiring { streams } else { 0 });
-                        self.queue.note_error(failed.error);
                     }
                     return;
                 }
@@ -269,8 +273,7 @@ struct QueueState {
     in_flight: usize,
     /// Requests of sources not retired: the batch size divides among them.
     requests: usize,
-    /// The last source's failure, and why the file stopped for all sources.
-    last_error: Option<anyhow::Error>,
+    /// Why the file stopped for all sources.
     stopped: Option<Unfinished>,
 }
 
@@ -281,7 +284,6 @@ impl WorkQueue {
                 queued,
                 in_flight: 0,
                 requests,
-                last_error: None,
                 stopped: None,
             }),
             changed: Notify::new(),
@@ -337,10 +339,6 @@ impl WorkQueue {
         self.changed.notify_waiters();
     }
 
-    fn note_error(&self, error: anyhow::Error) {
-        self.state.lock().expect("queue lock").last_error = Some(error);
-    }
-
     /// Stops the file for every source: `fatal` where its partial file is
     /// not worth keeping.
     fn stop(&self, error: anyhow::Error, fatal: bool) {
@@ -357,12 +355,9 @@ impl WorkQueue {
         if state.queued.is_empty() && state.in_flight == 0 {
             return None;
         }
-        let error = state
-            .last_error
-            .take()
-            .unwrap_or_else(|| anyhow!("no source was left to fetch from"));
+        // Why each source failed is in its report.
         Some(Unfinished {
-            error,
+            error: anyhow!("every source failed before the file was complete"),
             fatal: false,
         })
     }

@@ -33,6 +33,7 @@ use crate::protocol::transfer::{Progress, Received, Sink};
 use crate::protocol::wire::{CatalogFile, Message, Offer, TensorRef};
 use crate::service::StdoutSink;
 use crate::store::Store;
+use crate::ui::errors::describe;
 use crate::ui::{Moved, Tally, Totals, Ui, count, events, human_bytes, mb_per_s, moved_note};
 use sources::Served;
 
@@ -293,14 +294,12 @@ impl Wanted {
     }
 }
 
-/// A stored file, how long it took, and what each source did where it came
-/// from several.
+/// A stored file and how long it took.
 struct Pulled {
     received: Received,
     elapsed: Duration,
     /// The listener whose path the file's event shows: its first source.
     peer: EndpointId,
-    sources: Vec<SourceReport>,
 }
 
 type Outcome = Result<Pulled>;
@@ -365,7 +364,6 @@ async fn fetch_to_stdout(
         received,
         elapsed: started.elapsed(),
         peer: addr.id,
-        sources: Vec::new(),
     })
 }
 
@@ -395,61 +393,16 @@ async fn fetch_to_store(
         fetches.spawn(async move {
             let _slot = slots.acquire().await.expect("never closed");
             let _bar = ui.progress(&item.file, Some(item.bytes), &progress);
-            let started = Instant::now();
-            // Within one pull every fetch is live; two fetches of one file
-            // get sibling partial files rather than taking over.
-            let accept = async |offer: &Offer| {
-                store
-                    .accept(offer, Arc::new(|| Box::pin(async { true })))
-                    .await
-            };
-            if item.sources.len() > 1 {
-                let fetched = fetch_from_all(
-                    &pool,
-                    &item.sources,
-                    &item.file,
-                    item.bytes,
-                    how.compress,
-                    how.patience,
-                    &progress,
-                    accept,
-                )
-                .await
-                .with_context(|| format!("pulling {}", item.file))?;
-                return Ok(Pulled {
-                    received: fetched.received,
-                    elapsed: started.elapsed(),
-                    peer: item.sources[0].id,
-                    sources: fetched.sources,
-                });
-            }
-            let request = Message::Fetch {
-                file: item.file.clone(),
-                tensors: item.tensors,
-                compress: how.compress,
-            };
-            let received = client::fetch(
-                &pool,
-                &item.sources[0],
-                &request,
-                striping,
-                &progress,
-                accept,
-            )
-            .await
-            .with_context(|| format!("pulling {}", item.file))?;
-            Ok(Pulled {
-                received,
-                elapsed: started.elapsed(),
-                peer: item.sources[0].id,
-                sources: Vec::new(),
-            })
+            fetch_one(&pool, &store, item, how, striping, &progress).await
         });
     }
     let mut outcomes = Vec::new();
     while let Some(joined) = fetches.join_next().await {
-        let outcome =
-            joined.unwrap_or_else(|err| Err(anyhow::anyhow!("a pull task failed: {err}")));
+        let (name, sources, outcome) = joined.unwrap_or_else(|err| {
+            let failed = Err(anyhow::anyhow!("a pull task failed: {err}"));
+            (String::new(), Vec::new(), failed)
+        });
+        report_sources(ui, &name, &sources);
         if let Ok(pulled) = &outcome {
             tally.stored(pulled.received.offer.size, pulled.received.traffic);
             let path = if ui.json_mode() {
@@ -457,13 +410,72 @@ async fn fetch_to_store(
             } else {
                 None
             };
-            report_sources(ui, &pulled.received.offer.name, &pulled.sources);
             report_file(ui, &pulled.received, pulled.elapsed, path);
         }
         outcomes.push(outcome);
     }
     drop(bar);
     outcomes
+}
+
+/// Fetches one wanted file into the store: from all its sources at once, or
+/// as a plain fetch from its one. Returns its name, what each of several
+/// sources did (also when the file failed), and the outcome.
+async fn fetch_one(
+    pool: &Pool,
+    store: &Arc<Store>,
+    item: Wanted,
+    how: How,
+    striping: Striping,
+    progress: &Progress,
+) -> (String, Vec<SourceReport>, Outcome) {
+    let started = Instant::now();
+    let peer = item.sources[0].id;
+    // Within one pull every fetch is live; two fetches of one file get
+    // sibling partial files rather than taking over.
+    let accept = async |offer: &Offer| {
+        store
+            .accept(offer, Arc::new(|| Box::pin(async { true })))
+            .await
+    };
+    let context = format!("pulling {}", item.file);
+    if item.sources.len() > 1 {
+        let fetched = fetch_from_all(
+            pool,
+            &item.sources,
+            &item.file,
+            item.bytes,
+            how.compress,
+            how.patience,
+            progress,
+            accept,
+        )
+        .await;
+        let (sources, received) = match fetched {
+            Ok(fetched) => (fetched.sources, fetched.received),
+            Err(err) => (Vec::new(), Err(err)),
+        };
+        let outcome = received.context(context).map(|received| Pulled {
+            received,
+            elapsed: started.elapsed(),
+            peer,
+        });
+        return (item.file, sources, outcome);
+    }
+    let request = Message::Fetch {
+        file: item.file.clone(),
+        tensors: item.tensors,
+        compress: how.compress,
+    };
+    let received = client::fetch(pool, &item.sources[0], &request, striping, progress, accept)
+        .await
+        .context(context);
+    let outcome = received.map(|received| Pulled {
+        received,
+        elapsed: started.elapsed(),
+        peer,
+    });
+    (item.file, Vec::new(), outcome)
 }
 
 /// What each source of a file from several did: a JSON event each, or a
@@ -478,12 +490,13 @@ fn report_sources(ui: &Ui, name: &str, sources: &[SourceReport]) {
                 chunks: source.chunks,
                 seconds: source.elapsed.as_secs_f64(),
                 mb_per_s: mb_per_s(source.bytes, source.elapsed),
-                error: source.error.clone(),
+                error: source.error.as_ref().map(describe),
             });
         } else if let Some(error) = &source.error {
             ui.warn(format!(
-                "{name}: source {} did not finish: {error}",
-                source.peer
+                "{name}: source {} did not finish: {}",
+                source.peer,
+                describe(error)
             ));
         }
     }
