@@ -223,6 +223,18 @@ fn pull_with_two_tickets_takes_a_file_both_serve_from_both() {
     for listener in [&a, &b] {
         assert_eq!(next_served(listener)["name"], "w.safetensors");
     }
+
+    // One listener's list or stream: several tickets are a usage error.
+    for flag in ["--list", "--stdout"] {
+        let refused = run(&["pull", &a.ticket, &b.ticket, flag]);
+        assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+        let expected = format!("{flag} takes one ticket");
+        assert!(
+            text(&refused.stderr).contains(&expected),
+            "{}",
+            text(&refused.stderr)
+        );
+    }
 }
 
 #[test]

@@ -165,12 +165,14 @@ pub fn parse_tickets<'a>(
 /// A pull's sources and patterns: `first` is a ticket, and so is each of
 /// `rest` up to the first that does not read as one (a pattern never does);
 /// the others are patterns. Only `first` must parse: `pull T PATTERN` is as
-/// it always was.
+/// it always was. A listener named twice is one source.
 pub fn split_sources(first: &str, rest: &[String]) -> Result<(Vec<EndpointAddr>, Vec<String>)> {
     let mut sources = vec![endpoint::parse_ticket(first)?];
     let mut rest = rest.iter().peekable();
     while let Some(addr) = rest.peek().and_then(|arg| endpoint::parse_ticket(arg).ok()) {
-        sources.push(addr);
+        if sources.iter().all(|known| known.id != addr.id) {
+            sources.push(addr);
+        }
         rest.next();
     }
     Ok((sources, rest.cloned().collect()))

@@ -495,7 +495,7 @@ fn report_sources(ui: &Ui, name: &str, sources: &[SourceReport]) {
         } else if let Some(error) = &source.error {
             ui.warn(format!(
                 "{name}: source {} did not finish: {}",
-                source.peer,
+                source.peer.fmt_short(),
                 describe(error)
             ));
         }

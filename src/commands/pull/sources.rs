@@ -7,12 +7,12 @@ use anyhow::{Result, bail};
 use futures_util::future::join_all;
 use iroh::EndpointAddr;
 
-use crate::escape::printable;
 use crate::protocol::client;
 use crate::protocol::pool::Pool;
 use crate::protocol::sources::worth_several_sources;
 use crate::protocol::wire::CatalogFile;
 use crate::ui::Ui;
+use crate::ui::errors::describe;
 
 /// The sources of a pull and what each serves, in ticket order.
 pub struct Served {
@@ -32,8 +32,9 @@ impl Served {
                 Ok(catalog) => sources.push((addr.clone(), catalog)),
                 Err(err) if addrs.len() > 1 => {
                     ui.warn(format!(
-                        "source {} is left out: {err:#}",
-                        printable(&addr.id.to_string())
+                        "source {} is left out: {}",
+                        addr.id.fmt_short(),
+                        describe(&err)
                     ));
                     first_error.get_or_insert(err);
                 }
