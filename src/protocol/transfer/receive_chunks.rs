@@ -208,7 +208,7 @@ impl Chunks<'_> {
             return Err(Failure::kept(
                 ErrorCode::Corrupt
                     .error(format!(
-                        "chunk {index} is not the file's: its hash differs from the one announced for it"
+                        "chunk {index} is not the sender's: its hash differs from the one the sender announced"
                     ))
                     .into(),
             ));
