@@ -10,7 +10,7 @@ pub mod send;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -21,7 +21,7 @@ use crate::protocol::endpoint::{self, EndpointOptions, KeySource, Relay};
 use crate::protocol::path::PeerPath;
 use crate::protocol::pool::Pool;
 use crate::protocol::transport::{Congestion, Transport};
-use crate::ui::{ColorChoice, Ui};
+use crate::ui::{ColorChoice, Tally, Totals, Ui};
 
 const ABOUT: &str = "Move .npy and .safetensors tensors between machines over iroh";
 const LONG_ABOUT: &str = "Move .npy and .safetensors tensors between machines over iroh: \
@@ -181,6 +181,28 @@ pub fn split_sources(first: &str, rest: &[String]) -> Result<(Vec<EndpointAddr>,
 /// The listeners a `send` or `pull` dialed and its pool, once the endpoint is
 /// up: for the paths in its summary, also of a command a signal stopped.
 pub type Reached = OnceLock<(Vec<EndpointId>, Arc<Pool>)>;
+
+/// Runs a send's or pull's `work` until it ends or a signal stops it, then
+/// prints its summary (`verb`: "sent", "pulled") with the path to each peer
+/// `reached`. Stopped, it still closes with a summary of the files stored so
+/// far; the other side keeps what arrived of the rest for a rerun.
+pub async fn until_done_or_stopped(
+    verb: &str,
+    ui: &Ui,
+    tally: &Tally,
+    reached: &Reached,
+    work: impl Future<Output = (Totals, Result<()>)>,
+) -> Result<()> {
+    let started = Instant::now();
+    let ((totals, result), stopped) = tokio::select! {
+        done = work => (done, false),
+        signal = interrupted() => ((tally.stopped(), Err(signal.into())), true),
+    };
+    let paths = paths_then_close(reached, stopped).await;
+    let error = result.as_ref().err();
+    ui.summary(verb, &totals, started.elapsed(), error, &paths);
+    result
+}
 
 /// The path to each listener `reached`, for the summary; then closes the pool,
 /// unless a signal `stopped` the command: its connections are then left as a

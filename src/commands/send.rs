@@ -11,8 +11,8 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::{
-    CompressArgs, NetArgs, Reached, TimeoutArgs, first_failure, interrupted, parse_tickets,
-    paths_then_close,
+    CompressArgs, NetArgs, Reached, TimeoutArgs, first_failure, parse_tickets,
+    until_done_or_stopped,
 };
 use crate::catalog::{whole_file, whole_file_offer};
 use crate::escape::printable;
@@ -85,7 +85,6 @@ impl SendArgs {
 }
 
 pub async fn run(args: SendArgs, ui: Ui) -> Result<()> {
-    let started = Instant::now();
     let tally = Tally::default();
     // The listeners and the pool once the endpoint is up, for the paths in the
     // summary, also of a send that a signal stops midway.
@@ -108,21 +107,7 @@ pub async fn run(args: SendArgs, ui: Ui) -> Result<()> {
             ),
         }
     };
-    // Stopped, it still closes with a summary of the files stored so far; the
-    // listener keeps what arrived of the others for a rerun.
-    let ((totals, result), stopped) = tokio::select! {
-        done = work => (done, false),
-        signal = interrupted() => ((tally.stopped(), Err(signal.into())), true),
-    };
-    let paths = paths_then_close(&reached, stopped).await;
-    ui.summary(
-        "sent",
-        &totals,
-        started.elapsed(),
-        result.as_ref().err(),
-        &paths,
-    );
-    result
+    until_done_or_stopped("sent", &ui, &tally, &reached, work).await
 }
 
 /// A validated file and the offer it goes out with. It is opened only when its

@@ -17,8 +17,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::{
-    CompressArgs, NetArgs, Reached, TimeoutArgs, first_failure, interrupted, paths_then_close,
-    split_sources,
+    CompressArgs, NetArgs, Reached, TimeoutArgs, first_failure, split_sources,
+    until_done_or_stopped,
 };
 use crate::escape::printable;
 use crate::formats::Format;
@@ -100,7 +100,6 @@ pub async fn run(args: PullArgs, ui: Ui) -> Result<()> {
     if args.list {
         return list_served(&args, &ui).await;
     }
-    let started = Instant::now();
     let tally = Tally::default();
     // The listener and the pool once the endpoint is up, for the path in the
     // summary, also of a pull that a signal stops midway.
@@ -118,21 +117,7 @@ pub async fn run(args: PullArgs, ui: Ui) -> Result<()> {
             ),
         }
     };
-    // Stopped, it still closes with a summary of the files stored so far; the
-    // others keep what arrived for a rerun.
-    let ((totals, result), stopped) = tokio::select! {
-        done = work => (done, false),
-        signal = interrupted() => ((tally.stopped(), Err(signal.into())), true),
-    };
-    let paths = paths_then_close(&reached, stopped).await;
-    ui.summary(
-        "pulled",
-        &totals,
-        started.elapsed(),
-        result.as_ref().err(),
-        &paths,
-    );
-    result
+    until_done_or_stopped("pulled", &ui, &tally, &reached, work).await
 }
 
 /// The listeners' addresses in ticket order, the patterns, and a pool to
