@@ -8,7 +8,7 @@ use super::coding::Compress;
 use super::errors::PeerError;
 use super::hashing::HashList;
 use super::pool::Pool;
-use super::stripes::{StripeLink, Striping, link_stripes};
+use super::stripes::{StripeLink, Striping, fanout_stripes, link_stripes};
 use super::transfer::{
     Progress, Received, Sent, SetFailed, SharedFile, Sink, Source, Traffic, receive_file, send_file,
 };
@@ -34,6 +34,31 @@ pub async fn upload(
         StripeLink::Dialer {
             connection: &connection,
             stripes: striping.stripes(link_stripes(&connection)),
+        },
+        progress,
+    )
+    .await
+}
+
+/// Delivers `source` to the listener at `addr` as its parent in fan-out
+/// `fanout` (the sender, or a listener passing the file on); the listener
+/// reports its copy to the sender, not here.
+pub async fn deliver(
+    pool: &Pool,
+    addr: &EndpointAddr,
+    fanout: u64,
+    source: &Source,
+    progress: &Progress,
+) -> Result<Sent> {
+    let (connection, mut writer, mut reader) = pool.open_on_connection(addr).await?;
+    send_file(
+        &mut writer,
+        &mut reader,
+        Some(&Message::Forwarded { fanout }),
+        source,
+        StripeLink::Dialer {
+            connection: &connection,
+            stripes: fanout_stripes(&connection),
         },
         progress,
     )

@@ -24,8 +24,8 @@ use crate::protocol::endpoint::parse_endpoint_id;
 use crate::protocol::errors::PeerError;
 use crate::protocol::pool::Pool;
 use crate::protocol::stream::{Frame, FrameReader, FrameWriter};
-use crate::protocol::stripes::{StripeLink, Striping, fanout_stripes};
-use crate::protocol::transfer::{Progress, Sent, Source, Traffic, send_file};
+use crate::protocol::stripes::Striping;
+use crate::protocol::transfer::{Progress, Sent, Source, Traffic};
 use crate::protocol::wire::{Hash, Message, hash_hex};
 
 /// How often an inbound transfer of one receiver may fail before it counts
@@ -479,21 +479,7 @@ impl Distributing<'_> {
         let fanout = self.fanout;
         let progress = self.sent.clone();
         self.uploads.spawn(async move {
-            let uploaded = async {
-                let (connection, mut writer, mut reader) = pool.open_on_connection(&addr).await?;
-                send_file(
-                    &mut writer,
-                    &mut reader,
-                    Some(&Message::Forwarded { fanout }),
-                    &source,
-                    StripeLink::Dialer {
-                        connection: &connection,
-                        stripes: fanout_stripes(&connection),
-                    },
-                    &progress,
-                )
-                .await
-            };
+            let uploaded = client::deliver(&pool, &addr, fanout, &source, &progress);
             // The receiver reports its copy on its control stream.
             if let Err(err) = uploaded.await {
                 tracing::debug!(peer = %addr.id.fmt_short(), "fan-out upload failed: {err:#}");

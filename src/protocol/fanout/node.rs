@@ -14,12 +14,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::state::{FanoutState, Forwarding};
 use super::{Frames, with_frames};
+use crate::protocol::client;
 use crate::protocol::endpoint::{Admitted, parse_endpoint_id, parse_ticket};
 use crate::protocol::errors::{ErrorCode, code_of};
 use crate::protocol::pool::Pool;
 use crate::protocol::stream::{Frame, FrameReader, FrameWriter};
-use crate::protocol::stripes::{StripeLink, fanout_stripes};
-use crate::protocol::transfer::{Progress, Received, Segment, Source, send_file};
+use crate::protocol::transfer::{Progress, Received, Segment, Source};
 use crate::protocol::wire::{Message, Offer, parse_hash};
 
 /// How often a receiver tells the sender what it holds: its sign of life
@@ -315,18 +315,6 @@ async fn forward(pool: &Pool, fanout: &Fanout, child: &EndpointAddr) -> Result<(
     }
     let forwarded = Segment::Converted(Arc::new(Forwarding(fanout.state.clone())));
     let source = Source::with_offer(fanout.offer.clone(), vec![forwarded]);
-    let (connection, mut writer, mut reader) = pool.open_on_connection(child).await?;
-    send_file(
-        &mut writer,
-        &mut reader,
-        Some(&Message::Forwarded { fanout: fanout.id }),
-        &source,
-        StripeLink::Dialer {
-            connection: &connection,
-            stripes: fanout_stripes(&connection),
-        },
-        &Progress::default(),
-    )
-    .await?;
+    client::deliver(pool, child, fanout.id, &source, &Progress::default()).await?;
     Ok(())
 }
