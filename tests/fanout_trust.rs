@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::Listener;
-use common::peer::LibraryPeer;
+use common::peer::{LibraryPeer, offer};
 use iroh::SecretKey;
 use tensor_iroh::protocol::errors::ErrorCode;
 use tensor_iroh::protocol::stream::FrameReader;
@@ -36,23 +36,6 @@ async fn next_word(reader: &mut FrameReader) -> Message {
             Message::Have { .. } => continue,
             message => return message,
         }
-    }
-}
-
-fn offer(name: &str, size: u64) -> Offer {
-    Offer {
-        name: name.into(),
-        format: "npy".into(),
-        size,
-        tensors: 1,
-        identity: "0123456789abcdef0123456789abcdef".into(),
-        eager: true,
-        discard: false,
-        first_chunk: None,
-        patience_secs: 20,
-        files_in_send: 1,
-        stripes: 1,
-        transfer: 0,
     }
 }
 
@@ -87,7 +70,7 @@ async fn a_parent_delivers_the_announced_file_and_nothing_else() {
     let data = b"the sender's own bytes".to_vec();
     let mut altered = data.clone();
     altered[0] ^= 1;
-    let file = offer("w.npy", data.len() as u64);
+    let file = offer("w.npy", data.len() as u64, true);
 
     let sender_key = SecretKey::generate();
     let allow = sender_key.public().to_string();
@@ -138,7 +121,11 @@ async fn a_parent_delivers_the_announced_file_and_nothing_else() {
         .await;
     assert!(refused(&elsewhere, ErrorCode::NotAllowed), "{elsewhere:?}");
     let other_file = parent
-        .exchange(&delivery(fanout, offer("v.npy", data.len() as u64), &data))
+        .exchange(&delivery(
+            fanout,
+            offer("v.npy", data.len() as u64, true),
+            &data,
+        ))
         .await;
     assert!(
         other_file

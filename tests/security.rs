@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::peer::LibraryPeer;
+use common::peer::{LibraryPeer, offer};
 use common::*;
 use tensor_iroh::catalog::whole_file_offer;
 use tensor_iroh::codec::{Encoder, Kind, Region};
@@ -24,8 +24,6 @@ use tensor_iroh::protocol::wire::{
     CHUNK_SIZE, Hash, MAX_REQUEST_TENSORS, Message, Offer, TensorRef, chunk_header,
     coded_block_header, end_frame, kept_frame,
 };
-
-const IDENTITY: &str = "0123456789abcdef0123456789abcdef";
 
 fn tiny_npy(path: &Path) -> PathBuf {
     std::fs::write(
@@ -293,23 +291,6 @@ fn only_peers_on_the_allow_list_get_in() {
 /// A client that frames whatever it is told to, under a fresh key.
 async fn hostile_peer(ticket: &str, timeout: Duration) -> LibraryPeer {
     LibraryPeer::connect(iroh::SecretKey::generate(), ticket, timeout).await
-}
-
-fn offer(name: &str, size: u64, eager: bool) -> Offer {
-    Offer {
-        name: name.into(),
-        format: "npy".into(),
-        size,
-        tensors: 1,
-        identity: IDENTITY.into(),
-        eager,
-        discard: false,
-        first_chunk: None,
-        patience_secs: 20,
-        files_in_send: 1,
-        stripes: 1,
-        transfer: 0,
-    }
 }
 
 fn upload(offer: Offer) -> Vec<Vec<u8>> {

@@ -9,7 +9,7 @@ use tensor_iroh::protocol::endpoint::{self, EndpointOptions, Relay, parse_ticket
 use tensor_iroh::protocol::pool::Pool;
 use tensor_iroh::protocol::stream::{Frame, FrameReader, FrameWriter};
 use tensor_iroh::protocol::transport::{Congestion, Transport};
-use tensor_iroh::protocol::wire::Message;
+use tensor_iroh::protocol::wire::{Message, Offer};
 
 pub struct LibraryPeer {
     pub pool: Pool,
@@ -63,5 +63,24 @@ impl LibraryPeer {
             answers.push(message);
         }
         answers
+    }
+}
+
+/// The offer of a one-tensor `.npy` of `size` bytes named `name`, as an
+/// honest sender would make it; `eager` where its data follows at once.
+pub fn offer(name: &str, size: u64, eager: bool) -> Offer {
+    Offer {
+        name: name.into(),
+        format: "npy".into(),
+        size,
+        tensors: 1,
+        identity: "0123456789abcdef0123456789abcdef".into(),
+        eager,
+        discard: false,
+        first_chunk: None,
+        patience_secs: 20,
+        files_in_send: 1,
+        stripes: 1,
+        transfer: 0,
     }
 }
